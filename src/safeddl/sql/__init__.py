@@ -1,0 +1,217 @@
+"""Everything safeddl knows about SQL syntax; the only place that imports sqlglot.
+
+``read(text)`` turns one statement into :class:`Syntax`: the steps it performs on
+which relations, with identifiers as written. It never raises: what cannot be read
+comes back with ``error`` set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import sqlglot
+from sqlglot import exp
+from sqlglot.errors import ParseError, SqlglotError
+
+from safeddl.analysis.model import Action, Step
+from safeddl.sql.ddl import NotUnderstood, read_ddl
+from safeddl.sql.dml import dml_steps, written_name
+from safeddl.sql.names import local_name, qualified_name, quote_ident, schema_of, split_name
+from safeddl.sql.split import RawStatement, split_script
+from safeddl.sql.tokens import Cursor, SqlTokenError, Token, tokenize
+
+__all__ = [
+    "RawStatement",
+    "Syntax",
+    "local_name",
+    "qualified_name",
+    "quote_ident",
+    "read",
+    "schema_of",
+    "split_name",
+    "split_script",
+    "sqlglot_form",
+]
+
+SQLGLOT_VERSION = sqlglot.__version__
+
+_DML_WORDS = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES",
+                        "TABLE", "("})
+_SESSION_WORDS = frozenset({"SET", "RESET", "SHOW", "DISCARD", "LISTEN", "UNLISTEN", "NOTIFY",
+                            "LOAD", "DEALLOCATE", "CHECKPOINT", "FETCH", "CLOSE", "MOVE",
+                            "DECLARE"})
+_TRANSACTION_WORDS = frozenset({"BEGIN", "START", "COMMIT", "END", "ROLLBACK", "ABORT",
+                                "SAVEPOINT", "RELEASE", "PREPARE", "SET TRANSACTION"})
+# Statements that take no lock on any table safeddl tracks.
+_NO_TABLE_LOCK = {
+    ("CREATE", "SCHEMA"), ("CREATE", "EXTENSION"), ("CREATE", "FUNCTION"),
+    ("CREATE", "OR"), ("CREATE", "PROCEDURE"), ("CREATE", "TYPE"), ("CREATE", "DOMAIN"),
+    ("CREATE", "SEQUENCE"), ("CREATE", "TEMP"), ("CREATE", "ROLE"), ("CREATE", "USER"),
+    ("CREATE", "AGGREGATE"), ("CREATE", "OPERATOR"), ("CREATE", "COLLATION"),
+    ("CREATE", "CAST"), ("CREATE", "PUBLICATION"), ("CREATE", "SERVER"),
+    ("CREATE", "TEXT"), ("DROP", "FUNCTION"), ("DROP", "PROCEDURE"), ("DROP", "TYPE"),
+    ("DROP", "DOMAIN"), ("DROP", "SEQUENCE"), ("DROP", "EXTENSION"), ("DROP", "ROLE"),
+    ("DROP", "USER"), ("DROP", "SCHEMA"), ("ALTER", "FUNCTION"), ("ALTER", "ROLE"),
+    ("ALTER", "USER"), ("ALTER", "SCHEMA"), ("ALTER", "DOMAIN"), ("ALTER", "EXTENSION"),
+    ("ALTER", "DEFAULT"), ("ALTER", "DATABASE"), ("ALTER", "PROCEDURE"),
+    ("SECURITY", "LABEL"), ("REASSIGN", "OWNED"), ("DROP", "OWNED"),
+}
+_OUTSIDE_TRANSACTION = {
+    ("CREATE", "DATABASE"), ("DROP", "DATABASE"), ("ALTER", "SYSTEM"),
+    ("CREATE", "TABLESPACE"), ("DROP", "TABLESPACE"), ("CREATE", "SUBSCRIPTION"),
+}
+
+
+@dataclass(frozen=True)
+class Syntax:
+    """What a statement does, as steps on relations named as written."""
+
+    steps: tuple[Step, ...]
+    error: str | None = None  # why the statement could not be read
+
+    @property
+    def understood(self) -> bool:
+        return self.error is None
+
+
+def read(text: str) -> Syntax:
+    """Read one statement. Never raises."""
+    try:
+        tokens = tokenize(text)
+    except SqlTokenError as exc:
+        return Syntax((Step(Action.UNPARSED, text=text),), f"cannot tokenize: {exc}")
+    if not tokens:
+        return Syntax((Step(Action.OTHER, text=""),))
+    try:
+        return Syntax(tuple(_read_tokens(Cursor(tokens, text))))
+    except NotUnderstood as exc:
+        return Syntax((Step(Action.UNPARSED, text=text),), str(exc))
+    except (SqlglotError, ValueError, IndexError, KeyError, AttributeError, TypeError,
+            RecursionError) as exc:
+        return Syntax((Step(Action.UNPARSED, text=text),), f"cannot parse: {_short(exc)}")
+
+
+def _read_tokens(c: Cursor) -> list[Step]:
+    first = c.peek_word()
+    pair = (first, c.peek_word(1))
+    if first in _DML_WORDS:
+        return _dml(c)
+    if first == "COPY":
+        return _copy(c)
+    if first == "EXPLAIN":
+        return _explain(c)
+    if first in _TRANSACTION_WORDS:
+        if first == "SET":
+            return [Step(Action.SET, text=c.text_of(0, c.stop))]
+        return [Step(Action.TRANSACTION_CONTROL, text=first)]
+    if first in _SESSION_WORDS:
+        if first == "SET" and c.at("SET", "TRANSACTION"):
+            return [Step(Action.TRANSACTION_CONTROL, text="SET TRANSACTION")]
+        return [Step(Action.SET, text=c.text_of(0, c.stop))]
+    steps = read_ddl(c)
+    if steps is not None:
+        return steps + _query_reads(c, steps)
+    if pair in _OUTSIDE_TRANSACTION:
+        return [Step(Action.OTHER, target_kind="outside-transaction",
+                     text=" ".join(pair))]
+    if pair in _NO_TABLE_LOCK or pair[:1] == ("COMMENT",):
+        return [Step(Action.OTHER, text=" ".join(pair))]
+    if first in ("DO", "CALL", "EXECUTE", "IMPORT"):
+        raise NotUnderstood(f"{first} runs code whose statements safeddl cannot see")
+    raise NotUnderstood(f"unknown statement {' '.join(w for w in pair if w)}")
+
+
+def _dml(c: Cursor) -> list[Step]:
+    tree = _parse(c.source)
+    if isinstance(tree, exp.Command) or tree is None:
+        raise NotUnderstood("sqlglot could not read this statement")
+    steps = dml_steps(tree)
+    if not steps:
+        return [Step(Action.SELECT)]  # SELECT 1, VALUES (...): no relation
+    return steps
+
+
+def _copy(c: Cursor) -> list[Step]:
+    tree = _parse(c.source)
+    if not isinstance(tree, exp.Copy):
+        raise NotUnderstood("COPY form not understood")
+    target = tree.this
+    if isinstance(target, exp.Schema):
+        target = target.this
+    if isinstance(target, exp.Table):
+        action = Action.COPY_FROM if tree.args.get("kind") else Action.COPY_TO
+        return [Step(action, table=written_name(target))]
+    return [Step(Action.COPY_TO)] + [
+        s for s in dml_steps(target) if s.action is not Action.COPY_TO
+    ]
+
+
+def _explain(c: Cursor) -> list[Step]:
+    c.accept("EXPLAIN")
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        options = c.words(*c.read_group())
+        analyze = "ANALYZE" in options
+    else:
+        analyze = bool(c.accept_any("ANALYZE", "ANALYSE"))
+        c.accept("VERBOSE")
+    inner = c.text_of(c.pos, c.stop)
+    steps = list(read(inner).steps)
+    if not analyze:
+        # Planning locks what the statement would lock, rows are not touched.
+        return [s for s in steps if s.action in (
+            Action.SELECT, Action.SELECT_FOR_UPDATE, Action.INSERT, Action.UPDATE,
+            Action.DELETE, Action.MERGE)] or [Step(Action.SELECT)]
+    return steps
+
+
+def _query_reads(c: Cursor, steps: list[Step]) -> list[Step]:
+    """Reads of ``CREATE TABLE / VIEW / MATERIALIZED VIEW ... AS <query>``."""
+    if steps[0].action not in (Action.CREATE_TABLE, Action.CREATE_VIEW,
+                               Action.CREATE_MATERIALIZED_VIEW):
+        return []
+    depth = 0
+    for i in range(c.stop):
+        tok = c.tokens[i]
+        if tok.kind == "L_PAREN":
+            depth += 1
+        elif tok.kind == "R_PAREN":
+            depth -= 1
+        elif depth == 0 and tok.word == "AS" and i + 1 < c.stop and (
+            c.tokens[i + 1].word in _DML_WORDS
+        ):
+            query = c.source[c.tokens[i + 1].start :]
+            words = c.words(i + 1, c.stop)
+            if len(words) >= 2 and words[-2:] in (["NO", "DATA"],):
+                query = c.text_of(i + 1, c.stop - 3)
+            elif words[-2:] == ["WITH", "DATA"]:
+                query = c.text_of(i + 1, c.stop - 2)
+            return [s for s in read(query).steps if s.table]
+    return []
+
+
+def _parse(text: str) -> exp.Expression | None:
+    import logging
+
+    logger = logging.getLogger("sqlglot")
+    previous = logger.level
+    logger.setLevel(logging.ERROR)  # sqlglot warns when it falls back to Command
+    try:
+        return sqlglot.parse_one(text, read="postgres")
+    except ParseError:
+        return None
+    finally:
+        logger.setLevel(previous)
+
+
+def sqlglot_form(text: str) -> str:
+    """The node type sqlglot gives this statement (``Alter``, ``Command``...) or
+    ``ParseError``: pinned by a test so a sqlglot upgrade cannot change it silently."""
+    tree = _parse(text)
+    return "ParseError" if tree is None else type(tree).__name__
+
+
+def _short(exc: BaseException) -> str:
+    return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+
+
+_ = (Token, RawStatement, split_script)

@@ -1,0 +1,461 @@
+"""DDL and maintenance statements, read from sqlglot's tokens.
+
+sqlglot gives a typed tree for some DDL and a generic ``Command`` (or a parse error)
+for much of PostgreSQL's: ALTER TABLE ... VALIDATE CONSTRAINT, ATTACH PARTITION,
+REINDEX, VACUUM, CLUSTER, LOCK, ... Reading every DDL statement from tokens gives
+one path for all of them, whatever form a sqlglot release returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from safeddl.analysis.model import Action, ConstraintType, Step, Volatility
+from safeddl.locks import LockMode
+from safeddl.sql.columns import (
+    TABLE_CONSTRAINT_WORDS,
+    read_column_def,
+    read_table_constraint,
+    volatility_of,
+    is_null_literal,
+)
+from safeddl.sql.tokens import Cursor, split_top_level
+
+
+class NotUnderstood(Exception):
+    """The statement's form is not one safeddl knows."""
+
+
+Reader = Callable[[Cursor], list[Step]]
+
+
+def read_ddl(cursor: Cursor) -> list[Step] | None:
+    """Steps for a DDL/maintenance statement, or None when it is not DDL."""
+    for words, reader in _DISPATCH:
+        if cursor.at(*words):
+            return reader(cursor)
+    return None
+
+
+# -- CREATE INDEX / DROP INDEX / REINDEX / ALTER INDEX ----------------------------
+
+def _create_index(c: Cursor) -> list[Step]:
+    c.accept("CREATE")
+    unique = c.accept("UNIQUE")
+    c.accept("INDEX")
+    concurrently = c.accept("CONCURRENTLY")
+    if_not_exists = c.accept("IF", "NOT", "EXISTS")
+    name = None if c.at("ON") else c.read_name()
+    if not c.accept("ON"):
+        raise NotUnderstood("CREATE INDEX without ON <table>")
+    only = c.accept("ONLY")
+    table = _require_name(c, "table")
+    return [Step(Action.CREATE_INDEX, table=table, name=name, unique=unique,
+                 concurrently=concurrently, if_not_exists=if_not_exists, only=only,
+                 text=c.text_of(0, c.stop))]
+
+
+def _drop_index(c: Cursor) -> list[Step]:
+    c.accept("DROP", "INDEX")
+    concurrently = c.accept("CONCURRENTLY")
+    c.accept("IF", "EXISTS")
+    cascade = c.peek_word(c.stop - c.pos - 1) == "CASCADE"
+    return [Step(Action.DROP_INDEX, name=name, concurrently=concurrently, cascade=cascade)
+            for name in _name_list(c)]
+
+
+def _reindex(c: Cursor) -> list[Step]:
+    c.accept("REINDEX")
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        options = c.words(*c.read_group())
+        concurrently = "CONCURRENTLY" in options
+    else:
+        concurrently = False
+    target_kind = c.accept_any("INDEX", "TABLE", "SCHEMA", "DATABASE", "SYSTEM")
+    if target_kind is None:
+        raise NotUnderstood("REINDEX of an unknown kind of object")
+    concurrently = c.accept("CONCURRENTLY") or concurrently
+    name = c.read_name()
+    step = Step(Action.REINDEX, concurrently=concurrently, target_kind=target_kind.lower(),
+                name=name, table=name if target_kind == "TABLE" else None)
+    return [step]
+
+
+def _alter_index(c: Cursor) -> list[Step]:
+    c.accept("ALTER", "INDEX")
+    c.accept("IF", "EXISTS")
+    if c.at("ALL", "IN", "TABLESPACE"):
+        return [Step(Action.ALTER_INDEX, text=c.text_of(0, c.stop))]
+    name = _require_name(c, "index")
+    rest = c.text_of(c.pos, c.stop)
+    options = _storage_options(c) if c.at("SET", "(") or c.at("RESET") else ()
+    return [Step(Action.ALTER_INDEX, name=name, text=rest, options=options)]
+
+
+# -- TRUNCATE / LOCK / VACUUM / ANALYZE / CLUSTER / REFRESH ----------------------
+
+def _truncate(c: Cursor) -> list[Step]:
+    c.accept("TRUNCATE")
+    c.accept("TABLE")
+    steps = []
+    cascade = "CASCADE" in c.words(c.pos, c.stop)
+    for start, stop in split_top_level(c.tokens, c.pos, c.stop):
+        item = c.sub(start, stop)
+        only = item.accept("ONLY")
+        name = item.read_name()
+        if name is None:
+            raise NotUnderstood("TRUNCATE without a table name")
+        steps.append(Step(Action.TRUNCATE, table=name, only=only, cascade=cascade))
+    return steps
+
+
+def _lock(c: Cursor) -> list[Step]:
+    c.accept("LOCK")
+    c.accept("TABLE")
+    words = c.words(c.pos, c.stop)
+    mode = LockMode.ACCESS_EXCLUSIVE
+    if "IN" in words:
+        i = words.index("IN")
+        j = words.index("MODE") if "MODE" in words else len(words)
+        mode = LockMode.from_sql_name(" ".join(words[i + 1 : j]))
+        stop = c.pos + i
+    else:
+        stop = c.stop - (1 if words and words[-1] == "NOWAIT" else 0)
+    steps = []
+    for start, end in split_top_level(c.tokens, c.pos, stop):
+        item = c.sub(start, end)
+        only = item.accept("ONLY")
+        name = _require_name(item, "table")
+        steps.append(Step(Action.LOCK_TABLE, table=name, mode=mode, only=only))
+    return steps
+
+
+def _vacuum(c: Cursor) -> list[Step]:
+    c.accept("VACUUM")
+    full = False
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        g0, g1 = c.read_group()
+        options = c.words(g0, g1)
+        full = "FULL" in options and not _option_off(options, "FULL")
+    while c.accept_any("FULL", "FREEZE", "VERBOSE", "ANALYZE", "ANALYSE"):
+        full = full or c.tokens[c.pos - 1].word == "FULL"
+    action = Action.VACUUM_FULL if full else Action.VACUUM
+    tables = _table_list(c)
+    return [Step(action, table=t) for t in tables] or [Step(action)]
+
+
+def _analyze(c: Cursor) -> list[Step]:
+    c.accept_any("ANALYZE", "ANALYSE")
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        c.skip_group()
+    c.accept("VERBOSE")
+    tables = _table_list(c)
+    return [Step(Action.ANALYZE, table=t) for t in tables] or [Step(Action.ANALYZE)]
+
+
+def _cluster(c: Cursor) -> list[Step]:
+    c.accept("CLUSTER")
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        c.skip_group()
+    c.accept("VERBOSE")
+    if c.done:
+        return [Step(Action.CLUSTER)]
+    first = _require_name(c, "table")
+    if c.accept("ON"):  # CLUSTER index ON table (old syntax)
+        return [Step(Action.CLUSTER, table=_require_name(c, "table"), using_index=first)]
+    using = c.read_name() if c.accept("USING") else None
+    return [Step(Action.CLUSTER, table=first, using_index=using)]
+
+
+def _refresh(c: Cursor) -> list[Step]:
+    c.accept("REFRESH", "MATERIALIZED", "VIEW")
+    concurrently = c.accept("CONCURRENTLY")
+    name = _require_name(c, "materialized view")
+    return [Step(Action.REFRESH_MATERIALIZED_VIEW, table=name, concurrently=concurrently)]
+
+
+# -- CREATE TABLE / VIEW / MATERIALIZED VIEW; DROP ---------------------------------
+
+def _create_table(c: Cursor) -> list[Step]:
+    c.accept("CREATE")
+    while c.accept_any("GLOBAL", "LOCAL", "TEMPORARY", "TEMP", "UNLOGGED"):
+        pass
+    c.accept("TABLE")
+    if_not_exists = c.accept("IF", "NOT", "EXISTS")
+    table = _require_name(c, "table")
+    steps: list[Step] = []
+    parent = None
+    if c.accept("PARTITION", "OF"):
+        parent = _require_name(c, "table")
+    elif c.accept("OF"):
+        c.read_name()
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        g0, g1 = c.read_group()
+        for start, stop in split_top_level(c.tokens, g0, g1):
+            steps.extend(_table_element(c, table, start, stop))
+    parents = []
+    if c.accept("INHERITS"):
+        g0, g1 = c.read_group()
+        parents = [c.text_of(s, e) for s, e in split_top_level(c.tokens, g0, g1)]
+    # CREATE TABLE ... AS query: the query's reads are found by the caller (DML reader).
+    create = Step(Action.CREATE_TABLE, table=table, parent=parent or (parents[0] if parents else None),
+                  if_not_exists=if_not_exists, text=c.text_of(0, c.stop))
+    extra = [Step(Action.INHERIT, table=table, references=p) for p in parents[1:]]
+    return [create, *steps, *extra]
+
+
+def _table_element(c: Cursor, table: str, start: int, stop: int) -> list[Step]:
+    item = c.sub(start, stop)
+    if item.at("LIKE"):
+        item.advance()
+        return [Step(Action.SELECT, table=_require_name(item, "table"), text="LIKE")]
+    if item.peek_word() in TABLE_CONSTRAINT_WORDS or item.at("NOT", "NULL"):
+        return [read_table_constraint(c, table, start, stop)]
+    column = read_column_def(c, table, start, stop)
+    return [column.step, *column.constraints]
+
+
+def _create_view(c: Cursor) -> list[Step]:
+    c.accept("CREATE")
+    replace = c.accept("OR", "REPLACE")
+    while c.accept_any("TEMPORARY", "TEMP", "RECURSIVE"):
+        pass
+    materialized = c.accept("MATERIALIZED")
+    c.accept("VIEW")
+    if_not_exists = c.accept("IF", "NOT", "EXISTS")
+    name = _require_name(c, "view")
+    action = Action.CREATE_MATERIALIZED_VIEW if materialized else Action.CREATE_VIEW
+    return [Step(action, table=name, if_not_exists=if_not_exists, cascade=replace)]
+
+
+def _drop_relation(action: Action, *words: str) -> Reader:
+    def read(c: Cursor) -> list[Step]:
+        c.accept(*words)
+        c.accept("IF", "EXISTS")
+        all_words = c.words(c.pos, c.stop)
+        cascade = bool(all_words) and all_words[-1] == "CASCADE"
+        return [Step(action, table=name, cascade=cascade) for name in _name_list(c)]
+    return read
+
+
+# -- triggers, policies, statistics, comments, grants --------------------------
+
+def _create_trigger(c: Cursor) -> list[Step]:
+    words = c.words(c.pos, c.stop)
+    i = _index_of_on(c)
+    item = c.sub(i + 1, c.stop)
+    table = _require_name(item, "table")
+    name_pos = words.index("TRIGGER") + 1
+    return [Step(Action.CREATE_TRIGGER, table=table, name=c.tokens[name_pos].text)]
+
+
+def _drop_trigger(c: Cursor) -> list[Step]:
+    c.accept("DROP", "TRIGGER")
+    c.accept("IF", "EXISTS")
+    name = c.read_name()
+    if not c.accept("ON"):
+        raise NotUnderstood("DROP TRIGGER without ON <table>")
+    return [Step(Action.DROP_TRIGGER, table=_require_name(c, "table"), name=name)]
+
+
+def _policy(c: Cursor) -> list[Step]:
+    c.advance()  # CREATE / ALTER / DROP
+    c.accept("POLICY")
+    c.accept("IF", "EXISTS")
+    name = c.read_name()
+    if not c.accept("ON"):
+        raise NotUnderstood("POLICY without ON <table>")
+    return [Step(Action.CREATE_POLICY, table=_require_name(c, "table"), name=name)]
+
+
+def _create_statistics(c: Cursor) -> list[Step]:
+    words = c.words(c.pos, c.stop)
+    if "FROM" not in words:
+        raise NotUnderstood("CREATE STATISTICS without FROM <table>")
+    item = c.sub(c.pos + words.index("FROM") + 1, c.stop)
+    return [Step(Action.CREATE_STATISTICS, table=_require_name(item, "table"))]
+
+
+_COMMENT_ON_RELATION = {"TABLE", "VIEW", "MATERIALIZED", "FOREIGN"}
+
+
+def _comment(c: Cursor) -> list[Step]:
+    c.accept("COMMENT", "ON")
+    kind = c.peek_word()
+    if kind in _COMMENT_ON_RELATION:
+        while c.accept_any("TABLE", "VIEW", "MATERIALIZED", "FOREIGN"):
+            pass
+        return [Step(Action.COMMENT, table=_require_name(c, "table"), target_kind="table")]
+    if kind == "COLUMN":
+        c.advance()
+        full = _require_name(c, "column")
+        table, _, column = full.rpartition(".")
+        return [Step(Action.COMMENT, table=table, column=column, target_kind="column")]
+    if kind == "CONSTRAINT":
+        c.advance()
+        name = c.read_name()
+        if c.accept("ON"):
+            c.accept("DOMAIN")
+            return [Step(Action.COMMENT, table=_require_name(c, "table"), name=name,
+                         target_kind="constraint")]
+    if kind == "INDEX":
+        c.advance()
+        return [Step(Action.COMMENT, name=_require_name(c, "index"), target_kind="index")]
+    return [Step(Action.COMMENT, target_kind=kind.lower() or None)]
+
+
+def _grant(c: Cursor) -> list[Step]:
+    words = c.words(c.pos, c.stop)
+    if "ON" not in words:
+        return [Step(Action.GRANT, target_kind="role")]  # GRANT role TO role
+    item = c.sub(c.pos + words.index("ON") + 1, c.stop)
+    if item.at("ALL", "TABLES", "IN", "SCHEMA"):
+        return [Step(Action.GRANT, target_kind="schema")]
+    kind = item.accept_any("TABLE") or ("TABLE" if item.peek_word() not in (
+        "SEQUENCE", "DATABASE", "DOMAIN", "FUNCTION", "PROCEDURE", "ROUTINE", "SCHEMA",
+        "LANGUAGE", "TYPE", "TABLESPACE", "FOREIGN", "LARGE", "PARAMETER", "ALL") else None)
+    if kind is None:
+        return [Step(Action.GRANT, target_kind=item.peek_word().lower())]
+    stop_word = "TO" if words[0] == "GRANT" else "FROM"
+    names_stop = item.pos
+    while names_stop < item.stop and c.tokens[names_stop].word != stop_word:
+        names_stop += 1
+    names = item.sub(item.pos, names_stop)
+    return [Step(Action.GRANT, table=name, target_kind="table") for name in _name_list(names)]
+
+
+# -- small statements -----------------------------------------------------------------
+
+def _alter_sequence(c: Cursor) -> list[Step]:
+    c.accept("ALTER", "SEQUENCE")
+    c.accept("IF", "EXISTS")
+    return [Step(Action.ALTER_SEQUENCE, name=c.read_name(), text=c.text_of(c.pos, c.stop))]
+
+
+def _alter_type(c: Cursor) -> list[Step]:
+    words = c.words(c.pos, c.stop)
+    if "ADD" in words and "VALUE" in words:
+        c.accept("ALTER", "TYPE")
+        return [Step(Action.ALTER_TYPE_ADD_VALUE, name=c.read_name())]
+    return [Step(Action.OTHER, text=c.text_of(0, c.stop))]
+
+
+def _other(c: Cursor) -> list[Step]:
+    return [Step(Action.OTHER, text=" ".join(c.words(0, min(3, c.stop))))]
+
+
+def _alter_table(c: Cursor) -> list[Step]:
+    from safeddl.sql.alter_table import read_alter_table
+
+    return read_alter_table(c)
+
+
+# -- helpers ------------------------------------------------------------------------
+
+def _require_name(c: Cursor, what: str) -> str:
+    name = c.read_name()
+    if name is None:
+        raise NotUnderstood(f"expected a {what} name")
+    return name
+
+
+def _name_list(c: Cursor) -> list[str]:
+    """``a, s.b, "C"`` up to the end or CASCADE/RESTRICT."""
+    names = []
+    for start, stop in split_top_level(c.tokens, c.pos, c.stop):
+        item = c.sub(start, stop)
+        item.accept("ONLY")
+        name = item.read_name()
+        if name is not None and name.upper() not in ("CASCADE", "RESTRICT"):
+            names.append(name)
+    return names
+
+
+def _table_list(c: Cursor) -> list[str]:
+    """``t (a, b), u`` for VACUUM / ANALYZE."""
+    names = []
+    for start, stop in split_top_level(c.tokens, c.pos, c.stop):
+        item = c.sub(start, stop)
+        item.accept("ONLY")
+        name = item.read_name()
+        if name is not None:
+            names.append(name)
+    return names
+
+
+def _option_off(options: list[str], name: str) -> bool:
+    i = options.index(name)
+    return i + 1 < len(options) and options[i + 1] in ("FALSE", "OFF", "0")
+
+
+def _index_of_on(c: Cursor) -> int:
+    for i in range(c.pos, c.stop):
+        if c.tokens[i].word == "ON":
+            return i
+    raise NotUnderstood("expected ON <table>")
+
+
+def _storage_options(c: Cursor) -> tuple[str, ...]:
+    """Parameter names of ``SET (a = 1, b)`` / ``RESET (a, b)`` at the cursor."""
+    c.accept_any("SET", "RESET")
+    if c.peek() is None or c.peek().kind != "L_PAREN":  # type: ignore[union-attr]
+        return ()
+    g0, g1 = c.read_group()
+    names = []
+    for start, _stop in split_top_level(c.tokens, g0, g1):
+        names.append(c.text_of(start, start + 1).lower())
+        # toast.autovacuum_enabled: keep the dotted name
+        if start + 2 < g1 and c.tokens[start + 1].kind == "DOT":
+            names[-1] = c.text_of(start, start + 3).lower()
+    return tuple(names)
+
+
+_DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
+    (("CREATE", "INDEX"), _create_index),
+    (("CREATE", "UNIQUE", "INDEX"), _create_index),
+    (("DROP", "INDEX"), _drop_index),
+    (("REINDEX",), _reindex),
+    (("ALTER", "INDEX"), _alter_index),
+    (("ALTER", "TABLE"), _alter_table),
+    (("ALTER", "VIEW"), _alter_table),
+    (("ALTER", "MATERIALIZED", "VIEW"), _alter_table),
+    (("ALTER", "FOREIGN", "TABLE"), _alter_table),
+    (("TRUNCATE",), _truncate),
+    (("LOCK",), _lock),
+    (("VACUUM",), _vacuum),
+    (("ANALYZE",), _analyze),
+    (("ANALYSE",), _analyze),
+    (("CLUSTER",), _cluster),
+    (("REFRESH", "MATERIALIZED", "VIEW"), _refresh),
+    (("CREATE", "TABLE"), _create_table),
+    (("CREATE", "UNLOGGED", "TABLE"), _create_table),
+    (("CREATE", "TEMP"), _create_table),
+    (("CREATE", "TEMPORARY"), _create_table),
+    (("CREATE", "GLOBAL"), _create_table),
+    (("CREATE", "LOCAL"), _create_table),
+    (("CREATE", "VIEW"), _create_view),
+    (("CREATE", "OR", "REPLACE", "VIEW"), _create_view),
+    (("CREATE", "OR", "REPLACE", "TEMP"), _create_view),
+    (("CREATE", "OR", "REPLACE", "TEMPORARY"), _create_view),
+    (("CREATE", "OR", "REPLACE", "RECURSIVE"), _create_view),
+    (("CREATE", "RECURSIVE", "VIEW"), _create_view),
+    (("CREATE", "MATERIALIZED", "VIEW"), _create_view),
+    (("DROP", "TABLE"), _drop_relation(Action.DROP_TABLE, "DROP", "TABLE")),
+    (("DROP", "VIEW"), _drop_relation(Action.DROP_VIEW, "DROP", "VIEW")),
+    (("DROP", "MATERIALIZED", "VIEW"),
+     _drop_relation(Action.DROP_MATERIALIZED_VIEW, "DROP", "MATERIALIZED", "VIEW")),
+    (("DROP", "FOREIGN", "TABLE"), _drop_relation(Action.DROP_TABLE, "DROP", "FOREIGN", "TABLE")),
+    (("CREATE", "TRIGGER"), _create_trigger),
+    (("CREATE", "OR", "REPLACE", "TRIGGER"), _create_trigger),
+    (("CREATE", "CONSTRAINT", "TRIGGER"), _create_trigger),
+    (("DROP", "TRIGGER"), _drop_trigger),
+    (("CREATE", "POLICY"), _policy),
+    (("ALTER", "POLICY"), _policy),
+    (("DROP", "POLICY"), _policy),
+    (("CREATE", "STATISTICS"), _create_statistics),
+    (("COMMENT", "ON"), _comment),
+    (("GRANT",), _grant),
+    (("REVOKE",), _grant),
+    (("ALTER", "SEQUENCE"), _alter_sequence),
+    (("ALTER", "TYPE"), _alter_type),
+]

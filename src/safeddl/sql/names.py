@@ -1,0 +1,97 @@
+"""Identifiers: reading them as PostgreSQL does, and quoting them for generated SQL.
+
+Every identifier that safeddl puts into SQL it writes goes through
+:func:`quote_ident`; nothing is concatenated raw.
+"""
+
+from __future__ import annotations
+
+import re
+
+_SAFE_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
+
+# Reserved words that need quoting as identifiers (PostgreSQL's "reserved" list).
+_RESERVED = frozenset(
+    """all analyse analyze and any array as asc asymmetric both case cast check collate
+    column constraint create current_catalog current_date current_role current_time
+    current_timestamp current_user default deferrable desc distinct do else end except
+    false fetch for foreign from grant group having in initially intersect into lateral
+    leading limit localtime localtimestamp not null offset on only or order placing
+    primary references returning select session_user some symmetric system_user table
+    then to trailing true union unique user using variadic when where window with""".split()
+)
+
+
+def quote_ident(name: str) -> str:
+    """Quote one identifier (an unquoted, case-folded name) only when it needs it."""
+    if not name:
+        raise ValueError("an identifier cannot be empty")
+    if _SAFE_IDENT.match(name) and name not in _RESERVED:
+        return name
+    return '"' + name.replace('"', '""') + '"'
+
+
+def split_name(written: str) -> list[tuple[str, bool]]:
+    """``app."Orders"`` -> ``[("app", False), ("Orders", True)]`` (parts as written)."""
+    parts: list[tuple[str, bool]] = []
+    i, n = 0, len(written)
+    while i < n:
+        ch = written[i]
+        if ch.isspace() or ch == ".":
+            i += 1
+            continue
+        if ch == '"':
+            j = i + 1
+            buf = []
+            while j < n:
+                if written[j] == '"':
+                    if j + 1 < n and written[j + 1] == '"':
+                        buf.append('"')
+                        j += 2
+                        continue
+                    break
+                buf.append(written[j])
+                j += 1
+            parts.append(("".join(buf), True))
+            i = j + 1
+        else:
+            j = i
+            while j < n and written[j] != "." and not written[j].isspace():
+                j += 1
+            parts.append((written[i:j], False))
+            i = j
+    return parts
+
+
+def fold(part: str, quoted: bool) -> str:
+    """PostgreSQL's case folding: unquoted identifiers are lower-cased."""
+    return part if quoted else part.lower()
+
+
+def qualified_name(written: str, default_schema: str = "public") -> str:
+    """The relation a written name denotes: ``Foo`` -> ``public.foo``.
+
+    ``app."Orders"`` -> ``app.Orders``. Names are not quoted in the result; it is a
+    key for comparing relations, not SQL.
+    """
+    parts = [fold(p, q) for p, q in split_name(written)]
+    if not parts:
+        raise ValueError(f"not a name: {written!r}")
+    if len(parts) == 1:
+        return f"{default_schema}.{parts[0]}"
+    return f"{parts[-2]}.{parts[-1]}"
+
+
+def local_name(written: str) -> str:
+    """The last part of a written name, case folded: ``app."Orders"`` -> ``Orders``."""
+    part, quoted = split_name(written)[-1]
+    return fold(part, quoted)
+
+
+def schema_of(written: str) -> str | None:
+    """The schema part as written, or None: ``app.t`` -> ``app``."""
+    parts = split_name(written)
+    if len(parts) < 2:
+        return None
+    part, quoted = parts[-2]
+    return '"' + part.replace('"', '""') + '"' if quoted else part

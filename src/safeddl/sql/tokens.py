@@ -1,0 +1,191 @@
+"""sqlglot's tokenizer, seen through a small neutral token type and a cursor."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sqlglot.dialects.postgres import Postgres
+from sqlglot.errors import TokenError
+
+
+class _Tokenizer(Postgres.Tokenizer):  # type: ignore[misc]
+    """PostgreSQL's tokens, one word a token.
+
+    sqlglot turns the rest of a "command" (LOCK, VACUUM, ...) into one string and
+    joins some keyword pairs (PRIMARY KEY, ORDER BY) into one token; DDL reading
+    wants neither.
+    """
+
+    COMMANDS: set[object] = set()
+    KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if " " not in k}
+
+_OPEN = {"L_PAREN", "L_BRACKET"}
+_CLOSE = {"R_PAREN", "R_BRACKET"}
+
+
+class SqlTokenError(ValueError):
+    """The text cannot be tokenized (e.g. an unterminated string or comment)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Token:
+    kind: str  # sqlglot's token type name: VAR, IDENTIFIER, STRING, L_PAREN, SEMICOLON...
+    text: str  # the token's text (for an IDENTIFIER: without the quotes)
+    start: int  # offset of the first character in the source
+    end: int  # offset just past the last character
+    line: int
+    comments: tuple[str, ...] = ()
+
+    @property
+    def word(self) -> str:
+        """Upper-cased text of a keyword or unquoted name; '' for quoted/literals."""
+        if self.kind in ("IDENTIFIER", "STRING", "HEREDOC_STRING", "NATIONAL_STRING",
+                         "BYTE_STRING", "BIT_STRING", "HEX_STRING", "RAW_STRING", "NUMBER"):
+            return ""
+        return self.text.upper()
+
+    @property
+    def is_name(self) -> bool:
+        """Could be an identifier (quoted, or a word that is not punctuation)."""
+        return self.kind == "IDENTIFIER" or (self.text[:1].isalpha() or self.text[:1] == "_")
+
+
+def tokenize(text: str) -> list[Token]:
+    try:
+        raw = _Tokenizer().tokenize(text)
+    except TokenError as exc:
+        raise SqlTokenError(str(exc)) from None
+    return [
+        Token(t.token_type.name, t.text, t.start, t.end + 1, t.line, tuple(t.comments))
+        for t in raw
+    ]
+
+
+class Cursor:
+    """A position in a token list with the small vocabulary DDL recognizers need."""
+
+    def __init__(self, tokens: list[Token], source: str, pos: int = 0, stop: int | None = None):
+        self.tokens = tokens
+        self.source = source
+        self.pos = pos
+        self.stop = len(tokens) if stop is None else stop
+
+    # -- looking -------------------------------------------------------------
+    @property
+    def done(self) -> bool:
+        return self.pos >= self.stop
+
+    def peek(self, offset: int = 0) -> Token | None:
+        i = self.pos + offset
+        return self.tokens[i] if i < self.stop else None
+
+    def peek_word(self, offset: int = 0) -> str:
+        tok = self.peek(offset)
+        return tok.word if tok else ""
+
+    def at(self, *words: str) -> bool:
+        """True when the next tokens are these words (no consuming)."""
+        return all(self.peek_word(i) == w for i, w in enumerate(words))
+
+    # -- consuming -----------------------------------------------------------
+    def advance(self) -> Token:
+        tok = self.tokens[self.pos]
+        self.pos += 1
+        return tok
+
+    def accept(self, *words: str) -> bool:
+        """Consume the words when they come next, in order."""
+        if self.at(*words):
+            self.pos += len(words)
+            return True
+        return False
+
+    def accept_any(self, *words: str) -> str | None:
+        word = self.peek_word()
+        if word in words:
+            self.pos += 1
+            return word
+        return None
+
+    def read_name(self) -> str | None:
+        """A possibly qualified name as written (``app."Orders"``), or None."""
+        tok = self.peek()
+        if tok is None or not tok.is_name or tok.kind in ("L_PAREN",):
+            return None
+        start = self.pos
+        self.pos += 1
+        while (
+            self.peek() is not None
+            and self.peek().kind == "DOT"  # type: ignore[union-attr]
+            and self.peek(1) is not None
+            and self.peek(1).is_name  # type: ignore[union-attr]
+        ):
+            self.pos += 2
+        return self.text_of(start, self.pos)
+
+    def skip_group(self) -> None:
+        """Skip one token, or a whole parenthesized group when at '('."""
+        depth = 0
+        while not self.done:
+            tok = self.advance()
+            if tok.kind in _OPEN:
+                depth += 1
+            elif tok.kind in _CLOSE:
+                depth -= 1
+            if depth <= 0:
+                return
+
+    def read_group(self) -> tuple[int, int]:
+        """At '(': the token range inside the parentheses; the cursor moves past ')'."""
+        start = self.pos + 1
+        self.skip_group()
+        return start, self.pos - 1
+
+    def until(self, *stop_words: str) -> tuple[int, int]:
+        """Token range up to (not including) a stop word or ',' at depth 0."""
+        start = self.pos
+        depth = 0
+        while not self.done:
+            tok = self.peek()
+            assert tok is not None
+            if depth == 0 and (tok.kind == "COMMA" or tok.word in stop_words):
+                break
+            if tok.kind in _OPEN:
+                depth += 1
+            elif tok.kind in _CLOSE:
+                if depth == 0:
+                    break
+                depth -= 1
+            self.pos += 1
+        return start, self.pos
+
+    # -- text ----------------------------------------------------------------
+    def text_of(self, start: int, stop: int) -> str:
+        """The source text of tokens[start:stop], as written."""
+        if start >= stop:
+            return ""
+        return self.source[self.tokens[start].start : self.tokens[stop - 1].end]
+
+    def sub(self, start: int, stop: int) -> Cursor:
+        return Cursor(self.tokens, self.source, start, stop)
+
+    def words(self, start: int, stop: int) -> list[str]:
+        return [t.word for t in self.tokens[start:stop]]
+
+
+def split_top_level(tokens: list[Token], start: int, stop: int) -> Iterable[tuple[int, int]]:
+    """Ranges of tokens[start:stop] separated by commas at parenthesis depth 0."""
+    depth = 0
+    begin = start
+    for i in range(start, stop):
+        kind = tokens[i].kind
+        if kind in _OPEN:
+            depth += 1
+        elif kind in _CLOSE:
+            depth -= 1
+        elif kind == "COMMA" and depth == 0:
+            yield begin, i
+            begin = i + 1
+    if begin < stop:
+        yield begin, stop
