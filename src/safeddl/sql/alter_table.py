@@ -116,8 +116,10 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
     if c.accept("REPLICA", "IDENTITY"):
         return Step(Action.REPLICA_IDENTITY, table=table)
     if c.accept("ATTACH", "PARTITION"):
-        return Step(Action.ATTACH_PARTITION, table=table, name=c.read_name(),
-                    text=c.text_of(0, c.stop))
+        name = c.read_name()
+        default = c.at("DEFAULT")
+        return Step(Action.ATTACH_PARTITION, table=table, name=name,
+                    target_kind="default" if default else None, text=c.text_of(0, c.stop))
     if c.accept("DETACH", "PARTITION"):
         name = c.read_name()
         concurrently = c.accept("CONCURRENTLY")

@@ -185,8 +185,10 @@ def _create_table(c: Cursor) -> list[Step]:
     table = _require_name(c, "table")
     steps: list[Step] = []
     parent = None
+    default_partition = False
     if c.accept("PARTITION", "OF"):
         parent = _require_name(c, "table")
+        default_partition = "DEFAULT" in c.words(c.pos, c.stop) and "FOR" not in c.words(c.pos, c.stop)
     elif c.accept("OF"):
         c.read_name()
     if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
@@ -199,7 +201,9 @@ def _create_table(c: Cursor) -> list[Step]:
         parents = [c.text_of(s, e) for s, e in split_top_level(c.tokens, g0, g1)]
     # CREATE TABLE ... AS query: the query's reads are found by the caller (DML reader).
     create = Step(Action.CREATE_TABLE, table=table, parent=parent or (parents[0] if parents else None),
-                  if_not_exists=if_not_exists, text=c.text_of(0, c.stop))
+                  if_not_exists=if_not_exists, text=c.text_of(0, c.stop),
+                  target_kind="default-partition" if default_partition else (
+                      "partitioned" if "PARTITION" in c.words(c.pos, c.stop) else None))
     extra = [Step(Action.INHERIT, table=table, references=p) for p in parents[1:]]
     return [create, *steps, *extra]
 

@@ -1,0 +1,30 @@
+"""The pure core: statement facts (locks, holds, transactional) from SQL text."""
+
+from safeddl.analysis.analyzer import analyze_script, analyze_statement, check_version
+from safeddl.analysis.catalog import Catalog, Constraint, Relation
+from safeddl.analysis.locktable import NEWEST, OLDEST
+from safeddl.analysis.model import (
+    Action,
+    ConstraintType,
+    RelationLock,
+    Statement,
+    Step,
+    Volatility,
+)
+
+__all__ = [
+    "NEWEST",
+    "OLDEST",
+    "Action",
+    "Catalog",
+    "Constraint",
+    "ConstraintType",
+    "Relation",
+    "RelationLock",
+    "Statement",
+    "Step",
+    "Volatility",
+    "analyze_script",
+    "analyze_statement",
+    "check_version",
+]

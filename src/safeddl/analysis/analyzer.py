@@ -1,0 +1,139 @@
+"""From SQL text to :class:`Statement` facts: read (cached by text), then map each
+step to the locks it takes on this server version, with what the catalog knows."""
+
+from __future__ import annotations
+
+import dataclasses
+from functools import lru_cache
+
+from safeddl.analysis.catalog import Catalog
+from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect
+from safeddl.analysis.model import Action, RelationLock, Statement, Step
+from safeddl.locks import Holds
+from safeddl.sql import Syntax, quote_ident, read, split_script
+
+_CREATES = (Action.CREATE_TABLE, Action.CREATE_VIEW, Action.CREATE_MATERIALIZED_VIEW)
+_HOLD_ORDER = [Holds.BRIEF, Holds.SCAN, Holds.REWRITE]
+
+
+def check_version(version: int) -> int:
+    if not OLDEST <= version <= NEWEST:
+        raise ValueError(
+            f"PostgreSQL {version} is not supported: safeddl knows {OLDEST} to {NEWEST}"
+        )
+    return version
+
+
+@lru_cache(maxsize=8192)
+def read_cached(text: str) -> Syntax:
+    """Reading is the expensive part and depends on the text only."""
+    return read(text)
+
+
+def analyze_statement(text: str, *, version: int = NEWEST, catalog: Catalog | None = None,
+                      line: int = 1) -> Statement:
+    """The facts of one statement. Never raises for any input text."""
+    check_version(version)
+    catalog = catalog if catalog is not None else Catalog()
+    syntax = read_cached(text.strip().rstrip(";").strip() if ";" in text[-3:] else text.strip())
+    return _facts(text.strip(), line, syntax, version, catalog)
+
+
+def analyze_script(script: str, *, version: int = NEWEST, catalog: Catalog | None = None,
+                   learn: bool = True) -> list[Statement]:
+    """The facts of every statement of a script, in order.
+
+    ``catalog`` is what is known before the script; each statement's effect on the
+    schema (a new table, a column, an index...) is learnt for the next ones. The
+    given catalog is updated in place when ``learn`` is true.
+    """
+    check_version(version)
+    catalog = catalog if catalog is not None else Catalog()
+    out = []
+    for raw in split_script(script):
+        if raw.error:
+            syntax = Syntax((Step(Action.UNPARSED, text=raw.text),), f"cannot tokenize: {raw.error}")
+        else:
+            syntax = read_cached(raw.text)
+        statement = _facts(raw.text, raw.line, syntax, version, catalog)
+        statement = dataclasses.replace(statement, leading_comments=_comments(raw.preamble))
+        out.append(statement)
+        if learn and syntax.understood:
+            catalog.learn(syntax.steps)
+    return out
+
+
+def _facts(text: str, line: int, syntax: Syntax, version: int, catalog: Catalog) -> Statement:
+    steps = syntax.steps
+    head = steps[0]
+    if not syntax.understood:
+        return Statement(text, line, Action.UNPARSED, steps, (), True, understood=False,
+                         reason=syntax.error)
+    created = catalog.key(head.table) if head.action in _CREATES and head.table else None
+    takes: list[Take] = []
+    filled: list[Step] = []
+    transactional = True
+    notes: list[str] = []
+    for step in steps:
+        if created and step is not head and step.table and catalog.key(step.table) == created:
+            # A column or constraint of the table being created: only what it
+            # references elsewhere is locked.
+            result = effect(dataclasses.replace(step, action=Action.OTHER), version, catalog)
+            if step.action is Action.ADD_CONSTRAINT or step.references:
+                from safeddl.analysis.locktable import _inline_constraint
+
+                result = _inline_constraint(step, version, catalog)
+        else:
+            result = effect(step, version, catalog)
+        takes.extend(result.takes)
+        transactional = transactional and result.transactional
+        notes.extend(n for n in result.notes if n not in notes)
+        own = [t.mode for t in result.takes if step.table and t.relation == step.table]
+        filled.append(dataclasses.replace(step, holds=result.holds,
+                                          mode=step.mode or (max(own) if own else None)))
+    locks = _merge(takes, catalog, exclude=created)
+    return Statement(
+        sql=text, line=line, kind=head.action, steps=tuple(filled), locks=locks,
+        transactional=transactional, creates=(head.table,) if created and head.table else (),
+        notes=tuple(notes),
+    )
+
+
+def _merge(takes: list[Take], catalog: Catalog, exclude: str | None) -> tuple[RelationLock, ...]:
+    """One lock per relation: the strongest mode, the longest hold, first-seen order."""
+    merged: dict[str, RelationLock] = {}
+    for take in takes:
+        key = catalog.key(take.relation)
+        if key == exclude:
+            continue
+        current = merged.get(key)
+        if current is None:
+            merged[key] = RelationLock(_display(take.relation, catalog), take.mode, take.holds,
+                                       take.object)
+        else:
+            merged[key] = dataclasses.replace(
+                current,
+                mode=max(current.mode, take.mode),
+                holds=max(current.holds, take.holds, key=_HOLD_ORDER.index),
+            )
+    return tuple(merged.values())
+
+
+def _display(relation: str, catalog: Catalog) -> str:
+    """Names come as written; names from the catalog come qualified: show those the
+    way a user would write them (``public.`` dropped, quoted where needed)."""
+    if relation not in catalog.relations:
+        return relation
+    schema, _, name = relation.partition(".")
+    if schema == (catalog.search_path[0] if catalog.search_path else "public"):
+        return quote_ident(name)
+    return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+
+def _comments(preamble: str) -> tuple[str, ...]:
+    lines = []
+    for line in preamble.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("--"):
+            lines.append(stripped[2:].strip())
+    return tuple(lines)

@@ -1,0 +1,588 @@
+"""Which lock each step takes on which relations, and for how long: version-aware.
+
+Every entry here is checked against a real server by the project's lock corpus
+(``tests/integration/test_lock_corpus.py``): a disagreement is a bug in this file.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from safeddl.analysis.catalog import Catalog
+from safeddl.analysis.model import Action, ConstraintType, Step, Volatility
+from safeddl.locks import Holds, LockMode
+
+AS = LockMode.ACCESS_SHARE
+RS = LockMode.ROW_SHARE
+RE = LockMode.ROW_EXCLUSIVE
+SUE = LockMode.SHARE_UPDATE_EXCLUSIVE
+S = LockMode.SHARE
+SRE = LockMode.SHARE_ROW_EXCLUSIVE
+E = LockMode.EXCLUSIVE
+AE = LockMode.ACCESS_EXCLUSIVE
+
+OLDEST, NEWEST = 11, 18
+
+
+@dataclass(frozen=True)
+class Take:
+    """One lock a step takes. ``relation`` is as written, or a qualified catalog key."""
+
+    relation: str
+    mode: LockMode
+    holds: Holds = Holds.BRIEF
+    object: str = "table"
+
+
+@dataclass(frozen=True)
+class Effect:
+    takes: tuple[Take, ...]
+    holds: Holds  # what the step does to its own table's data
+    transactional: bool = True
+    notes: tuple[str, ...] = ()
+
+
+# Storage parameters PostgreSQL changes under SHARE UPDATE EXCLUSIVE (reloptions.c);
+# every other one takes ACCESS EXCLUSIVE.
+_SUE_OPTIONS = re.compile(
+    r"^(fillfactor|autovacuum_.*|toast\.autovacuum_.*|toast_tuple_target|parallel_workers"
+    r"|log_autovacuum_min_duration|toast\.log_autovacuum_min_duration|vacuum_index_cleanup"
+    r"|toast\.vacuum_index_cleanup|vacuum_truncate|toast\.vacuum_truncate"
+    r"|vacuum_max_eager_freeze_failure_rate|toast\.vacuum_max_eager_freeze_failure_rate"
+    r"|autovacuum_vacuum_max_threshold)$"
+)
+
+# ALTER TABLE sub-commands that do not recurse to partitions / inheritance children.
+_NO_RECURSION = frozenset({
+    Action.RENAME_TABLE, Action.SET_SCHEMA, Action.OWNER_TO, Action.REPLICA_IDENTITY,
+    Action.ROW_LEVEL_SECURITY, Action.CLUSTER_ON, Action.SET_STORAGE_PARAMETERS,
+    Action.ATTACH_PARTITION, Action.DETACH_PARTITION, Action.INHERIT, Action.SET_TABLESPACE,
+    Action.SET_LOGGED, Action.SET_ACCESS_METHOD, Action.ALTER_TABLE_OTHER,
+})
+
+
+def effect(step: Step, version: int, catalog: Catalog) -> Effect:
+    """The locks one step takes, on a server of this major version."""
+    rule = _RULES.get(step.action)
+    if rule is None:
+        return Effect((), Holds.BRIEF)
+    return rule(step, version, catalog)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def _on(step: Step, mode: LockMode, holds: Holds, catalog: Catalog, *,
+        recurse: bool = True, transactional: bool = True,
+        notes: tuple[str, ...] = (), extra: tuple[Take, ...] = ()) -> Effect:
+    """``mode`` on the step's table (and its children unless ONLY), holding ``holds``."""
+    assert step.table is not None
+    takes = [Take(step.table, mode, _own_holds(step.table, holds, catalog))]
+    if recurse and not step.only:
+        takes.extend(Take(child, mode, _own_holds(child, holds, catalog))
+                     for child in catalog.children(step.table))
+    return Effect(tuple(takes) + extra, holds, transactional, notes)
+
+
+def _own_holds(relation: str, holds: Holds, catalog: Catalog) -> Holds:
+    """A relation without storage (partitioned table, view) is never scanned itself."""
+    info = catalog.get(relation)
+    if info is not None and not info.has_storage and holds is not Holds.BRIEF:
+        return Holds.BRIEF
+    return holds
+
+
+def _max_holds(*holds: Holds) -> Holds:
+    order = [Holds.BRIEF, Holds.SCAN, Holds.REWRITE]
+    return max(holds, key=order.index)
+
+
+# -- DML --------------------------------------------------------------------------------
+
+def _read(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None:
+        return Effect((), Holds.BRIEF)
+    mode = RS if step.action is Action.SELECT_FOR_UPDATE else AS
+    takes = [Take(step.table, mode)]
+    takes.extend(Take(rel, mode) for rel in catalog.view_reads(step.table))
+    if not step.only:
+        takes.extend(Take(child, mode) for child in catalog.children(step.table))
+    return Effect(tuple(takes), Holds.BRIEF)
+
+
+def _write(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None:
+        return Effect((), Holds.BRIEF)
+    takes = [Take(step.table, RE)]
+    takes.extend(Take(rel, RE) for rel in catalog.view_reads(step.table))
+    if step.action is not Action.INSERT and not step.only:
+        takes.extend(Take(child, RE) for child in catalog.children(step.table))
+    # Foreign keys: checking a new or changed referencing row locks the referenced
+    # row FOR KEY SHARE; deleting or changing a referenced row checks the referencing
+    # table the same way (when rows are affected).
+    if step.action in (Action.INSERT, Action.UPDATE, Action.MERGE, Action.COPY_FROM):
+        takes.extend(Take(fk.references, RS) for fk in catalog.foreign_keys(step.table)
+                     if fk.references)
+    if step.action in (Action.DELETE, Action.UPDATE, Action.MERGE):
+        takes.extend(Take(table, RS) for table, _fk in catalog.referencing(step.table))
+    return Effect(tuple(takes), Holds.BRIEF)
+
+
+def _copy_to(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None:
+        return Effect((), Holds.BRIEF)
+    return Effect((Take(step.table, AS, Holds.SCAN),), Holds.BRIEF)
+
+
+def _truncate(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    extra: list[Take] = []
+    if step.cascade:
+        seen = {catalog.key(step.table)}
+        todo = [step.table]
+        while todo:
+            for table, _fk in catalog.referencing(todo.pop()):
+                if table not in seen:
+                    seen.add(table)
+                    extra.append(Take(table, AE))
+                    todo.append(table)
+    return _on(step, AE, Holds.BRIEF, catalog, extra=tuple(extra))
+
+
+def _lock_table(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None and step.mode is not None
+    views = tuple(Take(rel, step.mode) for rel in catalog.view_reads(step.table))
+    return _on(step, step.mode, Holds.BRIEF, catalog, extra=views)
+
+
+# -- indexes ----------------------------------------------------------------------------
+
+def _create_index(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.concurrently:
+        return _on(step, SUE, Holds.SCAN, catalog, transactional=False)
+    return _on(step, S, Holds.SCAN, catalog)
+
+
+def _index_owner(step: Step, catalog: Catalog) -> tuple[str, str]:
+    """(relation, object): the index's table when known, else the index itself."""
+    assert step.name is not None
+    table = catalog.index_table(step.name)
+    return (table, "table") if table else (step.name, "index")
+
+
+def _drop_index(step: Step, version: int, catalog: Catalog) -> Effect:
+    relation, obj = _index_owner(step, catalog)
+    notes = () if obj == "table" else (
+        f"the table of index {step.name} is not known from the text alone; "
+        "its lock is reported against the index",)
+    if step.concurrently:
+        return Effect((Take(relation, SUE, Holds.BRIEF, obj),), Holds.BRIEF, False, notes)
+    return Effect((Take(relation, AE, Holds.BRIEF, obj),), Holds.BRIEF, True, notes)
+
+
+def _reindex(step: Step, version: int, catalog: Catalog) -> Effect:
+    notes: tuple[str, ...] = ()
+    if step.concurrently and version < 12:
+        notes = ("REINDEX CONCURRENTLY needs PostgreSQL 12 or later",)
+    mode = SUE if step.concurrently else S
+    if step.target_kind == "index" and step.name:
+        relation, obj = _index_owner(step, catalog)
+        return Effect((Take(relation, mode, Holds.SCAN, obj),), Holds.SCAN,
+                      not step.concurrently, notes)
+    if step.target_kind == "table" and step.table:
+        info = catalog.get(step.table)
+        partitioned = info is not None and info.kind == "partitioned"
+        takes = [Take(step.table, mode, _own_holds(step.table, Holds.SCAN, catalog))]
+        takes.extend(Take(c, mode, Holds.SCAN) for c in catalog.children(step.table))
+        return Effect(tuple(takes), Holds.SCAN,
+                      not step.concurrently and not (partitioned and version >= 14), notes)
+    # SCHEMA / DATABASE / SYSTEM: one transaction per table, never in a block.
+    return Effect((), Holds.SCAN, False, notes)
+
+
+def _alter_index(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.name is None:
+        return Effect((), Holds.BRIEF)
+    text = step.text.upper()
+    if text.startswith("RENAME"):
+        mode = SUE if version >= 12 else AE
+    elif text.startswith("SET TABLESPACE"):
+        return Effect((Take(step.name, AE, Holds.REWRITE, "index"),), Holds.REWRITE)
+    elif text.startswith(("SET (", "SET(", "RESET")):
+        mode = SUE if step.options and all(_SUE_OPTIONS.match(o) for o in step.options) else AE
+    elif "STATISTICS" in text:
+        mode = SUE
+    else:
+        mode = AE
+    return Effect((Take(step.name, mode, Holds.BRIEF, "index"),), Holds.BRIEF)
+
+
+# -- creating and dropping relations ---------------------------------------------------
+
+def _create_table(step: Step, version: int, catalog: Catalog) -> Effect:
+    takes: list[Take] = []
+    if step.parent:
+        parent = catalog.get(step.parent)
+        is_partition = parent is None or parent.kind == "partitioned"
+        if is_partition:
+            takes.append(Take(step.parent, AE))
+            default = catalog.default_partition(step.parent)
+            if default and step.target_kind != "default-partition":
+                takes.append(Take(default, AE, Holds.SCAN))
+        else:
+            takes.append(Take(step.parent, SUE))
+    return Effect(tuple(takes), Holds.BRIEF)
+
+
+def _create_view(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    if step.cascade and catalog.get(step.table) is not None:  # OR REPLACE of an existing view
+        return Effect((Take(step.table, AE),), Holds.BRIEF)
+    return Effect((), Holds.BRIEF)
+
+
+def _inline_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
+    """A constraint inside CREATE TABLE (the new table itself is not reported)."""
+    if step.constraint_type is ConstraintType.FOREIGN_KEY and step.references:
+        return Effect((Take(step.references, SRE),), Holds.BRIEF)
+    return Effect((), Holds.BRIEF)
+
+
+def _drop(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    takes = [Take(step.table, AE)]
+    takes.extend(Take(child, AE) for child in catalog.children(step.table))
+    for fk in catalog.foreign_keys(step.table):
+        if fk.references and catalog.key(fk.references) != catalog.key(step.table):
+            takes.append(Take(fk.references, AE))
+    for table, _fk in catalog.referencing(step.table):
+        if table != catalog.key(step.table):
+            takes.append(Take(table, AE))
+    return Effect(tuple(takes), Holds.BRIEF)
+
+
+# -- ALTER TABLE ------------------------------------------------------------------------
+
+def _add_column(step: Step, version: int, catalog: Catalog) -> Effect:
+    holds = Holds.BRIEF
+    generated = step.generated
+    if generated == "default-kind":
+        generated = "virtual" if version >= 18 else "stored"
+    if generated in ("identity", "serial", "stored"):
+        holds = Holds.REWRITE
+    elif step.volatility in (Volatility.VOLATILE, Volatility.UNKNOWN):
+        holds = Holds.REWRITE
+    elif version < 11 and step.volatility is not Volatility.NONE:
+        holds = Holds.REWRITE
+    extra: tuple[Take, ...] = ()
+    if step.constraint_type in (ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY):
+        holds = _max_holds(holds, Holds.SCAN)
+    elif step.constraint_type is ConstraintType.CHECK:
+        holds = _max_holds(holds, Holds.SCAN)
+    if step.references:
+        holds = _max_holds(holds, Holds.SCAN)
+        extra = (Take(step.references, SRE, Holds.SCAN),)
+    notes = ()
+    if step.volatility is Volatility.UNKNOWN:
+        notes = (f"the volatility of DEFAULT {step.default_sql} is not known; "
+                 "assumed volatile (a rewrite)",)
+    return _on(step, AE, holds, catalog, extra=extra, notes=notes)
+
+
+_BINARY_COERCIBLE = {("varchar", "text"), ("text", "varchar"), ("cidr", "inet"),
+                     ("varbit", "varbit"), ("xml", "text")}
+_TYPE_ALIASES = {
+    "character varying": "varchar", "character": "char", "int4": "integer", "int": "integer",
+    "int8": "bigint", "int2": "smallint", "decimal": "numeric", "bool": "boolean",
+    "float8": "double precision", "float4": "real", "timestamp without time zone": "timestamp",
+    "timestamp with time zone": "timestamptz", "bit varying": "varbit",
+}
+
+
+def _parse_type(type_sql: str) -> tuple[str, tuple[int, ...], bool]:
+    """``VARCHAR(20)`` -> ("varchar", (20,), False); the bool says "an array"."""
+    text = " ".join(type_sql.lower().replace('"', "").split())
+    array = text.endswith("[]")
+    text = text.removesuffix("[]").strip()
+    match = re.match(r"^([a-z_ ][a-z0-9_ .]*?)\s*(?:\(([\d\s,]+)\))?$", text)
+    if not match:
+        return text, (), array
+    base = match.group(1).strip()
+    base = _TYPE_ALIASES.get(base, base)
+    mods = tuple(int(x) for x in match.group(2).split(",")) if match.group(2) else ()
+    return base.split(".")[-1], mods, array
+
+
+def _type_change_rewrites(old: str, new: str) -> bool:
+    """Would ``ALTER COLUMN TYPE`` from ``old`` to ``new`` rewrite the table?"""
+    old_base, old_mods, old_array = _parse_type(old)
+    new_base, new_mods, new_array = _parse_type(new)
+    if old_array != new_array:
+        return True
+    if old_base == new_base:
+        if not new_mods:
+            return False  # dropping a length / precision limit
+        if not old_mods:
+            return True  # adding one: every value is checked and coerced
+        if old_base in ("varchar", "varbit"):
+            return new_mods[0] < old_mods[0]
+        if old_base == "numeric":
+            old_scale = old_mods[1] if len(old_mods) > 1 else 0
+            new_scale = new_mods[1] if len(new_mods) > 1 else 0
+            return not (new_scale == old_scale and new_mods[0] >= old_mods[0])
+        return old_mods != new_mods
+    if (old_base, new_base) in _BINARY_COERCIBLE:
+        return new_base == "varchar" and bool(new_mods)
+    return True
+
+
+def _alter_column_type(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    old = catalog.column_type(step.table, step.column)
+    notes: tuple[str, ...] = ()
+    if step.cascade:  # USING <expression>
+        holds = Holds.REWRITE
+    elif old is None:
+        holds = Holds.REWRITE
+        notes = (f"the current type of {step.column} is not known; a rewrite is assumed",)
+    else:
+        holds = Holds.REWRITE if _type_change_rewrites(old, step.type_sql or "") else Holds.BRIEF
+    # Foreign keys on the column are checked again after the change.
+    extra = tuple(
+        Take(fk.references, SRE) for fk in catalog.foreign_keys(step.table)
+        if fk.references and fk.column and step.column
+        and fk.column == catalog.key(step.column).split(".")[1]
+    )
+    return _on(step, AE, holds, catalog, notes=notes, extra=extra)
+
+
+def _set_not_null(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    proven = catalog.proves_not_null(step.table, step.column) and version >= 12
+    return _on(step, AE, Holds.BRIEF if proven else Holds.SCAN, catalog)
+
+
+def _alter_column_other(step: Step, version: int, catalog: Catalog) -> Effect:
+    kind = step.target_kind
+    if kind in ("statistics", "options"):
+        return _on(step, SUE, Holds.BRIEF, catalog)
+    if kind == "set-expression":
+        return _on(step, AE, Holds.REWRITE, catalog)
+    return _on(step, AE, Holds.BRIEF, catalog)
+
+
+def _add_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    kind = step.constraint_type
+    scan = Holds.BRIEF if step.not_valid else Holds.SCAN
+    if kind is ConstraintType.FOREIGN_KEY:
+        extra = (Take(step.references, SRE, scan),) if step.references else ()
+        return _on(step, SRE, scan, catalog, extra=extra)
+    if kind in (ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY):
+        if step.using_index:
+            needs_scan = kind is ConstraintType.PRIMARY_KEY and not all(
+                catalog.proves_not_null(step.table, c) for c in _columns_of(step)
+            )
+            return _on(step, AE, Holds.SCAN if needs_scan else Holds.BRIEF, catalog)
+        return _on(step, AE, Holds.SCAN, catalog)
+    if kind is ConstraintType.NOT_NULL:
+        return _on(step, AE, scan, catalog)
+    return _on(step, AE, scan, catalog)  # CHECK, EXCLUDE
+
+
+def _columns_of(step: Step) -> list[str | None]:
+    return [step.column]
+
+
+def _validate(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    con = catalog.constraint(step.table, step.name)
+    extra: tuple[Take, ...] = ()
+    if con is not None and con.type is ConstraintType.FOREIGN_KEY and con.references:
+        extra = (Take(con.references, RS, Holds.SCAN),)
+    return _on(step, SUE, Holds.SCAN, catalog, extra=extra)
+
+
+def _drop_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    con = catalog.constraint(step.table, step.name)
+    extra: tuple[Take, ...] = ()
+    if con is not None and con.type is ConstraintType.FOREIGN_KEY and con.references:
+        extra = (Take(con.references, AE),)
+    return _on(step, AE, Holds.BRIEF, catalog, extra=extra)
+
+
+def _storage_parameters(step: Step, version: int, catalog: Catalog) -> Effect:
+    info = catalog.get(step.table)
+    is_view = info is not None and info.kind == "view"
+    light = bool(step.options) and all(_SUE_OPTIONS.match(o) for o in step.options)
+    return _on(step, SUE if light and not is_view else AE, Holds.BRIEF, catalog, recurse=False)
+
+
+def _attach_partition(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None and step.name is not None
+    parent_mode = SUE if version >= 12 else AE
+    part = catalog.get(step.name)
+    proven = part is not None and any(
+        c.type is ConstraintType.CHECK and c.valid for c in part.constraints.values()
+    )
+    takes = [Take(step.table, parent_mode), Take(step.name, AE, Holds.BRIEF if proven else Holds.SCAN)]
+    default = catalog.default_partition(step.table)
+    if default and step.target_kind != "default":
+        takes.append(Take(default, AE, Holds.SCAN))
+    notes = () if proven else (
+        f"{step.name} is scanned to prove its rows fit the partition bound "
+        "(a matching valid CHECK constraint avoids the scan)",)
+    return Effect(tuple(takes), Holds.BRIEF if proven else Holds.SCAN, True, notes)
+
+
+def _detach_partition(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None and step.name is not None
+    if step.concurrently or step.target_kind == "finalize":
+        notes = ("DETACH PARTITION CONCURRENTLY needs PostgreSQL 14 or later",) if version < 14 else ()
+        takes = [Take(step.table, SUE), Take(step.name, SUE)]
+        return Effect(tuple(takes), Holds.BRIEF, False, notes)
+    takes = [Take(step.table, AE), Take(step.name, AE)]
+    default = catalog.default_partition(step.table)
+    if default and catalog.key(step.name) != default:
+        takes.append(Take(default, AE))
+    return Effect(tuple(takes), Holds.BRIEF)
+
+
+def _inherit(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    extra = (Take(step.references, SUE),) if step.references else ()
+    return _on(step, AE, Holds.BRIEF, catalog, recurse=False, extra=extra)
+
+
+def _ae(holds: Holds, recurse: bool = True):  # type: ignore[no-untyped-def]
+    def rule(step: Step, version: int, catalog: Catalog) -> Effect:
+        if step.table is None:
+            return Effect((), holds)
+        return _on(step, AE, holds, catalog,
+                   recurse=recurse and step.action not in _NO_RECURSION)
+    return rule
+
+
+def _mode(mode: LockMode, holds: Holds = Holds.BRIEF, recurse: bool = True,
+          transactional: bool = True):  # type: ignore[no-untyped-def]
+    def rule(step: Step, version: int, catalog: Catalog) -> Effect:
+        if step.table is None:
+            return Effect((), holds, transactional)
+        return _on(step, mode, holds, catalog, recurse=recurse, transactional=transactional)
+    return rule
+
+
+# -- maintenance and the rest ------------------------------------------------------------
+
+def _vacuum(step: Step, version: int, catalog: Catalog) -> Effect:
+    full = step.action is Action.VACUUM_FULL
+    mode, holds = (AE, Holds.REWRITE) if full else (SUE, Holds.SCAN)
+    if step.table is None:
+        return Effect((), holds, False)
+    return _on(step, mode, holds, catalog, transactional=False)
+
+
+def _cluster(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None:
+        return Effect((), Holds.REWRITE, False)
+    info = catalog.get(step.table)
+    partitioned = info is not None and info.kind == "partitioned"
+    return _on(step, AE, Holds.REWRITE, catalog, transactional=not partitioned)
+
+
+def _refresh(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.concurrently:
+        return _on(step, E, Holds.SCAN, catalog, recurse=False)
+    return _on(step, AE, Holds.REWRITE, catalog, recurse=False)
+
+
+def _comment(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None:
+        return Effect((), Holds.BRIEF)
+    return _on(step, SUE if step.target_kind in ("table", "column") else AE,
+               Holds.BRIEF, catalog, recurse=False)
+
+
+def _grant(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None or version < 18:
+        return Effect((), Holds.BRIEF)
+    return _on(step, AS, Holds.BRIEF, catalog, recurse=False)
+
+
+def _alter_type_add_value(step: Step, version: int, catalog: Catalog) -> Effect:
+    return Effect((), Holds.BRIEF, version >= 12)
+
+
+def _other(step: Step, version: int, catalog: Catalog) -> Effect:
+    return Effect((), Holds.BRIEF, step.target_kind != "outside-transaction")
+
+
+def _set_default(step: Step, version: int, catalog: Catalog) -> Effect:
+    return _on(step, AE, Holds.BRIEF, catalog)
+
+
+_RULES = {
+    Action.SELECT: _read,
+    Action.SELECT_FOR_UPDATE: _read,
+    Action.INSERT: _write,
+    Action.UPDATE: _write,
+    Action.DELETE: _write,
+    Action.MERGE: _write,
+    Action.COPY_FROM: _write,
+    Action.COPY_TO: _copy_to,
+    Action.TRUNCATE: _truncate,
+    Action.LOCK_TABLE: _lock_table,
+    Action.CREATE_TABLE: _create_table,
+    Action.CREATE_VIEW: _create_view,
+    Action.CREATE_MATERIALIZED_VIEW: _create_view,
+    Action.CREATE_INDEX: _create_index,
+    Action.DROP_INDEX: _drop_index,
+    Action.REINDEX: _reindex,
+    Action.ALTER_INDEX: _alter_index,
+    Action.DROP_TABLE: _drop,
+    Action.DROP_VIEW: _drop,
+    Action.DROP_MATERIALIZED_VIEW: _drop,
+    Action.CREATE_TRIGGER: _mode(SRE),
+    Action.DROP_TRIGGER: _ae(Holds.BRIEF, recurse=False),
+    Action.CREATE_POLICY: _ae(Holds.BRIEF, recurse=False),
+    Action.CREATE_STATISTICS: _mode(SUE, recurse=False),
+    Action.ADD_COLUMN: _add_column,
+    Action.DROP_COLUMN: _ae(Holds.BRIEF),
+    Action.ALTER_COLUMN_TYPE: _alter_column_type,
+    Action.SET_DEFAULT: _set_default,
+    Action.DROP_DEFAULT: _set_default,
+    Action.SET_NOT_NULL: _set_not_null,
+    Action.DROP_NOT_NULL: _ae(Holds.BRIEF),
+    Action.ADD_IDENTITY: _ae(Holds.BRIEF),
+    Action.ALTER_COLUMN_OTHER: _alter_column_other,
+    Action.ADD_CONSTRAINT: _add_constraint,
+    Action.VALIDATE_CONSTRAINT: _validate,
+    Action.DROP_CONSTRAINT: _drop_constraint,
+    Action.RENAME_CONSTRAINT: _ae(Holds.BRIEF, recurse=False),
+    Action.RENAME_TABLE: _ae(Holds.BRIEF),
+    Action.RENAME_COLUMN: _ae(Holds.BRIEF),
+    Action.SET_SCHEMA: _ae(Holds.BRIEF),
+    Action.OWNER_TO: _ae(Holds.BRIEF),
+    Action.TRIGGER_ENABLE: _mode(SRE),
+    Action.CLUSTER_ON: _mode(SUE, recurse=False),
+    Action.SET_STORAGE_PARAMETERS: _storage_parameters,
+    Action.SET_LOGGED: _ae(Holds.REWRITE),
+    Action.SET_TABLESPACE: _ae(Holds.REWRITE),
+    Action.SET_ACCESS_METHOD: _ae(Holds.REWRITE),
+    Action.REPLICA_IDENTITY: _ae(Holds.BRIEF),
+    Action.ROW_LEVEL_SECURITY: _ae(Holds.BRIEF),
+    Action.ATTACH_PARTITION: _attach_partition,
+    Action.DETACH_PARTITION: _detach_partition,
+    Action.INHERIT: _inherit,
+    Action.ALTER_TABLE_OTHER: _ae(Holds.BRIEF),
+    Action.VACUUM: _vacuum,
+    Action.VACUUM_FULL: _vacuum,
+    Action.ANALYZE: _mode(SUE, Holds.SCAN),
+    Action.CLUSTER: _cluster,
+    Action.REFRESH_MATERIALIZED_VIEW: _refresh,
+    Action.COMMENT: _comment,
+    Action.GRANT: _grant,
+    Action.ALTER_TYPE_ADD_VALUE: _alter_type_add_value,
+    Action.OTHER: _other,
+}
