@@ -1,0 +1,100 @@
+"""Running the rules over a script (lint) or one statement (runtime guard)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from safeddl.analysis import Action, Catalog, Statement, analyze_statement
+from safeddl.analysis.analyzer import check_version
+from safeddl.rules.base import Context, Finding, Rule
+from safeddl.sql import split_script
+
+_IGNORE = re.compile(r"safeddl:\s*ignore\[([^\]]*)\]\s*(.*)$", re.IGNORECASE)
+_LOCK_TIMEOUT = re.compile(r"(?is)^\s*SET\s+(SESSION\s+|LOCAL\s+)?lock_timeout\b")
+
+
+@dataclass(frozen=True)
+class Ignored:
+    rule: str
+    reason: str
+
+
+@dataclass
+class Result:
+    """A statement, what the rules found, and what an ignore comment silenced."""
+
+    statement: Statement
+    findings: list[Finding] = field(default_factory=list)
+    ignored: list[Ignored] = field(default_factory=list)
+
+
+def all_rules() -> list[Rule]:
+    from safeddl.rules import RULES
+
+    return list(RULES)
+
+
+def check(statement: Statement, context: Context, rules: list[Rule] | None = None) -> list[Finding]:
+    findings: list[Finding] = []
+    for rule in rules if rules is not None else all_rules():
+        findings.extend(rule.check(statement, context))
+    return findings
+
+
+def ignores_in(comments: tuple[str, ...]) -> dict[str, str]:
+    """``-- safeddl: ignore[a, b] reason`` -> {"a": "reason", "b": "reason"}."""
+    out: dict[str, str] = {}
+    for comment in comments:
+        match = _IGNORE.search(comment)
+        if match:
+            for rule in match.group(1).split(","):
+                if rule.strip():
+                    out[rule.strip()] = match.group(2).strip()
+    return out
+
+
+def lint_script(script: str, *, version: int = 18, catalog: Catalog | None = None,
+                assume_in_transaction: bool = False,
+                rules: list[Rule] | None = None) -> list[Result]:
+    """Analyse and check every statement of a script, in order."""
+    check_version(version)
+    catalog = catalog.copy() if catalog is not None else Catalog()
+    context = Context(version=version, catalog=catalog, in_transaction=assume_in_transaction)
+    results = []
+    for raw in split_script(script):
+        statement = analyze_statement(raw.text, version=version, catalog=catalog, line=raw.line)
+        comments = tuple(
+            line.strip()[2:].strip() for line in raw.preamble.splitlines()
+            if line.strip().startswith("--")
+        )
+        ignores = ignores_in(comments)
+        result = Result(statement)
+        for finding in check(statement, context, rules):
+            if finding.rule in ignores:
+                result.ignored.append(Ignored(finding.rule, ignores[finding.rule]))
+            else:
+                result.findings.append(finding)
+        results.append(result)
+        _advance(context, statement, raw.text, assume_in_transaction)
+    return results
+
+
+def _advance(context: Context, statement: Statement, text: str, assume: bool) -> None:
+    """What the script's transaction state is after this statement."""
+    if statement.understood:
+        context.catalog.learn(statement.steps)
+    context.script.append(statement)
+    if statement.kind is Action.TRANSACTION_CONTROL:
+        word = text.split(None, 1)[0].upper() if text.split() else ""
+        if word in ("BEGIN", "START"):
+            context.in_transaction = True
+            context.transaction = []
+        elif word in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in text.upper().split():
+            context.in_transaction = assume
+            context.transaction = []
+        return
+    if statement.kind is Action.SET and _LOCK_TIMEOUT.match(text):
+        context.lock_timeout_set = True
+    if context.in_transaction:
+        context.transaction.append(statement)
