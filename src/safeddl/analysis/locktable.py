@@ -272,8 +272,6 @@ def _add_column(step: Step, version: int, catalog: Catalog) -> Effect:
         holds = Holds.REWRITE
     elif step.volatility in (Volatility.VOLATILE, Volatility.UNKNOWN):
         holds = Holds.REWRITE
-    elif version < 11 and step.volatility is not Volatility.NONE:
-        holds = Holds.REWRITE
     extra: tuple[Take, ...] = ()
     if step.constraint_type in (ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY):
         holds = _max_holds(holds, Holds.SCAN)
