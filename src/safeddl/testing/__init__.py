@@ -1,0 +1,41 @@
+"""Throwaway PostgreSQL servers for tests (no pytest needed; see ``safeddl.pytest_plugin``)."""
+
+from safeddl.testing.server import (
+    DATABASE,
+    DEFAULT_SETTINGS,
+    USER,
+    ExternalServer,
+    PostgresServer,
+    ServerError,
+    ServerHandle,
+    ServerInstall,
+    ServerNotFound,
+    ServerStartError,
+    choose_install,
+    distinct_versions,
+    find_server_installs,
+    fresh_database,
+    sqlalchemy_url_from_dsn,
+    start_server,
+    with_database,
+)
+
+__all__ = [
+    "DATABASE",
+    "DEFAULT_SETTINGS",
+    "USER",
+    "ExternalServer",
+    "PostgresServer",
+    "ServerError",
+    "ServerHandle",
+    "ServerInstall",
+    "ServerNotFound",
+    "ServerStartError",
+    "choose_install",
+    "distinct_versions",
+    "find_server_installs",
+    "fresh_database",
+    "sqlalchemy_url_from_dsn",
+    "start_server",
+    "with_database",
+]
