@@ -7,6 +7,7 @@ Every entry here is checked against a real server by the project's lock corpus
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from safeddl.analysis.catalog import Catalog
@@ -280,7 +281,7 @@ def _add_column(step: Step, version: int, catalog: Catalog) -> Effect:
     if step.references:
         holds = _max_holds(holds, Holds.SCAN)
         extra = (Take(step.references, SRE, Holds.SCAN),)
-    notes = ()
+    notes: tuple[str, ...] = ()
     if step.volatility is Volatility.UNKNOWN:
         notes = (f"the volatility of DEFAULT {step.default_sql} is not known; "
                  "assumed volatile (a rewrite)",)
@@ -453,7 +454,10 @@ def _inherit(step: Step, version: int, catalog: Catalog) -> Effect:
     return _on(step, AE, Holds.BRIEF, catalog, recurse=False, extra=extra)
 
 
-def _ae(holds: Holds, recurse: bool = True):  # type: ignore[no-untyped-def]
+RuleFn = Callable[[Step, int, Catalog], Effect]
+
+
+def _ae(holds: Holds, recurse: bool = True) -> RuleFn:
     def rule(step: Step, version: int, catalog: Catalog) -> Effect:
         if step.table is None:
             return Effect((), holds)
@@ -463,7 +467,7 @@ def _ae(holds: Holds, recurse: bool = True):  # type: ignore[no-untyped-def]
 
 
 def _mode(mode: LockMode, holds: Holds = Holds.BRIEF, recurse: bool = True,
-          transactional: bool = True):  # type: ignore[no-untyped-def]
+          transactional: bool = True) -> RuleFn:
     def rule(step: Step, version: int, catalog: Catalog) -> Effect:
         if step.table is None:
             return Effect((), holds, transactional)
@@ -520,7 +524,7 @@ def _set_default(step: Step, version: int, catalog: Catalog) -> Effect:
     return _on(step, AE, Holds.BRIEF, catalog)
 
 
-_RULES = {
+_RULES: dict[Action, RuleFn] = {
     Action.SELECT: _read,
     Action.SELECT_FOR_UPDATE: _read,
     Action.INSERT: _write,

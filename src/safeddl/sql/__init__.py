@@ -33,7 +33,7 @@ __all__ = [
     "sqlglot_form",
 ]
 
-SQLGLOT_VERSION = sqlglot.__version__
+SQLGLOT_VERSION: str = getattr(sqlglot, "__version__", "unknown")
 
 _DML_WORDS = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES",
                         "TABLE", "("})
@@ -189,7 +189,7 @@ def _query_reads(c: Cursor, steps: list[Step]) -> list[Step]:
     return []
 
 
-def _parse(text: str) -> exp.Expression | None:
+def _parse(text: str) -> exp.Expr | None:
     import logging
 
     logger = logging.getLogger("sqlglot")

@@ -57,9 +57,9 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
             return read_table_constraint(cursor, table, c.pos, stop)
         c.accept("COLUMN")
         if_not_exists = c.accept("IF", "NOT", "EXISTS")
-        column = read_column_def(cursor, table, c.pos, stop, if_not_exists=if_not_exists)
+        new = read_column_def(cursor, table, c.pos, stop, if_not_exists=if_not_exists)
         # Inline constraints of the new column ride on the ADD COLUMN step.
-        return _column_with_constraints(column.step, column.constraints)
+        return _column_with_constraints(new.step, new.constraints)
     if c.accept("DROP"):
         if c.accept("CONSTRAINT"):
             c.accept("IF", "EXISTS")
@@ -84,9 +84,9 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
         if c.accept("CONSTRAINT"):
             return Step(Action.RENAME_CONSTRAINT, table=table, name=c.read_name())
         c.accept("COLUMN")
-        column = c.read_name()
+        old = c.read_name()
         c.accept("TO")
-        return Step(Action.RENAME_COLUMN, table=table, column=column, name=c.read_name())
+        return Step(Action.RENAME_COLUMN, table=table, column=old, name=c.read_name())
     if c.accept("SET", "SCHEMA"):
         return Step(Action.SET_SCHEMA, table=table, name=c.read_name())
     if c.accept("OWNER", "TO"):

@@ -12,7 +12,7 @@ from sqlglot import exp
 from safeddl.analysis.model import Action, Step
 from safeddl.locks import LockMode
 
-_WRITES: dict[type[exp.Expression], Action] = {
+_WRITES: dict[type[exp.Expr], Action] = {
     exp.Insert: Action.INSERT,
     exp.Update: Action.UPDATE,
     exp.Delete: Action.DELETE,
@@ -32,7 +32,7 @@ def written_name(table: exp.Table) -> str:
     return ".".join(parts)
 
 
-def _cte_names(tree: exp.Expression) -> set[str]:
+def _cte_names(tree: exp.Expr) -> set[str]:
     return {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
 
 
@@ -42,14 +42,14 @@ def _is_relation(table: exp.Table, ctes: set[str]) -> bool:
     return bool(table.args.get("db")) or table.name not in ctes
 
 
-def _target(node: exp.Expression) -> exp.Table | None:
+def _target(node: exp.Expr) -> exp.Table | None:
     this = node.this
     if isinstance(this, exp.Schema):
         this = this.this
     return this if isinstance(this, exp.Table) else None
 
 
-def dml_steps(tree: exp.Expression) -> list[Step]:
+def dml_steps(tree: exp.Expr) -> list[Step]:
     """One step per (action, relation) in first-appearance order."""
     ctes = _cte_names(tree)
     steps: list[Step] = []
@@ -76,7 +76,7 @@ def dml_steps(tree: exp.Expression) -> list[Step]:
     return steps
 
 
-def _row_locked_tables(tree: exp.Expression, ctes: set[str]) -> set[int]:
+def _row_locked_tables(tree: exp.Expr, ctes: set[str]) -> set[int]:
     """ids of the Table nodes a FOR UPDATE / FOR SHARE clause locks."""
     locked: set[int] = set()
     for select in tree.find_all(exp.Select):

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import TokenError
+from sqlglot.tokens import TokenType
 
 
-class _Tokenizer(Postgres.Tokenizer):  # type: ignore[misc]
+class _Tokenizer(Postgres.Tokenizer):
     """PostgreSQL's tokens, one word a token.
 
     sqlglot turns the rest of a "command" (LOCK, VACUUM, ...) into one string and
@@ -17,7 +18,7 @@ class _Tokenizer(Postgres.Tokenizer):  # type: ignore[misc]
     wants neither.
     """
 
-    COMMANDS: set[object] = set()
+    COMMANDS: set[TokenType] = set()
     KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if " " not in k}
 
 _OPEN = {"L_PAREN", "L_BRACKET"}
