@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import TokenError
-from sqlglot.tokens import TokenType
+from sqlglot.tokenizer_core import TokenType
 
 
 class _Tokenizer(Postgres.Tokenizer):
@@ -18,7 +19,7 @@ class _Tokenizer(Postgres.Tokenizer):
     wants neither.
     """
 
-    COMMANDS: set[TokenType] = set()
+    COMMANDS: ClassVar[set[TokenType]] = set()
     KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if " " not in k}
 
 _OPEN = {"L_PAREN", "L_BRACKET"}
