@@ -142,6 +142,11 @@ class Catalog:
                     todo.append(read)
         return out
 
+    def query_reads(self, written: str) -> list[str]:
+        """Relations the query of a view or materialized view reads (one level)."""
+        relation = self.get(written)
+        return sorted(relation.reads) if relation is not None else []
+
     def proves_not_null(self, table: str, column: str | None) -> bool:
         """A valid ``CHECK (col IS NOT NULL)`` or an existing NOT NULL."""
         relation = self.get(table)

@@ -188,8 +188,12 @@ def _reindex(step: Step, version: int, catalog: Catalog) -> Effect:
     mode = SUE if step.concurrently else S
     if step.target_kind == "index" and step.name:
         relation, obj = _index_owner(step, catalog)
-        return Effect((Take(relation, mode, Holds.SCAN, obj),), Holds.SCAN,
-                      not step.concurrently, notes)
+        takes = [Take(relation, mode, Holds.SCAN, obj)]
+        if obj == "table" and not step.concurrently:
+            # The index itself is locked ACCESS EXCLUSIVE: queries that would plan
+            # with it wait too.
+            takes.append(Take(step.name, AE, Holds.SCAN, "index"))
+        return Effect(tuple(takes), Holds.SCAN, not step.concurrently, notes)
     if step.target_kind == "table" and step.table:
         info = catalog.get(step.table)
         partitioned = info is not None and info.kind == "partitioned"
@@ -425,7 +429,10 @@ def _attach_partition(step: Step, version: int, catalog: Catalog) -> Effect:
     proven = part is not None and any(
         c.type is ConstraintType.CHECK and c.valid for c in part.constraints.values()
     )
-    takes = [Take(step.table, parent_mode), Take(step.name, AE, Holds.BRIEF if proven else Holds.SCAN)]
+    part_holds = Holds.BRIEF if proven else Holds.SCAN
+    # Before 12 the parent's ACCESS EXCLUSIVE is held through the partition's scan.
+    parent_holds = part_holds if version < 12 else Holds.BRIEF
+    takes = [Take(step.table, parent_mode, parent_holds), Take(step.name, AE, part_holds)]
     default = catalog.default_partition(step.table)
     if default and step.target_kind != "default":
         takes.append(Take(default, AE, Holds.SCAN))
@@ -494,9 +501,11 @@ def _cluster(step: Step, version: int, catalog: Catalog) -> Effect:
 
 
 def _refresh(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    reads = tuple(Take(rel, AS, Holds.SCAN) for rel in catalog.query_reads(step.table))
     if step.concurrently:
-        return _on(step, E, Holds.SCAN, catalog, recurse=False)
-    return _on(step, AE, Holds.REWRITE, catalog, recurse=False)
+        return _on(step, E, Holds.SCAN, catalog, recurse=False, extra=reads)
+    return _on(step, AE, Holds.REWRITE, catalog, recurse=False, extra=reads)
 
 
 def _comment(step: Step, version: int, catalog: Catalog) -> Effect:

@@ -46,6 +46,7 @@ class Context:
     transaction: list[Statement] = field(default_factory=list)  # earlier statements of it
     script: list[Statement] = field(default_factory=list)  # earlier statements of the script
     lock_timeout_set: bool = False  # a SET [LOCAL] lock_timeout came before
+    lock_timeout_local: bool = False  # ...by SET LOCAL: it ends with the transaction
     runtime: bool = False  # checked by the runtime guard, not by lint
 
     def is_new(self, relation: str) -> bool:

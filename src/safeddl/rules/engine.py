@@ -11,7 +11,10 @@ from safeddl.rules.base import Context, Finding, Rule
 from safeddl.sql import split_script
 
 _IGNORE = re.compile(r"safeddl:\s*ignore\[([^\]]*)\]\s*(.*)$", re.IGNORECASE)
-_LOCK_TIMEOUT = re.compile(r"(?is)^\s*SET\s+(SESSION\s+|LOCAL\s+)?lock_timeout\b")
+_SET_LOCK_TIMEOUT = re.compile(
+    r"(?is)^\s*SET\s+(SESSION\s+|LOCAL\s+)?lock_timeout\s*(?:=|TO)\s*'?([^';\s]*)"
+)
+_RESET_LOCK_TIMEOUT = re.compile(r"(?is)^\s*RESET\s+(lock_timeout|ALL)\b")
 
 
 @dataclass(frozen=True)
@@ -93,8 +96,27 @@ def _advance(context: Context, statement: Statement, text: str, assume: bool) ->
         elif word in ("COMMIT", "END", "ROLLBACK", "ABORT") and "TO" not in text.upper().split():
             context.in_transaction = assume
             context.transaction = []
+            if context.lock_timeout_local:
+                context.lock_timeout_set = context.lock_timeout_local = False
         return
-    if statement.kind is Action.SET and _LOCK_TIMEOUT.match(text):
-        context.lock_timeout_set = True
+    if statement.kind is Action.SET:
+        _track_lock_timeout(context, text)
     if context.in_transaction:
         context.transaction.append(statement)
+
+
+def _track_lock_timeout(context: Context, text: str) -> None:
+    """``SET [LOCAL] lock_timeout`` bounds later lock waits; 0, RESET, or the end of
+    the transaction of a SET LOCAL take that away again."""
+    if _RESET_LOCK_TIMEOUT.match(text):
+        context.lock_timeout_set = context.lock_timeout_local = False
+        return
+    match = _SET_LOCK_TIMEOUT.match(text)
+    if match is None:
+        return
+    local = bool(match.group(1)) and match.group(1).strip().upper() == "LOCAL"
+    if local and not context.in_transaction:
+        return  # SET LOCAL outside a transaction block has no effect
+    value = match.group(2).strip().lower()
+    context.lock_timeout_set = value not in ("", "0", "default")
+    context.lock_timeout_local = local and context.lock_timeout_set

@@ -37,8 +37,7 @@ def read_alter_table(c: Cursor) -> list[Step]:
     steps = []
     for start, stop in split_top_level(c.tokens, c.pos, c.stop):
         step = _subcommand(c, table, start, stop)
-        steps.append(_with(step, only=only, text=step.text or c.text_of(start, stop),
-                           target_kind=relation_kind))
+        steps.append(_with(step, only=only, text=c.text_of(start, stop)))
     if not steps:
         raise NotUnderstood("ALTER TABLE without a sub-command")
     return steps
@@ -138,8 +137,10 @@ def _column_with_constraints(step: Step, constraints: tuple[Step, ...]) -> Step:
         return step
     refs = [s.references for s in constraints if s.references]
     kinds = {s.constraint_type for s in constraints}
+    names = [s.name for s in constraints if s.name]
     return _with(
         step,
+        name=names[0] if names else None,
         references=refs[0] if refs else None,
         constraint_type=(
             ConstraintType.PRIMARY_KEY if ConstraintType.PRIMARY_KEY in kinds

@@ -224,6 +224,6 @@ def _first_group_names(cursor: Cursor, start: int, stop: int) -> tuple[str, ...]
             names = []
             for tok in cursor.tokens[g0:g1]:
                 if tok.kind != "COMMA" and tok.is_name:
-                    names.append(tok.text if tok.kind == "IDENTIFIER" else tok.text.lower())
+                    names.append(cursor.source[tok.start : tok.end])
             return tuple(names)
     return ()
