@@ -364,7 +364,6 @@ WEAK_STATEMENTS = [
     "ALTER TABLE orders SET (autovacuum_vacuum_scale_factor = 0.01)",
     "ALTER TABLE orders CLUSTER ON orders_note_idx",
     "ALTER INDEX orders_note_idx RENAME TO orders_note_index",
-    "ALTER TABLE events DETACH PARTITION events_2023 CONCURRENTLY",
     "SET lock_timeout = '2s'",
     "ALTER TABLE orders ALTER COLUMN note SET STATISTICS 500",
     "ALTER TABLE orders ALTER COLUMN total SET (n_distinct = 100)",
@@ -437,7 +436,7 @@ NEW_TABLE_CASES = [
     ("alter-column-type", "ALTER TABLE t ALTER COLUMN a TYPE bigint;"),
     ("set-logged", "ALTER TABLE t SET LOGGED;"),
     ("set-tablespace", "ALTER TABLE t SET TABLESPACE fast;"),
-    ("set-access-method", "ALTER TABLE t SET ACCESS METHOD heap;"),
+    ("set-access-method", "ALTER TABLE t SET ACCESS METHOD columnar;"),
     ("vacuum-full", "VACUUM FULL t;"),
     ("cluster", "CLUSTER t USING t_pkey;"),
     ("multiple-alter-table", "ALTER TABLE t ADD COLUMN b int;\nALTER TABLE t ADD COLUMN c int;"),
@@ -882,7 +881,7 @@ def test_safe_alternative_is_runnable_sql_or_none() -> None:
 
 
 def test_set_access_method_needs_15() -> None:
-    finding = only(lint('ALTER TABLE orders SET ACCESS METHOD heap;', 14), "set-access-method")
+    finding = only(lint('ALTER TABLE orders SET ACCESS METHOD columnar;', 14), "set-access-method")
     assert "does not have SET ACCESS METHOD" in finding.message
-    assert "does not have" not in only(lint('ALTER TABLE orders SET ACCESS METHOD heap;', 15),
+    assert "does not have" not in only(lint('ALTER TABLE orders SET ACCESS METHOD columnar;', 15),
                                        "set-access-method").message

@@ -1,10 +1,71 @@
 """safeddl: a lock-aware safety layer for PostgreSQL statements.
 
 The pure core lives in :mod:`safeddl.analysis` (what each statement locks) and
-:mod:`safeddl.rules` (what is unsafe and the safe alternative). Importing this
-package is cheap: nothing heavy is imported until it is used.
+:mod:`safeddl.rules` (what is unsafe and the safe alternative); the runtime guard in
+:mod:`safeddl.guard` with its integrations (SQLAlchemy engine plugin, ``install``,
+``guard()`` / ``allow()`` blocks, :mod:`safeddl.psycopg`). Importing this package is
+cheap: nothing heavy is imported until a name is used.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from safeddl.blockers import Blocker as Blocker
+    from safeddl.errors import ConfigError as ConfigError
+    from safeddl.errors import LockTimeout as LockTimeout
+    from safeddl.errors import PreflightBlocked as PreflightBlocked
+    from safeddl.errors import SafeDDLError as SafeDDLError
+    from safeddl.errors import UnsafeStatement as UnsafeStatement
+    from safeddl.guard import Decision as Decision
+    from safeddl.guard import allow as allow
+    from safeddl.guard import decide as decide
+    from safeddl.guard import guard as guard
+    from safeddl.integrations import install as install
+    from safeddl.integrations import uninstall as uninstall
+    from safeddl.policy import Policy as Policy
+    from safeddl.policy import Preflight as Preflight
+    from safeddl.policy import RuleAction as RuleAction
+
+# public name -> (module, attribute)
+_LAZY = {
+    "Blocker": ("safeddl.blockers", "Blocker"),
+    "ConfigError": ("safeddl.errors", "ConfigError"),
+    "LockTimeout": ("safeddl.errors", "LockTimeout"),
+    "PreflightBlocked": ("safeddl.errors", "PreflightBlocked"),
+    "SafeDDLError": ("safeddl.errors", "SafeDDLError"),
+    "UnsafeStatement": ("safeddl.errors", "UnsafeStatement"),
+    "Decision": ("safeddl.guard", "Decision"),
+    "allow": ("safeddl.guard", "allow"),
+    "decide": ("safeddl.guard", "decide"),
+    "guard": ("safeddl.guard", "guard"),
+    "install": ("safeddl.integrations", "install"),
+    "uninstall": ("safeddl.integrations", "uninstall"),
+    "Policy": ("safeddl.policy", "Policy"),
+    "Preflight": ("safeddl.policy", "Preflight"),
+    "RuleAction": ("safeddl.policy", "RuleAction"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names on first use (``safeddl.guard`` is also the module: it is
+    callable, so ``with safeddl.guard(engine):`` works either way)."""
+    if name not in _LAZY:
+        raise AttributeError(f"module 'safeddl' has no attribute {name!r}")
+    from importlib import import_module
+
+    module_name, attribute = _LAZY[name]
+    value = getattr(import_module(module_name), attribute)
+    if name != "guard":  # the submodule import binds safeddl.guard to the module itself
+        globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["__version__", *_LAZY]

@@ -3,7 +3,7 @@
 from safeddl.analysis.analyzer import analyze_script, analyze_statement, check_version
 from safeddl.analysis.catalog import Catalog, Constraint, Relation
 from safeddl.analysis.locktable import NEWEST, OLDEST
-from safeddl.analysis.model import (
+from safeddl.model import (
     Action,
     ConstraintType,
     RelationLock,

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 from safeddl.analysis.catalog import Catalog
 from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect
-from safeddl.analysis.model import Action, RelationLock, Statement, Step
+from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.locks import Holds
 from safeddl.sql import Syntax, quote_ident, read, split_script
 
@@ -69,7 +69,16 @@ def _facts(text: str, line: int, syntax: Syntax, version: int, catalog: Catalog)
     if not syntax.understood:
         return Statement(text, line, Action.UNPARSED, steps, (), True, understood=False,
                          reason=syntax.error)
-    created = catalog.key(head.table) if head.action in _CREATES and head.table else None
+    created = None
+    if head.action in _CREATES and head.table:
+        existing = catalog.get(head.table) is not None
+        # CREATE OR REPLACE VIEW of an existing view, CREATE ... IF NOT EXISTS of an
+        # existing table: nothing new is created.
+        if not existing:
+            created = catalog.key(head.table)
+        elif head.if_not_exists:
+            return Statement(text, line, head.action, steps, (), True,
+                             notes=(f"{head.table} exists already: nothing is done",))
     takes: list[Take] = []
     filled: list[Step] = []
     transactional = True

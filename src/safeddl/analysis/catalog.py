@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from safeddl.analysis.model import Action, ConstraintType, Step, Volatility
+from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql import local_name, qualified_name
 
 
@@ -24,6 +24,14 @@ class Constraint:
     references: str | None = None  # qualified referenced table of a foreign key
     definition: str = ""
     column: str | None = None
+    ref_columns: tuple[str, ...] = ()  # referenced columns of a foreign key (folded)
+
+    @property
+    def on_delete_writes(self) -> bool:
+        """ON DELETE CASCADE / SET NULL / SET DEFAULT: deleting a referenced row
+        writes the referencing table."""
+        return bool(re.search(r"(?i)ON\s+DELETE\s+(CASCADE|SET\s+NULL|SET\s+DEFAULT)",
+                              self.definition))
 
 
 @dataclass
@@ -38,6 +46,9 @@ class Relation:
     reads: set[str] = field(default_factory=set)  # relations a view reads
     new: bool = False  # created by the script / transaction being analysed
     rows: int | None = None  # estimated, from a live connection
+    triggers: set[str] = field(default_factory=set)
+    tablespace: str = "pg_default"
+    access_method: str = "heap"
 
     @property
     def has_storage(self) -> bool:
@@ -52,6 +63,9 @@ class Catalog:
         self.indexes: dict[str, str] = {}  # qualified index -> qualified table
         self.functions: dict[str, Volatility] = {}
         self.search_path: tuple[str, ...] = ("public",)
+        # True when every relation of the database is known (a live connection, or a
+        # script that built the whole schema): what is not here does not exist.
+        self.complete = False
 
     # -- building -------------------------------------------------------------
     @classmethod
@@ -63,7 +77,36 @@ class Catalog:
         analyze_script(sql, version=version, catalog=catalog, learn=True)
         for relation in catalog.relations.values():
             relation.new = False
+        catalog.complete = True
         return catalog
+
+    def knows_absent(self, written: str, index: bool = False) -> bool:
+        """The catalog is complete and has no such relation (or index)."""
+        if not self.complete:
+            return False
+        return (self.index_table(written) is None) if index else (self.get(written) is None)
+
+    def dependent_views(self, written: str) -> list[str]:
+        """Views and materialized views that read this relation, recursively."""
+        out: list[str] = []
+        todo = [self.key(written)]
+        while todo:
+            key = todo.pop(0)
+            for other, relation in sorted(self.relations.items()):
+                if key in relation.reads and other not in out:
+                    out.append(other)
+                    todo.append(other)
+        return out
+
+    def is_partitioned(self, written: str) -> bool:
+        relation = self.get(written)
+        return relation is not None and relation.kind == "partitioned"
+
+    def inheritance_children(self, written: str) -> list[str]:
+        """Children by INHERITS (not partitions)."""
+        if self.is_partitioned(written):
+            return []
+        return self.children(written)
 
     def copy(self) -> Catalog:
         return copy.deepcopy(self)
@@ -272,6 +315,14 @@ class Catalog:
                 table.columns[new] = table.columns.pop(old)
         elif action is Action.SET and step.text:
             self._learn_set(step.text)
+        elif action is Action.CREATE_TRIGGER and table is not None and step.name:
+            table.triggers.add(local_name(step.name))
+        elif action is Action.DROP_TRIGGER and table is not None and step.name:
+            table.triggers.discard(local_name(step.name))
+        elif action is Action.SET_TABLESPACE and table is not None and step.name:
+            table.tablespace = local_name(step.name)
+        elif action is Action.SET_ACCESS_METHOD and table is not None and step.name:
+            table.access_method = local_name(step.name)
 
     def _add_constraint(self, table: Relation, step: Step, inline: bool) -> None:
         kind = step.constraint_type
@@ -279,13 +330,28 @@ class Catalog:
             return
         column = local_name(step.column) if step.column else None
         name = local_name(step.name) if step.name else _default_name(table.key, column, kind)
+        definition = _strip_prefix(step.definition_sql or "")
+        references = self.key(step.references) if step.references else None
         table.constraints[name] = Constraint(
-            name, kind, valid=not step.not_valid,
-            references=self.key(step.references) if step.references else None,
-            definition=_strip_prefix(step.definition_sql or ""), column=column,
+            name, kind, valid=not step.not_valid, references=references,
+            definition=definition, column=column,
+            ref_columns=self._referenced_columns(definition, references),
         )
         if kind is ConstraintType.PRIMARY_KEY and column:
             table.not_null.add(column)
+
+    def _referenced_columns(self, definition: str, references: str | None) -> tuple[str, ...]:
+        """``REFERENCES t (a, b)`` -> (a, b); ``REFERENCES t`` -> t's primary key."""
+        if references is None:
+            return ()
+        match = re.search(r"(?is)REFERENCES\s+[^(\s]+\s*\(([^)]*)\)", definition)
+        if match:
+            return tuple(local_name(c.strip()) for c in match.group(1).split(",") if c.strip())
+        target = self.relations.get(references)
+        if target is None:
+            return ()
+        return tuple(c.column for c in target.constraints.values()
+                     if c.type is ConstraintType.PRIMARY_KEY and c.column)
 
     def _learn_set(self, text: str) -> None:
         match = re.match(r"(?is)^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?search_path\s*(?:=|TO)\s*(.+)$", text)

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from safeddl.analysis.catalog import Catalog
-from safeddl.analysis.model import Action, ConstraintType, Step, Volatility
+from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.locks import Holds, LockMode
+from safeddl.sql import local_name
 
 AS = LockMode.ACCESS_SHARE
 RS = LockMode.ROW_SHARE
@@ -86,9 +87,11 @@ def _on(step: Step, mode: LockMode, holds: Holds, catalog: Catalog, *,
 
 
 def _own_holds(relation: str, holds: Holds, catalog: Catalog) -> Holds:
-    """A relation without storage (partitioned table, view) is never scanned itself."""
+    """A view is never scanned or rewritten itself. A partitioned table has no
+    storage either, but its lock is held while its partitions are scanned or
+    rewritten, so it keeps the statement's hold."""
     info = catalog.get(relation)
-    if info is not None and not info.has_storage and holds is not Holds.BRIEF:
+    if info is not None and info.kind == "view" and holds is not Holds.BRIEF:
         return Holds.BRIEF
     return holds
 
@@ -116,17 +119,34 @@ def _write(step: Step, version: int, catalog: Catalog) -> Effect:
         return Effect((), Holds.BRIEF)
     takes = [Take(step.table, RE)]
     takes.extend(Take(rel, RE) for rel in catalog.view_reads(step.table))
-    if step.action is not Action.INSERT and not step.only:
+    if step.action not in (Action.INSERT, Action.COPY_FROM) and not step.only:
         takes.extend(Take(child, RE) for child in catalog.children(step.table))
-    # Foreign keys: checking a new or changed referencing row locks the referenced
-    # row FOR KEY SHARE; deleting or changing a referenced row checks the referencing
-    # table the same way (when rows are affected).
-    if step.action in (Action.INSERT, Action.UPDATE, Action.MERGE, Action.COPY_FROM):
-        takes.extend(Take(fk.references, RS) for fk in catalog.foreign_keys(step.table)
-                     if fk.references)
-    if step.action in (Action.DELETE, Action.UPDATE, Action.MERGE):
-        takes.extend(Take(table, RS) for table, _fk in catalog.referencing(step.table))
+    takes.extend(_foreign_key_checks(step, catalog))
     return Effect(tuple(takes), Holds.BRIEF)
+
+
+def _foreign_key_checks(step: Step, catalog: Catalog) -> list[Take]:
+    """The RI triggers' locks, for rows the statement actually changes.
+
+    A new or re-keyed referencing row locks its referenced row FOR KEY SHARE (ROW
+    SHARE on the referenced table); deleting or re-keying a referenced row checks the
+    referencing table the same way, or writes it for ON DELETE CASCADE / SET NULL.
+    """
+    assert step.table is not None
+    action, merge = step.action, set(step.merge_actions)
+    sets = set(step.columns)
+    inserts = action in (Action.INSERT, Action.COPY_FROM) or "insert" in merge
+    deletes = action is Action.DELETE or "delete" in merge
+    takes = []
+    for fk in catalog.foreign_keys(step.table):
+        if fk.references and (inserts or (fk.column is not None and fk.column in sets)
+                              or (fk.column is None and bool(sets))):
+            takes.append(Take(fk.references, RS))
+    for table, fk in catalog.referencing(step.table):
+        rekeys = bool(sets & set(fk.ref_columns)) if fk.ref_columns else bool(sets)
+        if deletes or rekeys:
+            takes.append(Take(table, RE if deletes and fk.on_delete_writes else RS))
+    return takes
 
 
 def _copy_to(step: Step, version: int, catalog: Catalog) -> Effect:
@@ -172,13 +192,20 @@ def _index_owner(step: Step, catalog: Catalog) -> tuple[str, str]:
 
 
 def _drop_index(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.name is not None
+    if step.if_not_exists and catalog.knows_absent(step.name, index=True):
+        return Effect((), Holds.BRIEF, not step.concurrently)
     relation, obj = _index_owner(step, catalog)
+    # Dropping a partitioned index drops its partitions' indexes too.
+    children = tuple(Take(c, SUE if step.concurrently else AE)
+                     for c in (catalog.children(relation) if obj == "table" else []))
     notes = () if obj == "table" else (
         f"the table of index {step.name} is not known from the text alone; "
         "its lock is reported against the index",)
     if step.concurrently:
-        return Effect((Take(relation, SUE, Holds.BRIEF, obj),), Holds.BRIEF, False, notes)
-    return Effect((Take(relation, AE, Holds.BRIEF, obj),), Holds.BRIEF, True, notes)
+        return Effect((Take(relation, SUE, Holds.BRIEF, obj), *children), Holds.BRIEF, False,
+                      notes)
+    return Effect((Take(relation, AE, Holds.BRIEF, obj), *children), Holds.BRIEF, True, notes)
 
 
 def _reindex(step: Step, version: int, catalog: Catalog) -> Effect:
@@ -189,11 +216,15 @@ def _reindex(step: Step, version: int, catalog: Catalog) -> Effect:
     if step.target_kind == "index" and step.name:
         relation, obj = _index_owner(step, catalog)
         takes = [Take(relation, mode, Holds.SCAN, obj)]
-        if obj == "table" and not step.concurrently:
+        partitioned = obj == "table" and catalog.is_partitioned(relation)
+        takes.extend(Take(c, mode, Holds.SCAN) for c in catalog.children(relation)
+                     if obj == "table")
+        if obj == "table" and not step.concurrently and not partitioned:
             # The index itself is locked ACCESS EXCLUSIVE: queries that would plan
             # with it wait too.
             takes.append(Take(step.name, AE, Holds.SCAN, "index"))
-        return Effect(tuple(takes), Holds.SCAN, not step.concurrently, notes)
+        return Effect(tuple(takes), Holds.SCAN,
+                      not step.concurrently and not (partitioned and version >= 14), notes)
     if step.target_kind == "table" and step.table:
         info = catalog.get(step.table)
         partitioned = info is not None and info.kind == "partitioned"
@@ -202,7 +233,12 @@ def _reindex(step: Step, version: int, catalog: Catalog) -> Effect:
         return Effect(tuple(takes), Holds.SCAN,
                       not step.concurrently and not (partitioned and version >= 14), notes)
     # SCHEMA / DATABASE / SYSTEM: one transaction per table, never in a block.
-    return Effect((), Holds.SCAN, False, notes)
+    schema = step.name.lower() if step.target_kind == "schema" and step.name else None
+    takes = tuple(
+        Take(key, mode, Holds.SCAN) for key, rel in sorted(catalog.relations.items())
+        if rel.has_storage and (schema is None or key.split(".")[0] == schema)
+    ) if step.target_kind in ("schema", "database") else ()
+    return Effect(takes, Holds.SCAN, False, notes)
 
 
 def _alter_index(step: Step, version: int, catalog: Catalog) -> Effect:
@@ -255,7 +291,11 @@ def _inline_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
 
 def _drop(step: Step, version: int, catalog: Catalog) -> Effect:
     assert step.table is not None
+    if step.if_not_exists and catalog.knows_absent(step.table):
+        return Effect((), Holds.BRIEF)
     takes = [Take(step.table, AE)]
+    if step.cascade:
+        takes.extend(Take(view, AE) for view in catalog.dependent_views(step.table))
     takes.extend(Take(child, AE) for child in catalog.children(step.table))
     for fk in catalog.foreign_keys(step.table):
         if fk.references and catalog.key(fk.references) != catalog.key(step.table):
@@ -350,11 +390,14 @@ def _alter_column_type(step: Step, version: int, catalog: Catalog) -> Effect:
         notes = (f"the current type of {step.column} is not known; a rewrite is assumed",)
     else:
         holds = Holds.REWRITE if _type_change_rewrites(old, step.type_sql or "") else Holds.BRIEF
-    # Foreign keys on the column are checked again after the change.
+    # Foreign keys on the column are dropped and re-created with the new type.
+    column = catalog.key(step.column).split(".")[1] if step.column else None
     extra = tuple(
-        Take(fk.references, SRE) for fk in catalog.foreign_keys(step.table)
-        if fk.references and fk.column and step.column
-        and fk.column == catalog.key(step.column).split(".")[1]
+        Take(fk.references, AE) for fk in catalog.foreign_keys(step.table)
+        if fk.references and fk.column == column
+    ) + tuple(
+        Take(table, AE) for table, fk in catalog.referencing(step.table)
+        if column in fk.ref_columns
     )
     return _on(step, AE, holds, catalog, notes=notes, extra=extra)
 
@@ -412,6 +455,10 @@ def _drop_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
     extra: tuple[Take, ...] = ()
     if con is not None and con.type is ConstraintType.FOREIGN_KEY and con.references:
         extra = (Take(con.references, AE),)
+    elif con is not None and step.cascade and con.type in (ConstraintType.PRIMARY_KEY,
+                                                           ConstraintType.UNIQUE):
+        # CASCADE drops the foreign keys that depend on the key.
+        extra = tuple(Take(table, AE) for table, _fk in catalog.referencing(step.table))
     return _on(step, AE, Holds.BRIEF, catalog, extra=extra)
 
 
@@ -446,8 +493,11 @@ def _detach_partition(step: Step, version: int, catalog: Catalog) -> Effect:
     assert step.table is not None and step.name is not None
     if step.concurrently or step.target_kind == "finalize":
         notes = ("DETACH PARTITION CONCURRENTLY needs PostgreSQL 14 or later",) if version < 14 else ()
-        takes = [Take(step.table, SUE), Take(step.name, SUE)]
-        return Effect(tuple(takes), Holds.BRIEF, False, notes)
+        # First transaction: SHARE UPDATE EXCLUSIVE on both; after waiting for every
+        # transaction that uses the parent, a second one takes ACCESS EXCLUSIVE on
+        # the partition (which nobody reaches through the parent any more).
+        takes = [Take(step.table, SUE), Take(step.name, AE)]
+        return Effect(tuple(takes), Holds.BRIEF, step.target_kind == "finalize", notes)
     takes = [Take(step.table, AE), Take(step.name, AE)]
     default = catalog.default_partition(step.table)
     if default and catalog.key(step.name) != default:
@@ -457,7 +507,8 @@ def _detach_partition(step: Step, version: int, catalog: Catalog) -> Effect:
 
 def _inherit(step: Step, version: int, catalog: Catalog) -> Effect:
     assert step.table is not None
-    extra = (Take(step.references, SUE),) if step.references else ()
+    parent_mode = AS if step.text.upper().lstrip().startswith("NO") else SUE
+    extra = (Take(step.references, parent_mode),) if step.references else ()
     return _on(step, AE, Holds.BRIEF, catalog, recurse=False, extra=extra)
 
 
@@ -489,19 +540,36 @@ def _vacuum(step: Step, version: int, catalog: Catalog) -> Effect:
     mode, holds = (AE, Holds.REWRITE) if full else (SUE, Holds.SCAN)
     if step.table is None:
         return Effect((), holds, False)
-    return _on(step, mode, holds, catalog, transactional=False)
+    # Partitions are always processed; inheritance children from PostgreSQL 18 on.
+    recurse = catalog.is_partitioned(step.table) or version >= 18
+    return _on(step, mode, holds, catalog, recurse=recurse, transactional=False)
+
+
+def _analyze(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None:
+        return Effect((), Holds.SCAN)
+    if catalog.is_partitioned(step.table):
+        return _on(step, SUE, Holds.SCAN, catalog)
+    # An inheritance parent is sampled together with its children, also with ONLY:
+    # read (ACCESS SHARE) before 18; from 18 on the children are analysed as well
+    # (SHARE UPDATE EXCLUSIVE) unless ONLY is given.
+    mode = SUE if version >= 18 and not step.only else AS
+    children = tuple(Take(c, mode, Holds.SCAN) for c in catalog.inheritance_children(step.table))
+    return _on(step, SUE, Holds.SCAN, catalog, recurse=False, extra=children)
 
 
 def _cluster(step: Step, version: int, catalog: Catalog) -> Effect:
     if step.table is None:
         return Effect((), Holds.REWRITE, False)
-    info = catalog.get(step.table)
-    partitioned = info is not None and info.kind == "partitioned"
-    return _on(step, AE, Holds.REWRITE, catalog, transactional=not partitioned)
+    partitioned = catalog.is_partitioned(step.table)
+    return _on(step, AE, Holds.REWRITE, catalog, recurse=partitioned,
+               transactional=not partitioned)
 
 
 def _refresh(step: Step, version: int, catalog: Catalog) -> Effect:
     assert step.table is not None
+    if step.target_kind == "no-data":  # empties it: the query does not run
+        return _on(step, AE, Holds.BRIEF, catalog, recurse=False)
     reads = tuple(Take(rel, AS, Holds.SCAN) for rel in catalog.query_reads(step.table))
     if step.concurrently:
         return _on(step, E, Holds.SCAN, catalog, recurse=False, extra=reads)
@@ -533,6 +601,39 @@ def _set_default(step: Step, version: int, catalog: Catalog) -> Effect:
     return _on(step, AE, Holds.BRIEF, catalog)
 
 
+def _drop_trigger(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    info = catalog.get(step.table)
+    if step.if_not_exists and catalog.complete and step.name and (
+        info is None or local_name(step.name) not in info.triggers
+    ):
+        return Effect((), Holds.BRIEF)
+    return _on(step, AE, Holds.BRIEF, catalog, recurse=False)
+
+
+def _drop_column(step: Step, version: int, catalog: Catalog) -> Effect:
+    assert step.table is not None
+    views = tuple(Take(v, AE) for v in catalog.dependent_views(step.table)) if step.cascade else ()
+    return _on(step, AE, Holds.BRIEF, catalog, extra=views)
+
+
+def _move(step: Step, version: int, catalog: Catalog) -> Effect:
+    """SET TABLESPACE / SET ACCESS METHOD: a rewrite unless it is already there."""
+    assert step.table is not None
+    info = catalog.get(step.table)
+    current = None if info is None else (
+        info.tablespace if step.action is Action.SET_TABLESPACE else info.access_method)
+    target = local_name(step.name) if step.name else None
+    holds = Holds.BRIEF if current is not None and current == target else Holds.REWRITE
+    return _on(step, AE, holds, catalog, recurse=False)
+
+
+def _alter_sequence(step: Step, version: int, catalog: Catalog) -> Effect:
+    if step.table is None:
+        return Effect((), Holds.BRIEF)
+    return _on(step, AS, Holds.BRIEF, catalog, recurse=False)
+
+
 _RULES: dict[Action, RuleFn] = {
     Action.SELECT: _read,
     Action.SELECT_FOR_UPDATE: _read,
@@ -555,11 +656,11 @@ _RULES: dict[Action, RuleFn] = {
     Action.DROP_VIEW: _drop,
     Action.DROP_MATERIALIZED_VIEW: _drop,
     Action.CREATE_TRIGGER: _mode(SRE),
-    Action.DROP_TRIGGER: _ae(Holds.BRIEF, recurse=False),
+    Action.DROP_TRIGGER: _drop_trigger,
     Action.CREATE_POLICY: _ae(Holds.BRIEF, recurse=False),
     Action.CREATE_STATISTICS: _mode(SUE, recurse=False),
     Action.ADD_COLUMN: _add_column,
-    Action.DROP_COLUMN: _ae(Holds.BRIEF),
+    Action.DROP_COLUMN: _drop_column,
     Action.ALTER_COLUMN_TYPE: _alter_column_type,
     Action.SET_DEFAULT: _set_default,
     Action.DROP_DEFAULT: _set_default,
@@ -579,8 +680,8 @@ _RULES: dict[Action, RuleFn] = {
     Action.CLUSTER_ON: _mode(SUE, recurse=False),
     Action.SET_STORAGE_PARAMETERS: _storage_parameters,
     Action.SET_LOGGED: _ae(Holds.REWRITE),
-    Action.SET_TABLESPACE: _ae(Holds.REWRITE),
-    Action.SET_ACCESS_METHOD: _ae(Holds.REWRITE),
+    Action.SET_TABLESPACE: _move,
+    Action.SET_ACCESS_METHOD: _move,
     Action.REPLICA_IDENTITY: _ae(Holds.BRIEF),
     Action.ROW_LEVEL_SECURITY: _ae(Holds.BRIEF),
     Action.ATTACH_PARTITION: _attach_partition,
@@ -589,7 +690,8 @@ _RULES: dict[Action, RuleFn] = {
     Action.ALTER_TABLE_OTHER: _ae(Holds.BRIEF),
     Action.VACUUM: _vacuum,
     Action.VACUUM_FULL: _vacuum,
-    Action.ANALYZE: _mode(SUE, Holds.SCAN),
+    Action.ANALYZE: _analyze,
+    Action.ALTER_SEQUENCE: _alter_sequence,
     Action.CLUSTER: _cluster,
     Action.REFRESH_MATERIALIZED_VIEW: _refresh,
     Action.COMMENT: _comment,

@@ -13,9 +13,9 @@ import sqlglot
 from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError
 
-from safeddl.analysis.model import Action, Step
+from safeddl.model import Action, Step
 from safeddl.sql.ddl import NotUnderstood, read_ddl
-from safeddl.sql.dml import dml_steps, written_name
+from safeddl.sql.dml import dml_steps
 from safeddl.sql.names import local_name, qualified_name, quote_ident, schema_of, split_name
 from safeddl.sql.split import RawStatement, split_script
 from safeddl.sql.tokens import Cursor, SqlTokenError, Token, tokenize
@@ -132,18 +132,24 @@ def _dml(c: Cursor) -> list[Step]:
 
 
 def _copy(c: Cursor) -> list[Step]:
-    tree = _parse(c.source)
-    if not isinstance(tree, exp.Copy):
-        raise NotUnderstood("COPY form not understood")
-    target = tree.this
-    if isinstance(target, exp.Schema):
-        target = target.this
-    if isinstance(target, exp.Table):
-        action = Action.COPY_FROM if tree.args.get("kind") else Action.COPY_TO
-        return [Step(action, table=written_name(target))]
-    return [Step(Action.COPY_TO)] + [
-        s for s in dml_steps(target) if s.action is not Action.COPY_TO
-    ]
+    """``COPY t [(cols)] FROM|TO ...`` or ``COPY (query) TO ...``, from tokens (sqlglot
+    cannot parse every option list)."""
+    c.accept("COPY")
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        start, stop = c.read_group()
+        query = c.text_of(start, stop)
+        return [Step(Action.COPY_TO)] + [s for s in read(query).steps if s.table]
+    only = c.accept("ONLY")
+    table = c.read_name()
+    if table is None:
+        raise NotUnderstood("COPY without a table or a query")
+    if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
+        c.skip_group()
+    direction = c.accept_any("FROM", "TO")
+    if direction is None:
+        raise NotUnderstood("COPY without FROM or TO")
+    action = Action.COPY_FROM if direction == "FROM" else Action.COPY_TO
+    return [Step(action, table=table, only=only)]
 
 
 def _explain(c: Cursor) -> list[Step]:

@@ -3,7 +3,7 @@ sub-command, read from tokens."""
 
 from __future__ import annotations
 
-from safeddl.analysis.model import Action, ConstraintType, Step, Volatility
+from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql.columns import (
     COLUMN_CONSTRAINT_WORDS,
     TABLE_CONSTRAINT_WORDS,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from safeddl.analysis.model import Action, ConstraintType, Step, Volatility
+from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql.tokens import Cursor
 
 COLUMN_CONSTRAINT_WORDS = (

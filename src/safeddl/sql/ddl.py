@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from safeddl.analysis.model import Action, ConstraintType, Step, Volatility
+from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.locks import LockMode
 from safeddl.sql.columns import (
     TABLE_CONSTRAINT_WORDS,
@@ -58,10 +58,10 @@ def _create_index(c: Cursor) -> list[Step]:
 def _drop_index(c: Cursor) -> list[Step]:
     c.accept("DROP", "INDEX")
     concurrently = c.accept("CONCURRENTLY")
-    c.accept("IF", "EXISTS")
-    cascade = c.peek_word(c.stop - c.pos - 1) == "CASCADE"
-    return [Step(Action.DROP_INDEX, name=name, concurrently=concurrently, cascade=cascade)
-            for name in _name_list(c)]
+    if_exists = c.accept("IF", "EXISTS")
+    cascade = c.words(c.pos, c.stop)[-1:] == ["CASCADE"]
+    return [Step(Action.DROP_INDEX, name=name, concurrently=concurrently, cascade=cascade,
+                 if_not_exists=if_exists) for name in _name_list(c)]
 
 
 def _reindex(c: Cursor) -> list[Step]:
@@ -141,7 +141,7 @@ def _vacuum(c: Cursor) -> list[Step]:
         full = full or c.tokens[c.pos - 1].word == "FULL"
     action = Action.VACUUM_FULL if full else Action.VACUUM
     tables = _table_list(c)
-    return [Step(action, table=t) for t in tables] or [Step(action)]
+    return [Step(action, table=t, only=only) for t, only in tables] or [Step(action)]
 
 
 def _analyze(c: Cursor) -> list[Step]:
@@ -150,7 +150,8 @@ def _analyze(c: Cursor) -> list[Step]:
         c.skip_group()
     c.accept("VERBOSE")
     tables = _table_list(c)
-    return [Step(Action.ANALYZE, table=t) for t in tables] or [Step(Action.ANALYZE)]
+    return [Step(Action.ANALYZE, table=t, only=only) for t, only in tables] or [
+        Step(Action.ANALYZE)]
 
 
 def _cluster(c: Cursor) -> list[Step]:
@@ -171,7 +172,9 @@ def _refresh(c: Cursor) -> list[Step]:
     c.accept("REFRESH", "MATERIALIZED", "VIEW")
     concurrently = c.accept("CONCURRENTLY")
     name = _require_name(c, "materialized view")
-    return [Step(Action.REFRESH_MATERIALIZED_VIEW, table=name, concurrently=concurrently)]
+    no_data = c.at("WITH", "NO", "DATA")
+    return [Step(Action.REFRESH_MATERIALIZED_VIEW, table=name, concurrently=concurrently,
+                 target_kind="no-data" if no_data else None)]
 
 
 # -- CREATE TABLE / VIEW / MATERIALIZED VIEW; DROP ---------------------------------
@@ -235,10 +238,11 @@ def _create_view(c: Cursor) -> list[Step]:
 def _drop_relation(action: Action, *words: str) -> Reader:
     def read(c: Cursor) -> list[Step]:
         c.accept(*words)
-        c.accept("IF", "EXISTS")
+        if_exists = c.accept("IF", "EXISTS")
         all_words = c.words(c.pos, c.stop)
         cascade = bool(all_words) and all_words[-1] == "CASCADE"
-        return [Step(action, table=name, cascade=cascade) for name in _name_list(c)]
+        return [Step(action, table=name, cascade=cascade, if_not_exists=if_exists)
+                for name in _name_list(c)]
     return read
 
 
@@ -255,11 +259,12 @@ def _create_trigger(c: Cursor) -> list[Step]:
 
 def _drop_trigger(c: Cursor) -> list[Step]:
     c.accept("DROP", "TRIGGER")
-    c.accept("IF", "EXISTS")
+    if_exists = c.accept("IF", "EXISTS")
     name = c.read_name()
     if not c.accept("ON"):
         raise NotUnderstood("DROP TRIGGER without ON <table>")
-    return [Step(Action.DROP_TRIGGER, table=_require_name(c, "table"), name=name)]
+    return [Step(Action.DROP_TRIGGER, table=_require_name(c, "table"), name=name,
+                 if_not_exists=if_exists)]
 
 
 def _policy(c: Cursor) -> list[Step]:
@@ -333,7 +338,24 @@ def _grant(c: Cursor) -> list[Step]:
 def _alter_sequence(c: Cursor) -> list[Step]:
     c.accept("ALTER", "SEQUENCE")
     c.accept("IF", "EXISTS")
-    return [Step(Action.ALTER_SEQUENCE, name=c.read_name(), text=c.text_of(c.pos, c.stop))]
+    name = c.read_name()
+    owner = None
+    words = c.words(c.pos, c.stop)
+    if "OWNED" in words:
+        item = c.sub(c.pos + words.index("OWNED") + 2, c.stop)  # OWNED BY
+        column = item.read_name()
+        if column is not None and column.upper() != "NONE" and "." in column:
+            owner = column.rpartition(".")[0]
+    return [Step(Action.ALTER_SEQUENCE, name=name, table=owner, text=c.text_of(0, c.stop))]
+
+
+def _alter_trigger(c: Cursor) -> list[Step]:
+    c.accept("ALTER", "TRIGGER")
+    name = c.read_name()
+    if not c.accept("ON"):
+        raise NotUnderstood("ALTER TRIGGER without ON <table>")
+    return [Step(Action.ALTER_TABLE_OTHER, table=_require_name(c, "table"), name=name,
+                 target_kind="trigger", text=c.text_of(0, c.stop))]
 
 
 def _alter_type(c: Cursor) -> list[Step]:
@@ -375,15 +397,15 @@ def _name_list(c: Cursor) -> list[str]:
     return names
 
 
-def _table_list(c: Cursor) -> list[str]:
-    """``t (a, b), u`` for VACUUM / ANALYZE."""
+def _table_list(c: Cursor) -> list[tuple[str, bool]]:
+    """``ONLY t (a, b), u`` for VACUUM / ANALYZE: (name, only) pairs."""
     names = []
     for start, stop in split_top_level(c.tokens, c.pos, c.stop):
         item = c.sub(start, stop)
-        item.accept("ONLY")
+        only = item.accept("ONLY")
         name = item.read_name()
         if name is not None:
-            names.append(name)
+            names.append((name, only))
     return names
 
 
@@ -453,6 +475,7 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("CREATE", "OR", "REPLACE", "TRIGGER"), _create_trigger),
     (("CREATE", "CONSTRAINT", "TRIGGER"), _create_trigger),
     (("DROP", "TRIGGER"), _drop_trigger),
+    (("ALTER", "TRIGGER"), _alter_trigger),
     (("CREATE", "POLICY"), _policy),
     (("ALTER", "POLICY"), _policy),
     (("DROP", "POLICY"), _policy),

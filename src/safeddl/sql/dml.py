@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from safeddl.analysis.model import Action, Step
+from safeddl.model import Action, Step
 from safeddl.locks import LockMode
 
 _WRITES: dict[type[exp.Expr], Action] = {
@@ -61,19 +61,58 @@ def dml_steps(tree: exp.Expr) -> list[Step]:
         target = _target(node)
         if target is not None and _is_relation(target, ctes):
             written.add(id(target))
-            only = bool(node.this.args.get("only")) if isinstance(node.this, exp.Table) else False
-            steps.append(Step(action, table=written_name(target), only=only))
+            steps.append(Step(action, table=written_name(target),
+                              only=bool(target.args.get("only")),
+                              columns=_assigned_columns(node),
+                              merge_actions=_merge_actions(node)))
     row_locked = _row_locked_tables(tree, ctes)
     in_lock_clause = {id(t) for lock in tree.find_all(exp.Lock) for t in lock.expressions}
     for table in tree.find_all(exp.Table):
         if id(table) in written or id(table) in in_lock_clause or not _is_relation(table, ctes):
             continue
         name = written_name(table)
+        only = bool(table.args.get("only"))
         if id(table) in row_locked:
-            steps.append(Step(Action.SELECT_FOR_UPDATE, table=name, mode=LockMode.ROW_SHARE))
+            steps.append(Step(Action.SELECT_FOR_UPDATE, table=name, mode=LockMode.ROW_SHARE,
+                              only=only))
         else:
-            steps.append(Step(Action.SELECT, table=name))
+            steps.append(Step(Action.SELECT, table=name, only=only))
     return steps
+
+
+def _column_name(column: exp.Expr) -> str | None:
+    ident = column.this if isinstance(column, exp.Column) else None
+    if isinstance(ident, exp.Identifier):
+        return ident.this if ident.quoted else ident.this.lower()
+    return None
+
+
+def _assigned_columns(node: exp.Expr) -> tuple[str, ...]:
+    """Columns an UPDATE (or a MERGE's WHEN ... UPDATE) sets, case folded."""
+    updates = [node] if isinstance(node, exp.Update) else (
+        list(node.find_all(exp.Update)) if isinstance(node, exp.Merge) else [])
+    names = []
+    for update in updates:
+        for assignment in update.expressions:
+            name = _column_name(assignment.this) if isinstance(assignment, exp.EQ) else None
+            if name:
+                names.append(name)
+    return tuple(names)
+
+
+def _merge_actions(node: exp.Expr) -> tuple[str, ...]:
+    if not isinstance(node, exp.Merge):
+        return ()
+    actions = []
+    for when in node.find_all(exp.When):
+        then = when.args.get("then")
+        if isinstance(then, exp.Insert):
+            actions.append("insert")
+        elif isinstance(then, exp.Update):
+            actions.append("update")
+        elif then is not None and "DELETE" in then.sql().upper():
+            actions.append("delete")
+    return tuple(actions)
 
 
 def _row_locked_tables(tree: exp.Expr, ctes: set[str]) -> set[int]:

@@ -120,7 +120,7 @@ class Step:
     not_valid: bool = False
     using_index: str | None = None
     concurrently: bool = False
-    if_not_exists: bool = False
+    if_not_exists: bool = False  # IF NOT EXISTS on CREATE, IF EXISTS on DROP
     default_sql: str | None = None
     volatility: Volatility = Volatility.NONE
     type_sql: str | None = None
@@ -132,6 +132,8 @@ class Step:
     parent: str | None = None  # PARTITION OF / INHERITS parent of a new table
     target_kind: str | None = None  # REINDEX INDEX|TABLE|SCHEMA..., COMMENT ON <kind>
     options: tuple[str, ...] = ()  # storage parameter names of SET (...) / RESET (...)
+    columns: tuple[str, ...] = ()  # columns an UPDATE / MERGE sets (case folded)
+    merge_actions: tuple[str, ...] = ()  # "insert" / "update" / "delete" of a MERGE
     mode: LockMode | None = None  # LOCK TABLE ... IN <mode>, and the lock this step takes
     holds: Holds = Holds.BRIEF
     text: str = ""  # the sub-command's own text
