@@ -4,6 +4,7 @@ step to the locks it takes on this server version, with what the catalog knows."
 from __future__ import annotations
 
 import dataclasses
+import logging
 from functools import lru_cache
 
 from safeddl.analysis.catalog import Catalog
@@ -11,6 +12,8 @@ from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect
 from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.locks import Holds
 from safeddl.sql import Syntax, quote_ident, read, split_script
+
+logger = logging.getLogger("safeddl")
 
 _CREATES = (Action.CREATE_TABLE, Action.CREATE_VIEW, Action.CREATE_MATERIALIZED_VIEW)
 _HOLD_ORDER = [Holds.BRIEF, Holds.SCAN, Holds.REWRITE]
@@ -64,6 +67,16 @@ def analyze_script(script: str, *, version: int = NEWEST, catalog: Catalog | Non
 
 
 def _facts(text: str, line: int, syntax: Syntax, version: int, catalog: Catalog) -> Statement:
+    try:
+        return _locks_of(text, line, syntax, version, catalog)
+    except Exception as exc:  # a gap in safeddl must never break the caller
+        logger.warning("safeddl could not analyse %r: %r", text[:200], exc)
+        return Statement(text, line, Action.UNPARSED, syntax.steps, (), True, understood=False,
+                         reason=f"internal error in safeddl's analysis: {exc!r}")
+
+
+def _locks_of(text: str, line: int, syntax: Syntax, version: int,
+              catalog: Catalog) -> Statement:
     steps = syntax.steps
     head = steps[0]
     if not syntax.understood:

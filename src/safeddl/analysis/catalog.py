@@ -257,6 +257,10 @@ class Catalog:
     def _learn_step(self, step: Step) -> None:
         action = step.action
         table = self.get(step.table) if step.table else None
+        if table is None and step.table and not self.complete and action in _ALTERS:
+            # A table the script alters but did not create exists already: learn
+            # what the script does to it (a CHECK that proves NOT NULL, ...).
+            table = self.relations[self.key(step.table)] = Relation(self.key(step.table))
         if action is Action.ADD_COLUMN and table is not None and step.column:
             col = local_name(step.column)
             table.columns[col] = step.type_sql or ""
@@ -361,6 +365,13 @@ class Catalog:
 
     def __iter__(self) -> Iterator[Relation]:
         return iter(self.relations.values())
+
+
+_ALTERS = frozenset({
+    Action.ADD_COLUMN, Action.ADD_CONSTRAINT, Action.VALIDATE_CONSTRAINT,
+    Action.ALTER_COLUMN_TYPE, Action.SET_NOT_NULL, Action.DROP_NOT_NULL,
+    Action.CREATE_TRIGGER,
+})
 
 
 def _default_name(table_key: str, column: str | None, kind: ConstraintType) -> str:

@@ -432,7 +432,10 @@ def _add_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
             return _on(step, AE, Holds.SCAN if needs_scan else Holds.BRIEF, catalog)
         return _on(step, AE, Holds.SCAN, catalog)
     if kind is ConstraintType.NOT_NULL:
-        return _on(step, AE, scan, catalog)
+        notes = () if version >= 18 else (
+            "named NOT NULL constraints (ADD CONSTRAINT ... NOT NULL col) need "
+            "PostgreSQL 18 or later",)
+        return _on(step, AE, scan, catalog, notes=notes)
     return _on(step, AE, scan, catalog)  # CHECK, EXCLUDE
 
 

@@ -86,7 +86,9 @@ def read(text: str) -> Syntax:
         return Syntax(tuple(_read_tokens(Cursor(tokens, text))))
     except NotUnderstood as exc:
         return Syntax((Step(Action.UNPARSED, text=text),), str(exc))
-    except (SqlglotError, ValueError, IndexError, KeyError, AttributeError, TypeError,
+    except IndexError:
+        return Syntax((Step(Action.UNPARSED, text=text),), "the statement is incomplete")
+    except (SqlglotError, ValueError, KeyError, AttributeError, TypeError,
             RecursionError) as exc:
         return Syntax((Step(Action.UNPARSED, text=text),), f"cannot parse: {_short(exc)}")
 

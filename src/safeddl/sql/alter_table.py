@@ -53,10 +53,20 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
     c = cursor.sub(start, stop)
     if c.accept("ADD"):
         if c.peek_word() in TABLE_CONSTRAINT_WORDS or c.at("NOT", "NULL"):
-            return read_table_constraint(cursor, table, c.pos, stop)
+            constraint = read_table_constraint(cursor, table, c.pos, stop)
+            if constraint.constraint_type is None:
+                raise NotUnderstood("ADD CONSTRAINT without a constraint")
+            if constraint.constraint_type is ConstraintType.FOREIGN_KEY and \
+                    not constraint.references:
+                raise NotUnderstood("FOREIGN KEY without REFERENCES <table>")
+            return constraint
         c.accept("COLUMN")
         if_not_exists = c.accept("IF", "NOT", "EXISTS")
+        if c.done:
+            raise NotUnderstood("ADD COLUMN without a column definition")
         new = read_column_def(cursor, table, c.pos, stop, if_not_exists=if_not_exists)
+        if not new.step.column:
+            raise NotUnderstood("ADD COLUMN without a column name")
         # Inline constraints of the new column ride on the ADD COLUMN step.
         return _column_with_constraints(new.step, new.constraints)
     if c.accept("DROP"):
@@ -76,10 +86,11 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
         column = _require_name(c, "column")
         return _alter_column(c, table, column)
     if c.accept("VALIDATE", "CONSTRAINT"):
-        return Step(Action.VALIDATE_CONSTRAINT, table=table, name=c.read_name())
+        return Step(Action.VALIDATE_CONSTRAINT, table=table,
+                    name=_require_name(c, "constraint"))
     if c.accept("RENAME"):
         if c.accept("TO"):
-            return Step(Action.RENAME_TABLE, table=table, name=c.read_name())
+            return Step(Action.RENAME_TABLE, table=table, name=_require_name(c, "table"))
         if c.accept("CONSTRAINT"):
             return Step(Action.RENAME_CONSTRAINT, table=table, name=c.read_name())
         c.accept("COLUMN")
@@ -115,12 +126,12 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
     if c.accept("REPLICA", "IDENTITY"):
         return Step(Action.REPLICA_IDENTITY, table=table)
     if c.accept("ATTACH", "PARTITION"):
-        name = c.read_name()
+        name = _require_name(c, "partition")
         default = c.at("DEFAULT")
         return Step(Action.ATTACH_PARTITION, table=table, name=name,
                     target_kind="default" if default else None, text=c.text_of(0, c.stop))
     if c.accept("DETACH", "PARTITION"):
-        name = c.read_name()
+        name = _require_name(c, "partition")
         concurrently = c.accept("CONCURRENTLY")
         finalize = c.accept("FINALIZE")
         return Step(Action.DETACH_PARTITION, table=table, name=name, concurrently=concurrently,

@@ -97,6 +97,8 @@ def _alter_index(c: Cursor) -> list[Step]:
 def _truncate(c: Cursor) -> list[Step]:
     c.accept("TRUNCATE")
     c.accept("TABLE")
+    if c.done:
+        raise NotUnderstood("TRUNCATE without a table")
     steps = []
     cascade = "CASCADE" in c.words(c.pos, c.stop)
     for start, stop in split_top_level(c.tokens, c.pos, c.stop):
@@ -112,6 +114,8 @@ def _truncate(c: Cursor) -> list[Step]:
 def _lock(c: Cursor) -> list[Step]:
     c.accept("LOCK")
     c.accept("TABLE")
+    if c.done:
+        raise NotUnderstood("LOCK without a table")
     words = c.words(c.pos, c.stop)
     mode = LockMode.ACCESS_EXCLUSIVE
     if "IN" in words:
@@ -299,6 +303,8 @@ def _comment(c: Cursor) -> list[Step]:
         c.advance()
         full = _require_name(c, "column")
         table, _, column = full.rpartition(".")
+        if not table:
+            raise NotUnderstood("COMMENT ON COLUMN needs <table>.<column>")
         return [Step(Action.COMMENT, table=table, column=column, target_kind="column")]
     if kind == "CONSTRAINT":
         c.advance()

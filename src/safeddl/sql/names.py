@@ -8,18 +8,12 @@ from __future__ import annotations
 
 import re
 
+from safeddl.sql.tokens import NOT_NAMES
+
 _SAFE_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
 
-# Reserved words that need quoting as identifiers (PostgreSQL's "reserved" list).
-_RESERVED = frozenset(
-    """all analyse analyze and any array as asc asymmetric both case cast check collate
-    column constraint create current_catalog current_date current_role current_time
-    current_timestamp current_user default deferrable desc distinct do else end except
-    false fetch for foreign from grant group having in initially intersect into lateral
-    leading limit localtime localtimestamp not null offset on only or order placing
-    primary references returning select session_user some symmetric system_user table
-    then to trailing true union unique user using variadic when where window with""".split()
-)
+# Reserved words need quoting as identifiers.
+_RESERVED = NOT_NAMES | {"system_user"}
 
 
 def quote_ident(name: str) -> str:

@@ -15,42 +15,82 @@ class RawStatement:
     line: int  # 1-based line of its first token
     offset: int  # offset of its first character in the script
     preamble: str  # the text between the previous statement and this one (comments)
-    error: str | None = None  # the script could not be tokenized from here on
+    error: str | None = None  # this part of the script could not be tokenized
 
 
 def split_script(script: str) -> list[RawStatement]:
-    """The statements of a script, in order. Never raises."""
+    """The statements of a script, in order. Never raises.
+
+    When the text cannot be tokenized from some point on (an unterminated quote or
+    comment), everything before the last statement boundary that still tokenizes is
+    split as usual and the rest comes back as one statement with ``error`` set.
+    """
     try:
-        tokens = tokenize(script)
+        return _split_tokens(script, tokenize(script))
     except SqlTokenError as exc:
-        text = script.strip()
+        good = _longest_tokenizable_prefix(script)
+        head = _split_tokens(script, tokenize(script[:good])) if good else []
+        rest = script[good:]
+        text = rest.strip()
         if not text:
-            return []
-        offset = script.index(text[0])
-        return [RawStatement(text, script.count("\n", 0, offset) + 1, offset, "", str(exc))]
+            return head
+        offset = good + rest.index(text[0])
+        try:
+            tokenize(text)
+            reason = str(exc)
+        except SqlTokenError as own:
+            reason = str(own)
+        tail = RawStatement(text, script.count("\n", 0, offset) + 1, offset,
+                            script[good:offset], reason)
+        return [*head, tail]
+
+
+def _split_tokens(script: str, tokens: list[Token]) -> list[RawStatement]:
     statements: list[RawStatement] = []
-    group: list[Token] = []
     previous_end = 0
+    group: list[Token] = []
+    counted_to, line = 0, 1  # lines are counted forward once: linear in the script
     for tok in tokens:
-        if tok.kind == "SEMICOLON":
-            if group:
-                statements.append(_statement(script, group, previous_end))
-                group = []
-            previous_end = tok.end
+        if tok.kind != "SEMICOLON":
+            group.append(tok)
             continue
-        group.append(tok)
+        if group:
+            line += script.count("\n", counted_to, group[0].start)
+            counted_to = group[0].start
+            statements.append(_statement(script, group, previous_end, line))
+            group = []
+        previous_end = tok.end
     if group:
-        statements.append(_statement(script, group, previous_end))
+        line += script.count("\n", counted_to, group[0].start)
+        statements.append(_statement(script, group, previous_end, line))
     return statements
 
 
-def _statement(script: str, group: list[Token], previous_end: int) -> RawStatement:
+def _statement(script: str, group: list[Token], previous_end: int, line: int) -> RawStatement:
     first, last = group[0], group[-1]
-    start = first.start
-    # A comment attached to the first token may sit before it; keep it in the preamble.
     return RawStatement(
-        text=script[start : last.end],
-        line=script.count("\n", 0, start) + 1,
-        offset=start,
-        preamble=script[previous_end:start],
+        text=script[first.start : last.end],
+        line=line,
+        offset=first.start,
+        preamble=script[previous_end : first.start],
     )
+
+
+def _longest_tokenizable_prefix(script: str) -> int:
+    """The end (just past a ';') of the longest prefix that tokenizes; 0 if none.
+
+    A binary search over the positions of ';': a prefix that ends inside an open
+    quote does not tokenize, and neither does any longer prefix ending in it.
+    """
+    cuts = [i + 1 for i, ch in enumerate(script) if ch == ";"]
+    low, high, best = 0, len(cuts) - 1, 0
+    while low <= high:
+        middle = (low + high) // 2
+        try:
+            tokenize(script[: cuts[middle]])
+        except SqlTokenError:
+            high = middle - 1
+        else:
+            best = cuts[middle]
+            low = middle + 1
+    return best

@@ -23,6 +23,17 @@ class _Tokenizer(Postgres.Tokenizer):
     KEYWORDS = {k: v for k, v in Postgres.Tokenizer.KEYWORDS.items() if " " not in k}
 
 _OPEN = {"L_PAREN", "L_BRACKET"}
+
+# PostgreSQL's reserved key words (and CONCURRENTLY): never an unquoted name.
+NOT_NAMES = frozenset(
+    """all analyse analyze and any array as asc asymmetric both case cast check collate
+    column concurrently constraint create current_catalog current_date current_role
+    current_time current_timestamp current_user default deferrable desc distinct do else
+    end except false fetch for foreign from grant group having in initially intersect into
+    lateral leading limit localtime localtimestamp not null offset on only or order placing
+    primary references returning select session_user some symmetric table then to
+    trailing true union unique user using variadic when where window with""".split()
+)
 _CLOSE = {"R_PAREN", "R_BRACKET"}
 
 
@@ -111,9 +122,12 @@ class Cursor:
         return None
 
     def read_name(self) -> str | None:
-        """A possibly qualified name as written (``app."Orders"``), or None."""
+        """A possibly qualified name as written (``app."Orders"``), or None (also
+        for a reserved word, which cannot be an unquoted name)."""
         tok = self.peek()
         if tok is None or not tok.is_name or tok.kind in ("L_PAREN",):
+            return None
+        if tok.kind != "IDENTIFIER" and tok.text.lower() in NOT_NAMES:
             return None
         start = self.pos
         self.pos += 1

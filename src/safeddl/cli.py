@@ -1,0 +1,178 @@
+"""The ``safeddl`` command line: analyze, lint, rules, explain.
+
+Exit codes: 0 fine, 1 ``lint`` found an error-severity problem, 2 usage error
+(missing file, unsupported ``--pg-version``, unknown rule).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+
+import click
+
+from safeddl.analysis import NEWEST, OLDEST, check_version
+from safeddl.report import (
+    STDIN_NAME,
+    FileResults,
+    analyze_json,
+    has_errors,
+    lint_github,
+    lint_json,
+    lint_sarif,
+    lint_text,
+    plain_tables,
+    print_rich_tables,
+)
+from safeddl.rules import BY_ID, DOCS, RULES, lint_script
+
+VERSION_ENV = "SAFEDDL_PG_VERSION"
+
+
+def tool_version() -> str:
+    try:
+        return package_version("safeddl")
+    except PackageNotFoundError:  # pragma: no cover - running from a checkout
+        return "0"
+
+
+def parse_pg_version(ctx: click.Context, param: click.Parameter, value: object) -> int:
+    """A PostgreSQL major version safeddl knows (``OLDEST`` to ``NEWEST``)."""
+    try:
+        number = int(str(value).strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a PostgreSQL major version: safeddl "
+                                 f"knows {OLDEST} to {NEWEST}") from None
+    try:
+        return check_version(number)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def pg_version_option(command: Callable[..., None]) -> Callable[..., None]:
+    return click.option(
+        "--pg-version", callback=parse_pg_version, default=str(NEWEST), metavar="N",
+        envvar=VERSION_ENV, show_default=True, show_envvar=True,
+        help=f"PostgreSQL major version of the server ({OLDEST} to {NEWEST}).",
+    )(command)
+
+
+def files_argument(command: Callable[..., None]) -> Callable[..., None]:
+    return click.argument(
+        "files", nargs=-1, required=True, metavar="FILE...",
+        type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+    )(command)
+
+
+def read_source(path: str) -> str:
+    """The text of a file, or of standard input for ``-``."""
+    try:
+        with click.open_file(path, "rb") as handle:
+            data: bytes = handle.read()
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise click.BadParameter(f"{display_name(path)} is not UTF-8 text: {exc}",
+                                 param_hint="FILE") from None
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read {display_name(path)}: {exc.strerror}",
+                                 param_hint="FILE") from None
+
+
+def display_name(path: str) -> str:
+    return STDIN_NAME if path == "-" else path
+
+
+def lint_files(paths: Sequence[str], version: int, *,
+               assume_in_transaction: bool = False) -> list[FileResults]:
+    return [
+        FileResults(display_name(path), tuple(lint_script(
+            read_source(path), version=version, assume_in_transaction=assume_in_transaction)))
+        for path in paths
+    ]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(tool_version(), prog_name="safeddl")
+def main() -> None:
+    """Predict the table locks PostgreSQL statements take and flag unsafe migrations."""
+
+
+@main.command()
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="table for people, json for tools (stable contract).")
+@pg_version_option
+@files_argument
+def analyze(output: str, pg_version: int, files: tuple[str, ...]) -> None:
+    """Show the locks each statement takes, and what the rules find.
+
+    FILE is a SQL script; `-` reads standard input.
+    """
+    results = lint_files(files, pg_version)
+    if output == "json":
+        click.echo(analyze_json(results))
+        return
+    print_table(results)
+
+
+def print_table(results: list[FileResults]) -> None:
+    try:
+        from rich.console import Console
+    except ImportError:  # pragma: no cover - rich is optional
+        click.echo(plain_tables(results))
+        return
+    print_rich_tables(results, Console(soft_wrap=False))
+
+
+@main.command()
+@click.option("--format", "output", type=click.Choice(["text", "json", "github", "sarif"]),
+              default="text", show_default=True, help="Output format.")
+@pg_version_option
+@click.option("--assume-in-transaction", is_flag=True,
+              help="The script runs inside a transaction block (as migration tools do).")
+@files_argument
+def lint(output: str, pg_version: int, assume_in_transaction: bool,
+         files: tuple[str, ...]) -> None:
+    """Check migrations; exit 1 when an error-severity problem remains.
+
+    FILE is a SQL script; `-` reads standard input. `-- safeddl: ignore[rule-id]
+    reason` on the line before a statement silences one rule for it.
+    """
+    results = lint_files(files, pg_version, assume_in_transaction=assume_in_transaction)
+    text = format_lint(output, results)
+    if text:
+        click.echo(text)
+    sys.exit(1 if has_errors(results) else 0)
+
+
+def format_lint(output: str, results: list[FileResults]) -> str:
+    if output == "json":
+        return lint_json(results)
+    if output == "github":
+        return lint_github(results)
+    if output == "sarif":
+        return lint_sarif(results, tool_version=tool_version())
+    return lint_text(results)
+
+
+@main.command()
+def rules() -> None:
+    """List the rules: id, severity, summary."""
+    width = max((len(rule.id) for rule in RULES), default=0)
+    for rule in RULES:
+        click.echo(f"{rule.id:<{width}}  {rule.severity.value:<7}  {rule.summary}")
+
+
+@main.command()
+@click.argument("rule")
+def explain(rule: str) -> None:
+    """Print the documentation of RULE (an id from `safeddl rules`)."""
+    if rule not in BY_ID:
+        known = ", ".join(sorted(BY_ID))
+        raise click.UsageError(f"unknown rule {rule!r}; known rules: {known}")
+    click.echo(DOCS.get(rule) or BY_ID[rule].summary)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
