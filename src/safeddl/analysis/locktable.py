@@ -234,11 +234,11 @@ def _reindex(step: Step, version: int, catalog: Catalog) -> Effect:
                       not step.concurrently and not (partitioned and version >= 14), notes)
     # SCHEMA / DATABASE / SYSTEM: one transaction per table, never in a block.
     schema = step.name.lower() if step.target_kind == "schema" and step.name else None
-    takes = tuple(
+    every = tuple(
         Take(key, mode, Holds.SCAN) for key, rel in sorted(catalog.relations.items())
         if rel.has_storage and (schema is None or key.split(".")[0] == schema)
     ) if step.target_kind in ("schema", "database") else ()
-    return Effect(takes, Holds.SCAN, False, notes)
+    return Effect(every, Holds.SCAN, False, notes)
 
 
 def _alter_index(step: Step, version: int, catalog: Catalog) -> Effect:

@@ -83,7 +83,8 @@ def dml_steps(tree: exp.Expr) -> list[Step]:
 def _column_name(column: exp.Expr) -> str | None:
     ident = column.this if isinstance(column, exp.Column) else None
     if isinstance(ident, exp.Identifier):
-        return ident.this if ident.quoted else ident.this.lower()
+        name = str(ident.this)
+        return name if ident.quoted else name.lower()
     return None
 
 
