@@ -35,6 +35,12 @@ class Constraint:
 
 
 @dataclass
+class _Derived:
+    children: dict[str, list[str]] = field(default_factory=dict)
+    referencing: dict[str, list[tuple[str, Constraint]]] = field(default_factory=dict)
+
+
+@dataclass
 class Relation:
     key: str  # qualified name
     kind: str = "table"  # table | partitioned | view | materialized view | foreign table
@@ -66,6 +72,10 @@ class Catalog:
         # True when every relation of the database is known (a live connection, or a
         # script that built the whole schema): what is not here does not exist.
         self.complete = False
+        # Bumped whenever parents or foreign keys change (learn() does it; code that
+        # edits relations directly calls invalidate()): derived indexes are rebuilt.
+        self._generation = 0
+        self._derived: tuple[int, _Derived] | None = None
 
     # -- building -------------------------------------------------------------
     @classmethod
@@ -124,14 +134,31 @@ class Catalog:
         relation = self.get(written)
         return relation is not None and relation.new
 
+    def invalidate(self) -> None:
+        """Call after changing ``relations`` directly (not through learn())."""
+        self._generation += 1
+
+    def _index(self) -> _Derived:
+        """Children and incoming foreign keys by table, rebuilt after a change."""
+        stamp = self._generation
+        if self._derived is None or self._derived[0] != stamp:
+            derived = _Derived()
+            for key, relation in sorted(self.relations.items()):
+                if relation.parent:
+                    derived.children.setdefault(relation.parent, []).append(key)
+                for con in relation.constraints.values():
+                    if con.type is ConstraintType.FOREIGN_KEY and con.references:
+                        derived.referencing.setdefault(con.references, []).append((key, con))
+            self._derived = (stamp, derived)
+        return self._derived[1]
+
     def children(self, written: str) -> list[str]:
         """Partitions / inheritance children, recursively, as qualified names."""
-        root = self.key(written)
+        index = self._index().children
         out: list[str] = []
-        todo = [root]
+        todo = [self.key(written)]
         while todo:
-            parent = todo.pop(0)
-            kids = sorted(k for k, r in self.relations.items() if r.parent == parent)
+            kids = index.get(todo.pop(0), [])
             out.extend(kids)
             todo.extend(kids)
         return out
@@ -154,13 +181,7 @@ class Catalog:
 
     def referencing(self, written: str) -> list[tuple[str, Constraint]]:
         """(table, foreign key) of every foreign key that points at this table."""
-        target = self.key(written)
-        return [
-            (key, con)
-            for key, relation in sorted(self.relations.items())
-            for con in relation.constraints.values()
-            if con.type is ConstraintType.FOREIGN_KEY and con.references == target
-        ]
+        return list(self._index().referencing.get(self.key(written), []))
 
     def foreign_keys(self, written: str) -> list[Constraint]:
         relation = self.get(written)
@@ -219,10 +240,13 @@ class Catalog:
         if not steps:
             return
         head = steps[0]
-        if head.action in (Action.CREATE_TABLE, Action.CREATE_VIEW, Action.CREATE_MATERIALIZED_VIEW):
+        if head.action in (Action.CREATE_TABLE, Action.CREATE_VIEW,
+                           Action.CREATE_MATERIALIZED_VIEW):
             self._create(head, steps[1:])
             return
         for step in steps:
+            if step.action in _RESHAPES or step.references:
+                self._generation += 1  # parents or foreign keys change
             self._learn_step(step)
 
     def _create(self, head: Step, rest: list[Step]) -> None:
@@ -244,6 +268,8 @@ class Catalog:
                 relation.columns.update(parent.columns)
                 relation.not_null |= parent.not_null
         self.relations[key] = relation
+        if relation.parent or any(step.references for step in rest):
+            self._generation += 1
         for step in rest:
             if step.action is Action.SELECT and step.table and kind != "table":
                 relation.reads.add(self.key(step.table))
@@ -366,6 +392,13 @@ class Catalog:
     def __iter__(self) -> Iterator[Relation]:
         return iter(self.relations.values())
 
+
+# Steps that change partitions, inheritance or foreign keys (derived indexes).
+_RESHAPES = frozenset({
+    Action.DROP_CONSTRAINT, Action.DROP_TABLE,
+    Action.DROP_VIEW, Action.DROP_MATERIALIZED_VIEW, Action.ATTACH_PARTITION,
+    Action.DETACH_PARTITION, Action.RENAME_TABLE, Action.INHERIT,
+})
 
 _ALTERS = frozenset({
     Action.ADD_COLUMN, Action.ADD_CONSTRAINT, Action.VALIDATE_CONSTRAINT,

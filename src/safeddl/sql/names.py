@@ -7,6 +7,7 @@ Every identifier that safeddl puts into SQL it writes goes through
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from safeddl.sql.tokens import NOT_NAMES
 
@@ -62,6 +63,7 @@ def fold(part: str, quoted: bool) -> str:
     return part if quoted else part.lower()
 
 
+@lru_cache(maxsize=65536)
 def qualified_name(written: str, default_schema: str = "public") -> str:
     """The relation a written name denotes: ``Foo`` -> ``public.foo``.
 

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, NamedTuple
 
 from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import TokenError
@@ -41,14 +40,14 @@ class SqlTokenError(ValueError):
     """The text cannot be tokenized (e.g. an unterminated string or comment)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
+class Token(NamedTuple):
+    """One token (a named tuple: tokenizing is on the hot path)."""
+
     kind: str  # sqlglot's token type name: VAR, IDENTIFIER, STRING, L_PAREN, SEMICOLON...
     text: str  # the token's text (for an IDENTIFIER: without the quotes)
     start: int  # offset of the first character in the source
     end: int  # offset just past the last character
     line: int
-    comments: tuple[str, ...] = ()
 
     @property
     def word(self) -> str:
@@ -69,10 +68,7 @@ def tokenize(text: str) -> list[Token]:
         raw = _Tokenizer().tokenize(text)
     except TokenError as exc:
         raise SqlTokenError(str(exc)) from None
-    return [
-        Token(t.token_type.name, t.text, t.start, t.end + 1, t.line, tuple(t.comments))
-        for t in raw
-    ]
+    return [Token(t.token_type.name, t.text, t.start, t.end + 1, t.line) for t in raw]
 
 
 class Cursor:
