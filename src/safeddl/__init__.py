@@ -68,4 +68,21 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["__version__", *_LAZY]
+__all__ = [
+    "Blocker",
+    "ConfigError",
+    "Decision",
+    "LockTimeout",
+    "Policy",
+    "Preflight",
+    "PreflightBlocked",
+    "RuleAction",
+    "SafeDDLError",
+    "UnsafeStatement",
+    "__version__",
+    "allow",
+    "decide",
+    "guard",
+    "install",
+    "uninstall",
+]

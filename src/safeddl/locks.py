@@ -151,7 +151,7 @@ class Holds(str, enum.Enum):
 
     def describe(self) -> str:
         return {
-            Holds.BRIEF: "for a moment (catalog change only)",
-            Holds.SCAN: "for a full scan of the table (grows with its size)",
-            Holds.REWRITE: "for a rewrite of the whole table and its indexes",
+            Holds.BRIEF: "the statement itself only changes the catalog",
+            Holds.SCAN: "the statement scans the whole table under it (longer as the table grows)",
+            Holds.REWRITE: "the statement rewrites the whole table and its indexes under it",
         }[self]

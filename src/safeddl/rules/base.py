@@ -80,8 +80,8 @@ def opt_out(rule_id: str) -> str:
 def describe_lock(lock: RelationLock) -> str:
     """``ACCESS EXCLUSIVE on orders until COMMIT: blocks all reads and writes ...``"""
     return (
-        f"{lock.mode.sql_name} on {lock.relation} until COMMIT: it blocks "
-        f"{lock.mode.blocks.describe()}, {lock.holds.describe()}"
+        f"{lock.mode.sql_name} on {lock.relation}, held until COMMIT; it blocks "
+        f"{lock.mode.blocks.describe()}; {lock.holds.describe()}"
     )
 
 
