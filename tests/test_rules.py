@@ -175,7 +175,7 @@ def test_message_follows_the_format(rule_id: str) -> None:
 def test_messages_say_how_long_the_lock_is_held() -> None:
     assert "scans the whole table under it" in bad_finding("set-not-null").message
     assert "rewrites the whole table and its indexes" in bad_finding("alter-column-type").message
-    assert "for a moment" in bad_finding("drop-column").message
+    assert "only changes the catalog" in bad_finding("drop-column").message
     assert "held until COMMIT" in bad_finding("statements-after-access-exclusive").message
 
 
