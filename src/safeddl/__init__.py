@@ -2,7 +2,7 @@
 
 The pure core lives in :mod:`safeddl.analysis` (what each statement locks) and
 :mod:`safeddl.rules` (what is unsafe and the safe alternative); the runtime guard in
-:mod:`safeddl.guard` with its integrations (SQLAlchemy engine plugin, ``install``,
+:mod:`safeddl.decision` with its integrations (SQLAlchemy engine plugin, ``install``,
 ``guard()`` / ``allow()`` blocks, :mod:`safeddl.psycopg`). Importing this package is
 cheap: nothing heavy is imported until a name is used.
 """
@@ -20,10 +20,10 @@ if TYPE_CHECKING:
     from safeddl.errors import PreflightBlocked as PreflightBlocked
     from safeddl.errors import SafeDDLError as SafeDDLError
     from safeddl.errors import UnsafeStatement as UnsafeStatement
-    from safeddl.guard import Decision as Decision
-    from safeddl.guard import allow as allow
-    from safeddl.guard import decide as decide
-    from safeddl.guard import guard as guard
+    from safeddl.decision import Decision as Decision
+    from safeddl.decision import allow as allow
+    from safeddl.decision import decide as decide
+    from safeddl.decision import guard as guard
     from safeddl.integrations import install as install
     from safeddl.integrations import uninstall as uninstall
     from safeddl.policy import Policy as Policy
@@ -38,10 +38,10 @@ _LAZY = {
     "PreflightBlocked": ("safeddl.errors", "PreflightBlocked"),
     "SafeDDLError": ("safeddl.errors", "SafeDDLError"),
     "UnsafeStatement": ("safeddl.errors", "UnsafeStatement"),
-    "Decision": ("safeddl.guard", "Decision"),
-    "allow": ("safeddl.guard", "allow"),
-    "decide": ("safeddl.guard", "decide"),
-    "guard": ("safeddl.guard", "guard"),
+    "Decision": ("safeddl.decision", "Decision"),
+    "allow": ("safeddl.decision", "allow"),
+    "decide": ("safeddl.decision", "decide"),
+    "guard": ("safeddl.decision", "guard"),
     "install": ("safeddl.integrations", "install"),
     "uninstall": ("safeddl.integrations", "uninstall"),
     "Policy": ("safeddl.policy", "Policy"),
@@ -51,16 +51,14 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    """Import public names on first use (``safeddl.guard`` is also the module: it is
-    callable, so ``with safeddl.guard(engine):`` works either way)."""
+    """Import public names on first use."""
     if name not in _LAZY:
         raise AttributeError(f"module 'safeddl' has no attribute {name!r}")
     from importlib import import_module
 
     module_name, attribute = _LAZY[name]
     value = getattr(import_module(module_name), attribute)
-    if name != "guard":  # the submodule import binds safeddl.guard to the module itself
-        globals()[name] = value
+    globals()[name] = value
     return value
 
 

@@ -1,0 +1,337 @@
+"""psycopg 3 without SQLAlchemy: guarded cursors and ``safeddl.psycopg.connect``.
+
+``cursor_factory`` covers ``conn.execute``, ``cursor.execute``, ``executemany``,
+``stream`` and ``copy``; named (server-side) cursors go through
+``server_cursor_factory``. Which Guard applies: a ``with safeddl.guard(conn):`` block's,
+else the connection's slot (``install`` / ``connect``), else the cursor class's
+(:func:`cursor_factory`). Internal statements (``SET LOCAL``, catalog reads) run on
+plain, unguarded cursors of the same connection.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar, cast
+
+import psycopg
+from psycopg import sql as pgsql
+from psycopg.rows import Row
+
+from safeddl.decision import (
+    ConnectionState,
+    Guard,
+    Params,
+    Ticket,
+    current_scopes,
+    default_policy,
+    scoped_guard,
+    state_of,
+)
+from safeddl.policy import Policy
+
+SLOT_ATTRIBUTE = "_safeddl_slot"
+_IDLE = psycopg.pq.TransactionStatus.IDLE
+
+
+class PsycopgSession:
+    """The guard's view of a psycopg connection."""
+
+    __slots__ = ("conn",)
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+
+    @property
+    def state(self) -> ConnectionState:
+        return state_of(self.conn)
+
+    def in_transaction(self) -> bool:
+        conn = self.conn
+        return not conn.autocommit or conn.pgconn.transaction_status != _IDLE
+
+    def run(self, sql: str, params: Params = None) -> list[tuple[Any, ...]]:
+        with psycopg.Cursor(self.conn) as cursor:
+            cursor.execute(cast(Any, sql), params)
+            return list(cursor.fetchall()) if cursor.description else []
+
+    def discard(self) -> None:
+        self.conn.close()
+
+
+class Slot:
+    """What a hooked connection carries (attribute ``_safeddl_slot``): the Guard in
+    force (None: dormant) and the server's major version."""
+
+    __slots__ = ("guard", "server_version")
+
+    def __init__(self, guard: Guard | None, server_version: int) -> None:
+        self.guard = guard
+        self.server_version = server_version
+
+
+def active_guard(cursor: Any, conn: psycopg.Connection[Any]) -> Guard | None:
+    """The guard() block's, else the connection slot's, else the cursor class's Guard."""
+    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    guard = slot.guard if slot is not None else None
+    if guard is None:
+        guard = cursor._class_guard
+    if current_scopes():
+        guard = scoped_guard((conn,)) or guard
+    return guard
+
+
+def server_version(conn: psycopg.Connection[Any]) -> int:
+    return conn.pgconn.server_version // 10000
+
+
+def text_of(query: Any, conn: psycopg.Connection[Any]) -> str:
+    if isinstance(query, str):
+        return query
+    if isinstance(query, bytes):
+        return query.decode("utf-8", errors="replace")
+    if isinstance(query, pgsql.Composable):
+        return query.as_string(conn)
+    return str(query)
+
+
+class _Call:
+    """One guarded driver call: decide, bound the wait, run, restore, report."""
+
+    __slots__ = ("guard", "session", "text", "ticket")
+
+    def __init__(self, guard: Guard, text: str, conn: psycopg.Connection[Any]) -> None:
+        self.guard = guard
+        self.text = text
+        self.session = PsycopgSession(conn)
+        self.ticket: Ticket | None = guard.before(text, self.session)
+
+    def query(self, original: Any) -> Any:
+        ticket = self.ticket
+        return ticket.replacement if ticket is not None and ticket.replacement else original
+
+    def succeeded(self) -> None:
+        if self.ticket is not None:
+            self.guard.after(self.ticket, self.session)
+
+    def failed(self, error: BaseException) -> None:
+        """Restore; raise LockTimeout instead of the driver's 55P03."""
+        replacement = self.guard.failed(self.ticket, self.text, self.session, error)
+        if replacement is not None:
+            raise replacement from error
+
+
+def _prepare(cursor: Any, query: Any) -> _Call | None:
+    """None when the statement needs nothing: the hot path, kept to a few lookups."""
+    conn = cursor.connection
+    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    version: int | None = None
+    if slot is not None and not current_scopes():
+        guard, version = slot.guard, slot.server_version
+    else:
+        guard = active_guard(cursor, conn)
+    if guard is None:
+        return None
+    text = query if type(query) is str else text_of(query, conn)
+    if guard.passes(text, version or server_version(conn)):
+        return None
+    return _Call(guard, text, conn)
+
+
+def _convert_plain(cursor: Any, query: Any, error: BaseException) -> None:
+    """A statement that needed nothing failed: report a lock timeout all the same."""
+    conn = cursor.connection
+    guard = active_guard(cursor, conn)
+    if guard is not None:
+        text = query if type(query) is str else text_of(query, conn)
+        replacement = guard.failed(None, text, PsycopgSession(conn), error)
+        if replacement is not None:
+            raise replacement from error
+
+
+class GuardedCursorMixin:
+    """Guards execute / executemany / stream / copy of a psycopg cursor class."""
+
+    __slots__ = ()
+    _class_guard: ClassVar[Guard | None] = None
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        # The hot path, inlined: a statement known to need nothing costs a few lookups
+        # (``_conn``: psycopg's BaseCursor attribute behind the ``connection`` property).
+        slot: Slot | None = self._conn.__dict__.get(SLOT_ATTRIBUTE)  # type: ignore[attr-defined]
+        if slot is not None and slot.guard is not None and not current_scopes():
+            plain = slot.guard.plain.get(slot.server_version)
+            if plain is not None and type(query) is str and query in plain:
+                try:
+                    return super().execute(query, params, **kwargs)  # type: ignore[misc]
+                except Exception as exc:
+                    _convert_plain(self, query, exc)
+                    raise
+        return self._execute_guarded(query, params, kwargs)
+
+    def _execute_guarded(self, query: Any, params: Any, kwargs: dict[str, Any]) -> Any:
+        call = _prepare(self, query)
+        if call is None:
+            try:
+                return super().execute(query, params, **kwargs)  # type: ignore[misc]
+            except Exception as exc:
+                _convert_plain(self, query, exc)
+                raise
+        try:
+            result = super().execute(call.query(query), params, **kwargs)  # type: ignore[misc]
+        except Exception as exc:
+            call.failed(exc)
+            raise
+        call.succeeded()
+        return result
+
+    def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
+        call = _prepare(self, query)
+        base: Any = super()
+        try:
+            base.executemany(call.query(query) if call else query, params_seq, **kwargs)
+        except Exception as exc:
+            if call is None:
+                _convert_plain(self, query, exc)
+            else:
+                call.failed(exc)
+            raise
+        if call is not None:
+            call.succeeded()
+
+    def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        call = _prepare(self, query)
+        base: Any = super()
+        failed = False
+        try:
+            yield from base.stream(call.query(query) if call else query, params, **kwargs)
+        except Exception as exc:
+            failed = True
+            if call is None:
+                _convert_plain(self, query, exc)
+            else:
+                call.failed(exc)
+            raise
+        finally:
+            if call is not None and not failed:
+                call.succeeded()  # also when the caller stops iterating early
+
+    @contextmanager
+    def copy(self, statement: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
+        call = _prepare(self, statement)
+        base: Any = super()
+        failed = False
+        try:
+            with base.copy(call.query(statement) if call else statement, params,
+                           **kwargs) as copy:
+                yield copy
+        except Exception as exc:
+            failed = True
+            if call is None:
+                _convert_plain(self, statement, exc)
+            else:
+                call.failed(exc)
+            raise
+        finally:
+            if call is not None and not failed:
+                call.succeeded()
+
+
+class GuardedCursor(GuardedCursorMixin, psycopg.Cursor[Row]):
+    """``psycopg.Cursor`` that goes through the guard."""
+
+    __slots__ = ()
+
+
+class GuardedClientCursor(GuardedCursorMixin, psycopg.ClientCursor[Row]):
+    """``psycopg.ClientCursor`` that goes through the guard."""
+
+    __slots__ = ()
+
+
+class GuardedServerCursor(GuardedCursorMixin, psycopg.ServerCursor[Row]):
+    """Named (server-side) cursor that goes through the guard."""
+
+    __slots__ = ()
+
+
+_GUARDED: dict[type[Any], type[Any]] = {
+    psycopg.Cursor: GuardedCursor, psycopg.ClientCursor: GuardedClientCursor,
+    psycopg.ServerCursor: GuardedServerCursor,
+}
+_GUARDED_LOCK = threading.Lock()
+
+
+def guarded_class(base: type[Any]) -> type[Any]:
+    """The guarded version of a cursor class (the class itself when it is guarded)."""
+    if issubclass(base, GuardedCursorMixin):
+        return base
+    with _GUARDED_LOCK:
+        guarded = _GUARDED.get(base)
+        if guarded is None:
+            guarded = type(f"Guarded{base.__name__}", (GuardedCursorMixin, base),
+                           {"__slots__": ()})
+            _GUARDED[base] = guarded
+    return guarded
+
+
+def cursor_factory(policy: Policy | None = None,
+                   base: type[Any] = psycopg.Cursor) -> type[Any]:
+    """A cursor class guarded with ``policy``, for ``conn.cursor_factory = ...`` or
+    ``psycopg.connect(..., cursor_factory=...)``."""
+    guard = Guard.for_policy(policy if policy is not None else default_policy())
+    return type(f"Guarded{base.__name__}", (guarded_class(base),),
+                {"__slots__": (), "_class_guard": guard})
+
+
+def hook_connection(conn: psycopg.Connection[Any]) -> Slot:
+    """Make the connection's cursors guarded ones (dormant until a Guard applies);
+    returns its slot."""
+    if isinstance(conn, psycopg.AsyncConnection) or not isinstance(conn, psycopg.Connection):
+        raise TypeError("safeddl guards sync psycopg connections; for asyncio use "
+                        "SQLAlchemy's async engine")
+    conn.cursor_factory = guarded_class(conn.cursor_factory)
+    conn.server_cursor_factory = guarded_class(conn.server_cursor_factory)
+    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    if slot is None:
+        slot = Slot(None, server_version(conn))
+        setattr(conn, SLOT_ATTRIBUTE, slot)
+    return slot
+
+
+def install(conn: psycopg.Connection[Any], policy: Policy | None = None) -> Guard:
+    """Guard every statement of this connection from now on."""
+    slot = hook_connection(conn)
+    guard = Guard.for_policy(policy if policy is not None else default_policy())
+    slot.guard = guard
+    return guard
+
+
+def uninstall(conn: psycopg.Connection[Any]) -> None:
+    """Stop guarding this connection (``guard()`` blocks on it still work)."""
+    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    if slot is not None:
+        slot.guard = None
+
+
+def scope_target(conn: Any) -> Any:
+    hook_connection(conn)
+    return conn
+
+
+def connect(conninfo: str = "", *, policy: Policy | None = None,
+            **kwargs: Any) -> psycopg.Connection[Any]:
+    """``psycopg.connect`` with every statement guarded by ``policy``."""
+    conn = psycopg.Connection.connect(conninfo, **kwargs)
+    try:
+        install(conn, policy)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+__all__ = ["GuardedClientCursor", "GuardedCursor", "GuardedCursorMixin", "GuardedServerCursor",
+           "PsycopgSession", "Slot", "connect", "cursor_factory", "guarded_class",
+           "hook_connection", "install", "scope_target", "uninstall"]

@@ -1,0 +1,292 @@
+"""The runtime guard through raw psycopg 3 against a real server: safeddl.psycopg.connect,
+cursor factories on existing connections, guard() and allow() blocks; every cursor entry
+point (execute, executemany, stream, copy, server-side cursors)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import safeddl
+import safeddl.psycopg
+from safeddl import Policy
+
+pytestmark = [pytest.mark.timeout(120)]
+
+BIG_ROWS = 20_000
+INDEX_ON_BIG = "CREATE INDEX big_x ON big (x)"
+
+
+@pytest.fixture
+def db(safeddl_db: str) -> str:
+    with psycopg.connect(safeddl_db, autocommit=True) as conn:
+        conn.execute("CREATE TABLE big (id int PRIMARY KEY, x int)")
+        conn.execute(f"INSERT INTO big SELECT g, g FROM generate_series(1, {BIG_ROWS}) g")
+        conn.execute("CREATE TABLE small (id int PRIMARY KEY, x int)")
+        conn.execute("ANALYZE big")
+    return safeddl_db
+
+
+@pytest.fixture
+def guarded(db: str) -> Iterator[psycopg.Connection[Any]]:
+    conn = safeddl.psycopg.connect(db)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def index_exists(dsn: str, name: str) -> bool:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", [name]).fetchone()
+        return bool(row and row[0])
+
+
+def show(conn: psycopg.Connection[Any], name: str) -> str:
+    with psycopg.Cursor(conn) as cursor:  # an unguarded cursor
+        row = cursor.execute(f"SHOW {name}").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+# --------------------------------------------------------------------------- connect()
+
+
+def test_connect_refuses_and_never_sends(guarded: psycopg.Connection[Any], db: str) -> None:
+    with pytest.raises(safeddl.UnsafeStatement) as info:
+        guarded.execute(INDEX_ON_BIG)
+    assert info.value.rule == "create-index"
+    assert info.value.statement == INDEX_ON_BIG
+    guarded.rollback()
+    assert not index_exists(db, "big_x")
+
+
+@pytest.mark.parametrize("action", ["warn", "allow"])
+def test_connect_warn_and_allow(db: str, action: str, caplog: pytest.LogCaptureFixture) -> None:
+    with safeddl.psycopg.connect(db, policy=Policy(actions={"create-index": action})) as conn:
+        conn.execute(INDEX_ON_BIG)
+        conn.commit()
+    assert index_exists(db, "big_x")
+    warned = any(r.levelno == logging.WARNING and "create-index" in r.getMessage()
+                 for r in caplog.records)
+    assert warned is (action == "warn")
+
+
+def test_allow_block(guarded: psycopg.Connection[Any], db: str) -> None:
+    with safeddl.allow("create-index", reason="tiny in production"):
+        guarded.execute(INDEX_ON_BIG)
+    guarded.commit()
+    assert index_exists(db, "big_x")
+
+
+def test_composed_queries_are_read(guarded: psycopg.Connection[Any], db: str) -> None:
+    query = sql.SQL("CREATE INDEX {} ON {} (x)").format(sql.Identifier("big_x"),
+                                                        sql.Identifier("big"))
+    with pytest.raises(safeddl.UnsafeStatement):
+        guarded.execute(query)
+    with pytest.raises(safeddl.UnsafeStatement):
+        guarded.execute(INDEX_ON_BIG.encode())
+
+
+def test_lock_timeout_set_local_in_a_transaction(db: str) -> None:
+    with safeddl.psycopg.connect(db, policy=Policy(lock_timeout="1200ms")) as conn:
+        conn.execute("ALTER TABLE big ADD COLUMN note text")
+        assert show(conn, "lock_timeout") == "1200ms"
+        conn.commit()
+        assert show(conn, "lock_timeout") == "0"
+
+
+def test_autocommit_restores_after_success_and_error(db: str) -> None:
+    with safeddl.psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE big ADD COLUMN note text")
+        assert show(conn, "lock_timeout") == "0"
+        with pytest.raises(psycopg.errors.UndefinedTable):
+            conn.execute("ALTER TABLE nowhere ADD COLUMN note text")
+        assert show(conn, "lock_timeout") == "0"
+        conn.execute("CREATE INDEX CONCURRENTLY big_x ON big (x)")
+        assert show(conn, "statement_timeout") == "0"
+    assert index_exists(db, "big_x")
+
+
+# --------------------------------------------------------------------------- factories
+
+
+def test_cursor_factory_on_an_existing_connection(db: str) -> None:
+    with psycopg.connect(db) as conn:
+        conn.cursor_factory = safeddl.psycopg.cursor_factory(Policy())
+        with pytest.raises(safeddl.UnsafeStatement):
+            conn.execute(INDEX_ON_BIG)
+        conn.rollback()
+        conn.cursor_factory = safeddl.psycopg.cursor_factory(
+            Policy(actions={"create-index": "allow"}))
+        conn.execute(INDEX_ON_BIG)
+        conn.commit()
+    assert index_exists(db, "big_x")
+
+
+def test_client_cursor_stays_a_client_cursor(db: str) -> None:
+    with psycopg.connect(db, cursor_factory=psycopg.ClientCursor) as conn:
+        safeddl.psycopg.install(conn)
+        cursor = conn.cursor()
+        assert isinstance(cursor, psycopg.ClientCursor)
+        assert isinstance(cursor, safeddl.psycopg.GuardedClientCursor)
+        with pytest.raises(safeddl.UnsafeStatement):
+            cursor.execute(INDEX_ON_BIG)
+
+
+def test_guard_block_on_a_connection(db: str) -> None:
+    with psycopg.connect(db) as conn:
+        with safeddl.guard(conn, Policy()), pytest.raises(safeddl.UnsafeStatement):
+            conn.execute(INDEX_ON_BIG)
+        conn.rollback()
+        conn.execute(INDEX_ON_BIG)  # outside the block: not guarded
+        conn.commit()
+    assert index_exists(db, "big_x")
+
+
+def test_install_and_uninstall(db: str) -> None:
+    with psycopg.connect(db) as conn:
+        safeddl.install(conn, Policy())
+        with pytest.raises(safeddl.UnsafeStatement):
+            conn.execute("TRUNCATE big")
+        conn.rollback()
+        safeddl.uninstall(conn)
+        conn.execute("SELECT 1")
+        conn.execute(INDEX_ON_BIG)
+        conn.rollback()
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def test_executemany_is_guarded(db: str) -> None:
+    policy = Policy(guard_dml_lock_timeout=True, lock_timeout="800ms")
+    with safeddl.psycopg.connect(db, policy=policy) as conn:
+        with conn.cursor() as cursor:
+            cursor.executemany("INSERT INTO small VALUES (%s, %s)", [(1, 1), (2, 2)])
+        assert show(conn, "lock_timeout") == "800ms"
+        conn.commit()
+
+
+def test_stream_is_guarded(guarded: psycopg.Connection[Any]) -> None:
+    with guarded.cursor() as cursor:
+        with pytest.raises(safeddl.UnsafeStatement):
+            list(cursor.stream(INDEX_ON_BIG))
+        guarded.rollback()
+        rows = list(cursor.stream("SELECT id FROM big WHERE id <= 3 ORDER BY id"))
+    assert [r[0] for r in rows] == [1, 2, 3]
+
+
+def test_stream_stopped_early_restores(db: str) -> None:
+    policy = Policy(guard_dml_lock_timeout=True)
+    with safeddl.psycopg.connect(db, policy=policy, autocommit=True) as conn:
+        with conn.cursor() as cursor:
+            for _row in cursor.stream("SELECT id FROM big"):
+                break
+        assert show(conn, "lock_timeout") == "0"
+
+
+def test_copy_is_guarded(db: str) -> None:
+    policy = Policy(guard_dml_lock_timeout=True, lock_timeout="600ms")
+    with safeddl.psycopg.connect(db, policy=policy) as conn:
+        with conn.cursor() as cursor, cursor.copy("COPY small (id, x) FROM STDIN") as copy:
+            copy.write_row((1, 1))
+        assert show(conn, "lock_timeout") == "600ms"
+        conn.commit()
+    with safeddl.psycopg.connect(db) as conn, conn.cursor() as cursor:
+        with pytest.raises(safeddl.UnsafeStatement):
+            with cursor.copy("COPY (SELECT 1) TO STDOUT; TRUNCATE big"):
+                pass
+
+
+def test_server_side_cursor_is_guarded(db: str) -> None:
+    policy = Policy(guard_dml_lock_timeout=True, lock_timeout="700ms")
+    with safeddl.psycopg.connect(db, policy=policy) as conn:
+        with conn.cursor(name="reader") as cursor:
+            assert isinstance(cursor, safeddl.psycopg.GuardedServerCursor)
+            cursor.execute("SELECT id FROM big ORDER BY id")
+            assert cursor.fetchone() == (1,)
+        assert show(conn, "lock_timeout") == "700ms"
+
+
+def test_tiny_and_new_tables_pass(guarded: psycopg.Connection[Any], db: str) -> None:
+    guarded.execute("CREATE INDEX small_x ON small (x)")
+    guarded.execute("CREATE TABLE fresh (id int, x int)")
+    guarded.execute(f"INSERT INTO fresh SELECT g, g FROM generate_series(1, {BIG_ROWS}) g")
+    guarded.execute("ANALYZE fresh")
+    guarded.execute("CREATE INDEX fresh_x ON fresh (x)")
+    guarded.commit()
+    assert index_exists(db, "small_x") and index_exists(db, "fresh_x")
+
+
+# --------------------------------------------------------------------------- rewrite seam
+
+
+@pytest.fixture
+def concurrent_rewriter() -> Iterator[None]:
+    """A stand-in rewriter: CREATE INDEX -> drop a leftover invalid index, then build it
+    CONCURRENTLY (the real rewrites live elsewhere; this pins the seam)."""
+    from safeddl.decision import Decision, Plan, PlanStep, SessionFacts, set_rewriter
+
+    def rewrite(decision: Decision, facts: SessionFacts) -> Plan | None:
+        step = decision.statement.steps[0]
+        if step.name is None:
+            return None
+        sql = decision.statement.sql.replace("INDEX", "INDEX CONCURRENTLY", 1)
+        return Plan((PlanStep(f"DROP INDEX CONCURRENTLY IF EXISTS {step.name}", True),
+                     PlanStep(sql, True)))
+
+    set_rewriter(rewrite)
+    try:
+        yield
+    finally:
+        set_rewriter(None)
+
+
+@pytest.mark.usefixtures("concurrent_rewriter")
+def test_rewrite_plan_runs_step_by_step(db: str) -> None:
+    policy = Policy(actions={"create-index": "rewrite"})
+    with safeddl.psycopg.connect(db, policy=policy, autocommit=True) as conn:
+        conn.execute(INDEX_ON_BIG)
+        with psycopg.Cursor(conn) as cursor:
+            row = cursor.execute("SELECT indisvalid FROM pg_index "
+                                 "WHERE indexrelid = 'big_x'::regclass").fetchone()
+        assert row == (True,)
+    with safeddl.psycopg.connect(db, policy=policy) as conn:  # in a transaction: refused
+        with pytest.raises(safeddl.UnsafeStatement, match="autocommit"):
+            conn.execute("CREATE INDEX big_x2 ON big (x)")
+    assert not index_exists(db, "big_x2")
+
+
+# --------------------------------------------------------------------------- every version
+
+
+def test_catalog_facts_on_every_server_version(safeddl_db_each: str) -> None:
+    """New / altered / tiny / big tables, the lock timeout and its restore, on each
+    PostgreSQL version available (the live catalog queries must run on all of them)."""
+    dsn = safeddl_db_each
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE big (id int PRIMARY KEY, x int)")
+        conn.execute(f"INSERT INTO big SELECT g, g FROM generate_series(1, {BIG_ROWS}) g")
+        conn.execute("CREATE TABLE small (id int PRIMARY KEY, x int)")
+        conn.execute("ANALYZE big")
+    with safeddl.psycopg.connect(dsn) as conn:
+        conn.execute("CREATE TABLE fresh (id int, x int)")
+        conn.execute(f"INSERT INTO fresh SELECT g, g FROM generate_series(1, {BIG_ROWS}) g")
+        conn.execute("ANALYZE fresh")
+        conn.execute("CREATE INDEX fresh_x ON fresh (x)")  # new: allowed
+        conn.execute("CREATE INDEX small_x ON small (x)")  # tiny: allowed
+        conn.execute("ALTER TABLE big ADD COLUMN note text")  # brief: allowed, bounded
+        assert show(conn, "lock_timeout") == "3s"
+        with pytest.raises(safeddl.UnsafeStatement):  # altered is not new
+            conn.execute(INDEX_ON_BIG)
+        conn.rollback()
+    with safeddl.psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE INDEX CONCURRENTLY big_x ON big (x)")
+        assert show(conn, "lock_timeout") == "0"
+    assert index_exists(dsn, "big_x") and not index_exists(dsn, "fresh_x")
