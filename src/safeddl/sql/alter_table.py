@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql.columns import (
-    COLUMN_CONSTRAINT_WORDS,
     TABLE_CONSTRAINT_WORDS,
     is_null_literal,
     read_column_def,

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from safeddl.model import Action, ConstraintType, Step, Volatility
+from safeddl.model import Action, Step
 from safeddl.locks import LockMode
 from safeddl.sql.columns import (
     TABLE_CONSTRAINT_WORDS,
     read_column_def,
     read_table_constraint,
-    volatility_of,
-    is_null_literal,
 )
 from safeddl.sql.tokens import Cursor, split_top_level
 
