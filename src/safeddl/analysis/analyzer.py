@@ -8,7 +8,7 @@ import logging
 from functools import lru_cache
 
 from safeddl.analysis.catalog import Catalog
-from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect
+from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect, effect_in_new_table
 from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.locks import Holds
 from safeddl.sql import Syntax, quote_ident, read, split_script
@@ -100,11 +100,7 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
         if created and step is not head and step.table and catalog.key(step.table) == created:
             # A column or constraint of the table being created: only what it
             # references elsewhere is locked.
-            result = effect(dataclasses.replace(step, action=Action.OTHER), version, catalog)
-            if step.action is Action.ADD_CONSTRAINT or step.references:
-                from safeddl.analysis.locktable import _inline_constraint
-
-                result = _inline_constraint(step, version, catalog)
+            result = effect_in_new_table(step)
         else:
             result = effect(step, version, catalog)
         takes.extend(result.takes)

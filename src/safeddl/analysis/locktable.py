@@ -282,9 +282,10 @@ def _create_view(step: Step, version: int, catalog: Catalog) -> Effect:
     return Effect((), Holds.BRIEF)
 
 
-def _inline_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
-    """A constraint inside CREATE TABLE (the new table itself is not reported)."""
-    if step.constraint_type is ConstraintType.FOREIGN_KEY and step.references:
+def effect_in_new_table(step: Step) -> Effect:
+    """A column or constraint inside CREATE TABLE: the new table itself is not
+    reported; a foreign key locks the table it references."""
+    if step.references:
         return Effect((Take(step.references, SRE),), Holds.BRIEF)
     return Effect((), Holds.BRIEF)
 
