@@ -197,9 +197,7 @@ def _analyse(text: str, facts: SessionFacts) -> list[tuple[Statement, dict[str, 
     out = []
     for raw in raws:
         statement = analyze_statement(raw.text, version=facts.version, catalog=learning)
-        comments = tuple(line.strip()[2:].strip() for line in raw.preamble.splitlines()
-                         if line.strip().startswith("--"))
-        out.append((statement, ignores_in(comments), learning))
+        out.append((statement, ignores_in(raw.comments), learning))
         if len(raws) > 1 and statement.understood:
             learning = learning.copy()
             learning.learn(statement.steps)

@@ -59,7 +59,7 @@ def analyze_script(script: str, *, version: int = NEWEST, catalog: Catalog | Non
         else:
             syntax = read_cached(raw.text)
         statement = _facts(raw.text, raw.line, syntax, version, catalog)
-        statement = dataclasses.replace(statement, leading_comments=_comments(raw.preamble))
+        statement = dataclasses.replace(statement, leading_comments=raw.comments)
         out.append(statement)
         if learn and syntax.understood:
             catalog.learn(syntax.steps)
@@ -146,12 +146,3 @@ def _display(relation: str, catalog: Catalog) -> str:
     if schema == (catalog.search_path[0] if catalog.search_path else "public"):
         return quote_ident(name)
     return f"{quote_ident(schema)}.{quote_ident(name)}"
-
-
-def _comments(preamble: str) -> tuple[str, ...]:
-    lines = []
-    for line in preamble.splitlines():
-        stripped = line.strip()
-        if stripped.startswith("--"):
-            lines.append(stripped[2:].strip())
-    return tuple(lines)

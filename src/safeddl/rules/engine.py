@@ -67,11 +67,7 @@ def lint_script(script: str, *, version: int = 18, catalog: Catalog | None = Non
     results = []
     for raw in split_script(script):
         statement = analyze_statement(raw.text, version=version, catalog=catalog, line=raw.line)
-        comments = tuple(
-            line.strip()[2:].strip() for line in raw.preamble.splitlines()
-            if line.strip().startswith("--")
-        )
-        ignores = ignores_in(comments)
+        ignores = ignores_in(raw.comments)
         result = Result(statement)
         for finding in check(statement, context, rules):
             if finding.rule in ignores:

@@ -17,6 +17,12 @@ class RawStatement:
     preamble: str  # the text between the previous statement and this one (comments)
     error: str | None = None  # this part of the script could not be tokenized
 
+    @property
+    def comments(self) -> tuple[str, ...]:
+        """The ``--`` comment lines just before the statement, without the ``--``."""
+        return tuple(line.strip()[2:].strip() for line in self.preamble.splitlines()
+                     if line.strip().startswith("--"))
+
 
 def split_script(script: str) -> list[RawStatement]:
     """The statements of a script, in order. Never raises.
