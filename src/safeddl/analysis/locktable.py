@@ -427,9 +427,11 @@ def _add_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
         return _on(step, SRE, scan, catalog, extra=extra)
     if kind in (ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY):
         if step.using_index:
-            needs_scan = kind is ConstraintType.PRIMARY_KEY and not all(
-                catalog.proves_not_null(step.table, c) for c in _columns_of(step)
-            )
+            # A primary key makes its columns NOT NULL: a scan unless already proven.
+            # (The index's columns are not in the catalog: only a one-column key
+            # named in the statement can be proven.)
+            needs_scan = kind is ConstraintType.PRIMARY_KEY and not catalog.proves_not_null(
+                step.table, step.column)
             return _on(step, AE, Holds.SCAN if needs_scan else Holds.BRIEF, catalog)
         return _on(step, AE, Holds.SCAN, catalog)
     if kind is ConstraintType.NOT_NULL:
@@ -438,10 +440,6 @@ def _add_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
             "PostgreSQL 18 or later",)
         return _on(step, AE, scan, catalog, notes=notes)
     return _on(step, AE, scan, catalog)  # CHECK, EXCLUDE
-
-
-def _columns_of(step: Step) -> list[str | None]:
-    return [step.column]
 
 
 def _validate(step: Step, version: int, catalog: Catalog) -> Effect:

@@ -18,7 +18,7 @@ from safeddl.sql.ddl import NotUnderstood, read_ddl
 from safeddl.sql.dml import dml_steps
 from safeddl.sql.names import local_name, qualified_name, quote_ident, schema_of, split_name
 from safeddl.sql.split import RawStatement, split_script
-from safeddl.sql.tokens import Cursor, SqlTokenError, Token, tokenize
+from safeddl.sql.tokens import Cursor, SqlTokenError, tokenize
 
 __all__ = [
     "RawStatement",
@@ -221,5 +221,3 @@ def sqlglot_form(text: str) -> str:
 def _short(exc: BaseException) -> str:
     return str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
 
-
-_ = (Token, RawStatement, split_script)

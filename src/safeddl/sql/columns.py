@@ -199,8 +199,6 @@ def read_table_constraint(cursor: Cursor, table: str | None, start: int, stop: i
             c.skip_group()
     not_valid = _ends_with_not_valid(words)
     body_stop = stop - 2 if not_valid else stop
-    if kind is ConstraintType.CHECK and "NO" in words and "INHERIT" in words:
-        pass
     columns = _first_group_names(cursor, body_start, stop) if kind in (
         ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY, ConstraintType.FOREIGN_KEY) else ()
     return Step(
