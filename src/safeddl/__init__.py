@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from safeddl.errors import ConfigError as ConfigError
     from safeddl.errors import LockTimeout as LockTimeout
     from safeddl.errors import PreflightBlocked as PreflightBlocked
+    from safeddl.errors import RetriesExhausted as RetriesExhausted
     from safeddl.errors import SafeDDLError as SafeDDLError
     from safeddl.errors import UnsafeStatement as UnsafeStatement
     from safeddl.decision import Decision as Decision
@@ -29,6 +30,11 @@ if TYPE_CHECKING:
     from safeddl.policy import Policy as Policy
     from safeddl.policy import Preflight as Preflight
     from safeddl.policy import RuleAction as RuleAction
+    from safeddl.retry import RetryPolicy as RetryPolicy
+    from safeddl.retry import attempts as attempts
+    from safeddl.retry import retry_statement as retry_statement
+    from safeddl.retry import retrying as retrying
+    from safeddl.retry import run_transaction as run_transaction
 
 # public name -> (module, attribute)
 _LAZY = {
@@ -38,6 +44,12 @@ _LAZY = {
     "PreflightBlocked": ("safeddl.errors", "PreflightBlocked"),
     "SafeDDLError": ("safeddl.errors", "SafeDDLError"),
     "UnsafeStatement": ("safeddl.errors", "UnsafeStatement"),
+    "RetriesExhausted": ("safeddl.errors", "RetriesExhausted"),
+    "RetryPolicy": ("safeddl.retry", "RetryPolicy"),
+    "attempts": ("safeddl.retry", "attempts"),
+    "retry_statement": ("safeddl.retry", "retry_statement"),
+    "retrying": ("safeddl.retry", "retrying"),
+    "run_transaction": ("safeddl.retry", "run_transaction"),
     "Decision": ("safeddl.decision", "Decision"),
     "allow": ("safeddl.decision", "allow"),
     "decide": ("safeddl.decision", "decide"),
@@ -74,13 +86,19 @@ __all__ = [
     "Policy",
     "Preflight",
     "PreflightBlocked",
+    "RetriesExhausted",
+    "RetryPolicy",
     "RuleAction",
     "SafeDDLError",
     "UnsafeStatement",
     "__version__",
     "allow",
+    "attempts",
     "decide",
     "guard",
     "install",
+    "retry_statement",
+    "retrying",
+    "run_transaction",
     "uninstall",
 ]
