@@ -54,8 +54,10 @@ def test_defaults() -> None:
 
 def test_default_actions_refuse_long_blocking_errors_and_warn_the_rest() -> None:
     policy = Policy()
-    for rule in ("create-index", "truncate", "add-foreign-key", "set-not-null", "vacuum-full",
-                 "alter-column-type", "add-column-volatile-default"):
+    for rule in ("create-index", "reindex", "add-foreign-key", "add-check", "set-not-null",
+                 "add-unique"):  # exact rewrites exist: rewrite (refused in a transaction)
+        assert policy.action_for(rule) is RuleAction.REWRITE, rule
+    for rule in ("truncate", "vacuum-full", "alter-column-type", "add-column-volatile-default"):
         assert policy.action_for(rule) is RuleAction.REFUSE, rule
     for rule in ("drop-index", "detach-partition", "drop-column", "rename-table"):
         assert policy.action_for(rule) is RuleAction.WARN, rule
@@ -356,8 +358,11 @@ def test_without_live_catalog_nothing_is_assumed_small() -> None:
 
 
 def test_rewrite_without_rewriter_refuses_with_the_plan() -> None:
+    def no_rewrite(decision: safeddl.Decision, facts: SessionFacts) -> None:
+        return None
+
     decision = decide("CREATE INDEX orders_x ON orders (x)", _facts(_catalog(10**6)),
-                      Policy(actions={"create-index": "rewrite"}))
+                      Policy(actions={"create-index": "rewrite"}), (), no_rewrite)
     assert decision.action is RuleAction.REFUSE
     assert "no exact rewrite" in str(decision.refusal())
     assert "CONCURRENTLY" in str(decision.refusal())

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
     from safeddl.policy import Policy as Policy
     from safeddl.policy import Preflight as Preflight
     from safeddl.policy import RuleAction as RuleAction
+    from safeddl.backfill import BackfillResult as BackfillResult
+    from safeddl.backfill import backfill as backfill
+    from safeddl.refresh import RefreshRefused as RefreshRefused
+    from safeddl.refresh import SwapResult as SwapResult
+    from safeddl.refresh import swap_in as swap_in
     from safeddl.retry import RetryPolicy as RetryPolicy
     from safeddl.retry import attempts as attempts
     from safeddl.retry import retry_statement as retry_statement
@@ -59,6 +64,11 @@ _LAZY = {
     "Policy": ("safeddl.policy", "Policy"),
     "Preflight": ("safeddl.policy", "Preflight"),
     "RuleAction": ("safeddl.policy", "RuleAction"),
+    "BackfillResult": ("safeddl.backfill", "BackfillResult"),
+    "backfill": ("safeddl.backfill", "backfill"),
+    "RefreshRefused": ("safeddl.refresh", "RefreshRefused"),
+    "SwapResult": ("safeddl.refresh", "SwapResult"),
+    "swap_in": ("safeddl.refresh", "swap_in"),
 }
 
 
@@ -79,6 +89,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BackfillResult",
     "Blocker",
     "ConfigError",
     "Decision",
@@ -86,19 +97,23 @@ __all__ = [
     "Policy",
     "Preflight",
     "PreflightBlocked",
+    "RefreshRefused",
     "RetriesExhausted",
     "RetryPolicy",
     "RuleAction",
     "SafeDDLError",
+    "SwapResult",
     "UnsafeStatement",
     "__version__",
     "allow",
     "attempts",
+    "backfill",
     "decide",
     "guard",
     "install",
     "retry_statement",
     "retrying",
     "run_transaction",
+    "swap_in",
     "uninstall",
 ]

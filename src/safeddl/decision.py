@@ -78,6 +78,16 @@ class PlanStep:
     sql: str
     needs_autocommit: bool = False  # must run outside a transaction block
     purpose: str = ""
+    # Its own statement_timeout in ms (0: none), None: the statement's. decide() fills it
+    # from the policy (a concurrent build or a VALIDATE must not inherit a short one).
+    statement_timeout_ms: int | None = None
+    # Run only while this index (SQL text for to_regclass) exists and is INVALID.
+    only_if_invalid_index: str | None = None
+    # When this step or a later one fails: what puts things back (run after it ran).
+    undo: tuple[PlanStep, ...] = ()
+    # When this very step fails: this index, left INVALID by a failed concurrent build,
+    # is dropped concurrently.
+    leftover_index: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,7 +98,12 @@ class Plan:
     summary: str = ""
 
     def render(self) -> str:
-        return "\n".join(step.sql.rstrip().rstrip(";") + ";" for step in self.steps)
+        lines = []
+        for step in self.steps:
+            if step.only_if_invalid_index:
+                lines.append(f"-- only if {step.only_if_invalid_index} exists and is INVALID:")
+            lines.append(step.sql.rstrip().rstrip(";") + ";")
+        return "\n".join(lines)
 
     @property
     def needs_autocommit(self) -> bool:
@@ -180,7 +195,10 @@ def decide(text: str, facts: SessionFacts, policy: Policy,
     statements = tuple(item[0] for item in analysed)
     decision = _combine(statements, tuple(findings), verdicts, tuple(waived), facts, policy)
     if decision.action is RuleAction.REWRITE:
-        decision = _plan_rewrite(decision, facts, rewriter)
+        decision = _plan_rewrite(decision, facts, policy,
+                                 rewriter if rewriter is not None else current_rewriter())
+    elif decision.action is not RuleAction.REFUSE and facts.live and not facts.in_transaction:
+        decision = _plan_repair(decision, facts, policy)
     return decision
 
 
@@ -306,9 +324,11 @@ def needs_catalog(statements: Sequence[Statement]) -> bool:
     return any(s.is_ddl and s.understood and s.locks for s in statements)
 
 
-def _plan_rewrite(decision: Decision, facts: SessionFacts, rewriter: Rewriter | None,
-                  ) -> Decision:
+def _plan_rewrite(decision: Decision, facts: SessionFacts, policy: Policy,
+                  rewriter: Rewriter | None) -> Decision:
     plan = rewriter(decision, facts) if rewriter is not None else None
+    if plan is not None:
+        plan = _with_statement_timeouts(plan, facts, policy)
     if plan is None:
         note = ("(The policy asks for a rewrite, but no exact rewrite is available here: "
                 "run the safe alternative above yourself.)")
@@ -329,14 +349,53 @@ class Rewriter(Protocol):
     def __call__(self, decision: Decision, facts: SessionFacts) -> Plan | None: ...
 
 
+def _plan_repair(decision: Decision, facts: SessionFacts, policy: Policy) -> Decision:
+    """A statement allowed as written may still need a step first (e.g. an INVALID index
+    that ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` would silently keep)."""
+    if decision.plan is not None or len(decision.statements) != 1 \
+            or decision.statement.kind is not Action.CREATE_INDEX:
+        return decision
+    from safeddl.rewrite import repair
+
+    plan = repair(decision, facts)
+    if plan is None:
+        return decision
+    return dataclasses.replace(decision, plan=_with_statement_timeouts(plan, facts, policy))
+
+
+def _with_statement_timeouts(plan: Plan, facts: SessionFacts, policy: Policy) -> Plan:
+    """Each step (and each undo step) with the statement_timeout the policy gives its
+    own kind of statement, so that a concurrent build or a VALIDATE does not inherit
+    the short one of the statement it replaces."""
+
+    def timed(step: PlanStep) -> PlanStep:
+        if step.statement_timeout_ms is None:
+            own = policy.statement_timeout_ms(analyze_statement(step.sql, version=facts.version))
+            step = dataclasses.replace(step, statement_timeout_ms=own)
+        return dataclasses.replace(step, undo=tuple(timed(u) for u in step.undo))
+
+    return dataclasses.replace(plan, steps=tuple(timed(step) for step in plan.steps))
+
+
 _REWRITER: Rewriter | None = None
 
 
 def set_rewriter(rewriter: Rewriter | None) -> None:
-    """Register the rewriter every Guard uses (None: rewrite refuses)."""
+    """Register the rewriter every Guard uses (None: safeddl's own exact rewrites,
+    :func:`safeddl.rewrite.rewrite`; to have none, set the rules' actions in the
+    Policy instead)."""
     global _REWRITER
     _REWRITER = rewriter
     _guard_for.cache_clear()
+
+
+def current_rewriter() -> Rewriter:
+    """The registered rewriter, or safeddl's own."""
+    if _REWRITER is not None:
+        return _REWRITER
+    from safeddl.rewrite import rewrite
+
+    return rewrite
 
 
 # =========================================================================== sessions
@@ -400,6 +459,8 @@ class Ticket:
     replacement: str | None = None
     restore: tuple[str, ...] = ()  # session settings to restore afterwards
     live: LiveCatalog | None = None
+    steps_done: int = 0  # plan steps run before the statement
+    statement_timeout_ms: int | None = None  # the statement_timeout set now (None: session's)
 
 
 # =========================================================================== the guard
@@ -463,6 +524,8 @@ class Guard:
                error: BaseException) -> SafeDDLError | None:
         """The statement failed: restore, and turn a lock timeout into LockTimeout
         (with the blocking sessions). Returns the exception to raise instead, if any."""
+        if ticket is not None and ticket.decision.plan is not None:
+            self._undo_plan(ticket, session, ticket.decision.plan.steps[-1])
         if ticket is not None and ticket.restore:
             _restore_or_log(session)
         if not is_lock_timeout(error) or isinstance(error, SafeDDLError) or _NOWAIT.search(text):
@@ -479,7 +542,7 @@ class Guard:
         cached = self._decisions.get(key)
         if cached is not None:
             return cached, None
-        rewriter = self.rewriter or _REWRITER
+        rewriter = self.rewriter or current_rewriter()
         facts = SessionFacts(version, in_transaction)
         statements = [item[0] for item in _analyse(text, facts)]
         if not needs_catalog(statements):
@@ -514,19 +577,101 @@ class Guard:
         values = {"lock_timeout": f"{decision.lock_timeout_ms}ms"}
         if decision.statement_timeout_ms is not None:
             values["statement_timeout"] = f"{decision.statement_timeout_ms}ms"
+        names = tuple(values)
+        if decision.plan is not None and "statement_timeout" not in names and any(
+                step.statement_timeout_ms is not None for step in decision.plan.steps):
+            names += ("statement_timeout",)  # plan steps set their own
         if decision.session_level:
-            remember_settings(session, tuple(values))
-            ticket.restore = tuple(values)
-            session.state.dirty = tuple(sorted(set(session.state.dirty) | set(values)))
+            remember_settings(session, names)
+            ticket.restore = names
+            session.state.dirty = tuple(sorted(set(session.state.dirty) | set(names)))
         apply_settings(session, values, local=not decision.session_level)
+        ticket.statement_timeout_ms = decision.statement_timeout_ms
 
+    # -- rewrite plans --------------------------------------------------------------------
     def _run_plan(self, ticket: Ticket, session: Session) -> None:
+        """Run every step but the last (which the integration sends instead of the
+        statement); on failure undo the steps that ran and raise (LockTimeout on a lock
+        timeout)."""
         plan = ticket.decision.plan
         assert plan is not None
+        if ticket.decision.action is RuleAction.REWRITE:
+            logger.info("safeddl: instead of `%s` (%s), running:\n%s",
+                        shorten(ticket.decision.statement.sql, 80),
+                        ", ".join(f.rule for f in ticket.decision.deciding), plan.render())
         for step in plan.steps[:-1]:
+            if step.only_if_invalid_index and not _index_is_invalid(session,
+                                                                    step.only_if_invalid_index):
+                ticket.steps_done += 1
+                continue
             logger.info("safeddl: rewrite step: %s", shorten(step.sql))
-            session.run(step.sql)
-        ticket.replacement = plan.steps[-1].sql if plan.steps else None
+            try:
+                self._step_timeout(ticket, session, step)
+                session.run(step.sql)
+            except Exception as exc:
+                self._undo_plan(ticket, session, step)
+                if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
+                    raise self._lock_timeout(ticket, step.sql, session.state, exc) from exc
+                raise
+            ticket.steps_done += 1
+        if plan.steps:
+            self._step_timeout(ticket, session, plan.steps[-1])
+            ticket.replacement = plan.steps[-1].sql
+
+    def _step_timeout(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
+        """The step's own statement_timeout (a concurrent build: none), else the one the
+        statement had."""
+        decision = ticket.decision
+        if not decision.set_lock_timeout:
+            return
+        wanted = (step.statement_timeout_ms if step.statement_timeout_ms is not None
+                  else decision.statement_timeout_ms)
+        if wanted == ticket.statement_timeout_ms:
+            return
+        if wanted is None:  # back to the session's own value
+            saved = session.state.saved.get("statement_timeout")
+            if saved is None or not decision.session_level:
+                return
+            value = saved[0]
+        else:
+            value = f"{wanted}ms"
+        apply_settings(session, {"statement_timeout": value}, local=not decision.session_level)
+        ticket.statement_timeout_ms = wanted
+
+    def _undo_plan(self, ticket: Ticket, session: Session, failed: PlanStep) -> None:
+        """After a failed step (outside a transaction block, where the steps before it
+        were committed): drop the INVALID index a failed concurrent build left, then
+        undo the steps that ran, last first, so the end state is the one the failed
+        original statement would have left. What cannot be undone is logged with the
+        statement to run."""
+        plan = ticket.decision.plan
+        if plan is None:
+            return
+        try:
+            if session.in_transaction():
+                return  # the transaction is rolled back as a whole
+        except Exception:  # noqa: BLE001 - a closed connection: nothing can be done
+            return
+        actions: list[PlanStep] = []
+        if failed.leftover_index:
+            actions.append(PlanStep(
+                f"DROP INDEX CONCURRENTLY IF EXISTS {failed.leftover_index}",
+                needs_autocommit=True, statement_timeout_ms=0,
+                only_if_invalid_index=failed.leftover_index,
+                purpose="drop the INVALID index the failed concurrent build left"))
+        for step in reversed(plan.steps[:ticket.steps_done]):
+            actions.extend(step.undo)
+        for action in actions:
+            try:
+                if action.only_if_invalid_index and not _index_is_invalid(
+                        session, action.only_if_invalid_index):
+                    continue
+                self._step_timeout(ticket, session, action)
+                logger.info("safeddl: undoing a rewrite step: %s", shorten(action.sql))
+                session.run(action.sql)
+            except Exception as exc:  # noqa: BLE001 - the original error is what matters
+                logger.warning("safeddl: could not undo a step of the rewrite (%s); run it "
+                               "yourself: %s;", exc, action.sql)
 
     # -- pre-flight -------------------------------------------------------------------------
     def _preflight(self, ticket: Ticket, session: Session) -> None:
@@ -592,6 +737,13 @@ def _waited_for(requests: list[LockRequest], blocked: set[str]) -> LockRequest |
         if request.relation in blocked:
             return request
     return requests[0] if requests else None
+
+
+def _index_is_invalid(session: Session, index: str) -> bool:
+    """The index exists and is INVALID (a concurrent build failed or is in progress)."""
+    rows = session.run("SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = "
+                       "to_regclass(%s) AND NOT indisvalid)", [index])
+    return bool(rows and rows[0][0])
 
 
 def _log(decision: Decision) -> None:
@@ -745,6 +897,7 @@ __all__ = [
     "Ticket",
     "Waiver",
     "allow",
+    "current_rewriter",
     "decide",
     "default_policy",
     "guard",

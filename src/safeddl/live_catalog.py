@@ -10,7 +10,8 @@ Facts: relation kind; estimated rows (``reltuples``, or ``pg_stat`` live tuples 
 larger or never analyzed; partitioned tables: the sum of their partitions); column
 types and NOT NULL; constraints (foreign keys with the referenced table, CHECKs and
 whether they are valid); partition parents and children; the table of an index; the
-relations a view reads; and whether the relation was created in the current
+relations a view reads; user triggers and row-level security; whether an index is
+INVALID (a failed concurrent build); and whether the relation was created in the current
 transaction (see :data:`_NEW_IN_TRANSACTION`).
 """
 
@@ -157,7 +158,11 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
        (SELECT array_agg(DISTINCT d.refobjid) FROM pg_rewrite w
         JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = w.oid
                         AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid
-        WHERE w.ev_class = c.oid AND c.relkind = 'v')
+        WHERE w.ev_class = c.oid AND c.relkind = 'v'),
+       (SELECT NOT i.indisvalid FROM pg_index i WHERE i.indexrelid = c.oid),
+       (SELECT array_agg(t.tgname) FROM pg_trigger t
+        WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+       c.relrowsecurity
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = ANY (%(oids)s::oid[])
 """
@@ -212,12 +217,14 @@ def _fill(live: LiveCatalog, rows: list[tuple[Any, ...]]) -> None:
     keys = {row[0]: f"{row[1]}.{row[2]}" for row in rows}
     for row in rows:
         (oid, _nsp, _name, kind, reltuples, live_tuples, parent, is_default, new,
-         index_table, columns, constraints, reads) = row
+         index_table, columns, constraints, reads, invalid, triggers, row_security) = row
         key = keys[oid]
         live.oids[key] = oid
         if kind in _INDEX_KINDS:
             if index_table in keys:
                 live.catalog.indexes[key] = keys[index_table]
+            if invalid:
+                live.catalog.invalid_indexes.add(key)
             continue
         if kind not in _KINDS:
             continue
@@ -227,6 +234,8 @@ def _fill(live: LiveCatalog, rows: list[tuple[Any, ...]]) -> None:
         _add_columns(relation, columns or [])
         _add_constraints(relation, constraints or [])
         relation.reads = {keys[r] for r in (reads or []) if r in keys}
+        relation.triggers = set(triggers or [])
+        relation.row_security = bool(row_security)
         live.catalog.relations[key] = relation
 
 

@@ -71,6 +71,13 @@ _BOUNDED_BY_LOCK_TIMEOUT = frozenset(
      "missing-lock-timeout"}
 )
 UNPARSED_RULE = "unparsed-statement"
+# Error rules whose safe form safeddl can run instead, with the same end state (see
+# safeddl.rewrite); where it cannot be exact the statement is refused. Not `truncate`:
+# DELETE differs from TRUNCATE (triggers, identity, cascades), so that is opt-in, nor
+# `drop-index`, which warns (the bounded lock wait is its remedy) and rewrites on request.
+_EXACT_REWRITES = frozenset(
+    {"create-index", "reindex", "add-foreign-key", "add-check", "set-not-null", "add-unique"}
+)
 
 
 class RuleAction(str, enum.Enum):
@@ -361,14 +368,21 @@ def _summary(problems: list[str]) -> str:
 
 
 def known_rules() -> dict[str, RuleAction]:
-    """The default action of every rule: errors refuse (except the brief-lock ones,
-    which the bounded lock wait makes safe: they warn); warnings warn."""
+    """The default action of every rule: errors whose safe form is an exact rewrite
+    rewrite (in autocommit the safe sequence runs instead; inside a transaction block
+    the statement is refused with that sequence spelled out); other errors refuse
+    (except the brief-lock ones, which the bounded lock wait makes safe: they warn);
+    warnings warn."""
     from safeddl.rules import RULES, Severity
 
     defaults: dict[str, RuleAction] = {}
     for rule in RULES:
-        refuse = rule.severity is Severity.ERROR and rule.id not in _BOUNDED_BY_LOCK_TIMEOUT
-        defaults[rule.id] = RuleAction.REFUSE if refuse else RuleAction.WARN
+        if rule.id in _EXACT_REWRITES:
+            defaults[rule.id] = RuleAction.REWRITE
+        elif rule.severity is Severity.ERROR and rule.id not in _BOUNDED_BY_LOCK_TIMEOUT:
+            defaults[rule.id] = RuleAction.REFUSE
+        else:
+            defaults[rule.id] = RuleAction.WARN
     return defaults
 
 

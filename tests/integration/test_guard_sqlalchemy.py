@@ -450,10 +450,16 @@ def test_async_plugin_guard_allow_and_autocommit_restore(url: str, db: str) -> N
 
 
 def test_rewrite_without_a_rewriter_refuses_with_the_plan(engine: Engine, db: str) -> None:
-    safeddl.install(engine, Policy(actions={"create-index": "rewrite"}))
-    with pytest.raises(safeddl.UnsafeStatement, match="CONCURRENTLY") as info, \
-            engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-        conn.execute(text(INDEX_ON_BIG))
+    from safeddl.decision import set_rewriter
+
+    set_rewriter(lambda decision, facts: None)  # a rewriter that never finds an exact plan
+    try:
+        safeddl.install(engine, Policy(actions={"create-index": "rewrite"}))
+        with pytest.raises(safeddl.UnsafeStatement, match="CONCURRENTLY") as info, \
+                engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text(INDEX_ON_BIG))
+    finally:
+        set_rewriter(None)
     assert "no exact rewrite" in str(info.value)
     assert not index_exists(db, "big_x")
 

@@ -53,6 +53,7 @@ class Relation:
     new: bool = False  # created by the script / transaction being analysed
     rows: int | None = None  # estimated, from a live connection
     triggers: set[str] = field(default_factory=set)
+    row_security: bool = False  # ENABLE ROW LEVEL SECURITY (from a live connection)
     tablespace: str = "pg_default"
     access_method: str = "heap"
 
@@ -67,6 +68,7 @@ class Catalog:
     def __init__(self) -> None:
         self.relations: dict[str, Relation] = {}
         self.indexes: dict[str, str] = {}  # qualified index -> qualified table
+        self.invalid_indexes: set[str] = set()  # qualified indexes marked INVALID (live)
         self.functions: dict[str, Volatility] = {}
         self.search_path: tuple[str, ...] = ("public",)
         # True when every relation of the database is known (a live connection, or a
@@ -268,8 +270,6 @@ class Catalog:
                 relation.columns.update(parent.columns)
                 relation.not_null |= parent.not_null
         self.relations[key] = relation
-        if relation.parent or any(step.references for step in rest):
-            self._generation += 1
         for step in rest:
             if step.action is Action.SELECT and step.table and kind != "table":
                 relation.reads.add(self.key(step.table))
@@ -279,6 +279,9 @@ class Catalog:
                     relation.columns.update(like.columns)
             elif step.action in (Action.ADD_COLUMN, Action.ADD_CONSTRAINT):
                 self._learn_step(step)
+        if relation.parent or any(step.references for step in rest):
+            self._generation += 1  # parents or foreign keys changed (after the steps,
+            # which may have rebuilt the derived indexes before the constraints were in)
 
     def _learn_step(self, step: Step) -> None:
         action = step.action
