@@ -12,7 +12,10 @@ This is the ground truth the analysis is checked against:
   ("guards") that hold a conflicting lock on every relation of interest, so each
   lock request has to wait and shows up in ``pg_locks``. Run them in a
   disposable database (see :func:`disposable_database`): their effects stay.
-- :func:`lock_snapshot` reads the table-level locks a session holds right now.
+- :func:`lock_snapshot` reads the table-level locks a session holds right now
+  (:func:`transaction_lock_snapshot`: with the transaction holding them).
+- :class:`ScriptTransaction` runs a script statement by statement in one
+  transaction that is rolled back, reporting what each statement took.
 
 Everything is bounded in time (``statement_timeout``, ``lock_timeout`` and a
 deadline on every wait). Only psycopg 3 is used; the module never prints.
@@ -28,7 +31,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg import sql as pgsql
@@ -37,15 +40,21 @@ from psycopg.rows import TupleRow, tuple_row
 
 from safeddl.locks import LockMode
 
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 __all__ = [
     "TABLE_RELKINDS",
     "Observation",
     "ObservedLock",
+    "ScriptTransaction",
+    "StepObservation",
     "disposable_database",
     "drop_database",
     "lock_snapshot",
     "observe_in_transaction",
     "observe_outside_transaction",
+    "transaction_lock_snapshot",
 ]
 
 log = logging.getLogger("safeddl")
@@ -315,6 +324,14 @@ def observe_in_transaction(
             conn.autocommit = previous
 
 
+_TRANSACTION_SNAPSHOT_SQL = (
+    "SELECT (SELECT v.virtualtransaction FROM pg_catalog.pg_locks v"
+    " WHERE v.pid = pg_catalog.pg_backend_pid() AND v.locktype = 'virtualxid' LIMIT 1),"
+    " s.nspname, s.relname, s.mode FROM (SELECT 1) AS one"
+    " LEFT JOIN (" + _SNAPSHOT_SQL + ") AS s ON true"
+)
+
+
 def lock_snapshot(
     conn: psycopg.Connection[Any],
 ) -> dict[str, LockMode]:
@@ -324,16 +341,195 @@ def lock_snapshot(
     materialized views and foreign tables outside the system schemas count.
     Reading ``pg_locks`` takes no lock on user tables.
     """
-    cur = conn.cursor(row_factory=tuple_row)
-    with cur:
-        cur.execute(_SNAPSHOT_SQL, (sorted(TABLE_RELKINDS), list(_SYSTEM_SCHEMAS)))
-        out: dict[str, LockMode] = {}
-        for nsp, name, mode_name in cur.fetchall():
-            key = f"{nsp}.{name}"
-            mode = LockMode.from_pg_name(str(mode_name))
-            if key not in out or mode > out[key]:
-                out[key] = mode
-        return out
+    return transaction_lock_snapshot(conn)[1]
+
+
+def transaction_lock_snapshot(
+    conn: psycopg.Connection[Any],
+) -> tuple[str, dict[str, LockMode]]:
+    """:func:`lock_snapshot` and the transaction it was read in.
+
+    The transaction is its virtual transaction id (``pg_locks.virtualtransaction`` of
+    every lock it holds or waits for, e.g. ``"3/1207"``): it tells one session's
+    transactions apart. Outside a transaction block the snapshot runs in a
+    transaction of its own (and sees no locks).
+    """
+    # a plain cursor, whatever cursor_factory the connection has (guarded, traced...)
+    with psycopg.Cursor(conn, row_factory=tuple_row) as cur:
+        cur.execute(_TRANSACTION_SNAPSHOT_SQL, (sorted(TABLE_RELKINDS), list(_SYSTEM_SCHEMAS)))
+        rows = cur.fetchall()
+    transaction = str(rows[0][0])
+    out: dict[str, LockMode] = {}
+    for _now, nsp, name, mode_name in rows:
+        if mode_name is None:
+            continue
+        key = f"{nsp}.{name}"
+        mode = LockMode.from_pg_name(str(mode_name))
+        if key not in out or mode > out[key]:
+            out[key] = mode
+    return transaction, out
+
+
+# --- a script, statement by statement, in one transaction ---------------------------------
+
+
+@dataclass(frozen=True)
+class StepObservation:
+    """What one statement of a script did inside the script's (rolled back) transaction.
+
+    Locks are per relation, keyed ``"schema.name"``, on relations that existed before
+    the statement (those it creates are left out). A lock the transaction already held
+    before the statement does not show up again in ``taken``: PostgreSQL lists each
+    mode once per session, so ``held`` is there to tell "not taken" from "already held".
+    """
+
+    sql: str
+    # strongest mode per relation among the modes this statement newly acquired
+    taken: dict[str, LockMode]
+    # every granted mode the transaction holds per relation after the statement
+    held: dict[str, frozenset[LockMode]]
+    # pg_class.relkind of every relation named in ``taken`` / ``held``
+    relkinds: dict[str, str]
+    rewritten: frozenset[str]
+    error: str | None = None
+    sqlstate: str | None = None
+
+    @property
+    def ran(self) -> bool:
+        return self.error is None
+
+
+_HELD_LOCKS_SQL = """
+SELECT l.relation::int8, l.mode
+FROM pg_catalog.pg_locks l
+WHERE l.pid = pg_catalog.pg_backend_pid()
+  AND l.locktype = 'relation'
+  AND l.granted
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+"""
+
+_RESOLVE_SQL = """
+SELECT n.nspname, c.relname, c.relkind::text, tn.nspname, t.relname
+FROM pg_catalog.pg_class c
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_index i ON i.indexrelid = c.oid
+LEFT JOIN pg_catalog.pg_class t ON t.oid = i.indrelid
+LEFT JOIN pg_catalog.pg_namespace tn ON tn.oid = t.relnamespace
+WHERE c.oid = pg_catalog.to_regclass(%s)
+"""
+
+
+class ScriptTransaction:
+    """Run statements one after another in ONE transaction that is rolled back at the end,
+    observing each (:class:`StepObservation`).
+
+    Later statements see what earlier ones did (a table created by statement 1 can be
+    altered by statement 2). Each statement runs under a savepoint, so one that fails
+    is reported and the rest go on. Nothing is committed: the caller must not run
+    transaction control (``COMMIT``, ``ROLLBACK``, ...) through :meth:`run`, and
+    statements refused inside a transaction block fail with SQLSTATE 25001. Deferred
+    constraint triggers, which would run at COMMIT, do not run. Every lock taken is
+    held until the end of the block.
+
+    ``conn`` must be idle; its autocommit setting is restored afterwards.
+    """
+
+    def __init__(
+        self, conn: psycopg.Connection[Any], *, timeout: float = 60.0, lock_timeout: float = 5.0
+    ) -> None:
+        if conn.info.transaction_status != TransactionStatus.IDLE:
+            raise ValueError("ScriptTransaction needs a connection with no open transaction")
+        self.conn = conn
+        self.timeout = timeout
+        self.lock_timeout = lock_timeout
+        self._previous_autocommit = conn.autocommit
+        self._cur: psycopg.Cursor[TupleRow] | None = None
+        self._steps = 0
+
+    def __enter__(self) -> Self:
+        self.conn.autocommit = True
+        cur = psycopg.Cursor(self.conn, row_factory=tuple_row)
+        self._cur = cur
+        cur.execute("BEGIN")
+        cur.execute(pgsql.SQL("SET LOCAL statement_timeout = {}").format(_ms(self.timeout)))
+        cur.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(_ms(self.lock_timeout)))
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._cur is not None:
+                if _status(self.conn) != TransactionStatus.IDLE:
+                    self._cur.execute("ROLLBACK")
+                self._cur.close()
+        finally:
+            if _status(self.conn) == TransactionStatus.IDLE:
+                self.conn.autocommit = self._previous_autocommit
+
+    def resolve(self, written: str) -> tuple[str, str, str | None] | None:
+        """The relation ``written`` names at this point of the script, read by the server
+        (search_path, quoting): ``("schema.name", relkind, table)`` where ``table`` is
+        the index's table for an index, else None; None when there is no such relation."""
+        cur = self._cur
+        if cur is None:
+            raise RuntimeError("use ScriptTransaction as a context manager")
+        cur.execute("SAVEPOINT safeddl_resolve")
+        try:
+            cur.execute(_RESOLVE_SQL, (written,))
+            row = cur.fetchone()
+        except psycopg.Error:
+            cur.execute("ROLLBACK TO SAVEPOINT safeddl_resolve")
+            row = None
+        cur.execute("RELEASE SAVEPOINT safeddl_resolve")
+        if row is None:
+            return None
+        nsp, name, relkind, table_nsp, table_name = row
+        table = f"{table_nsp}.{table_name}" if table_name is not None else None
+        return f"{nsp}.{name}", str(relkind), table
+
+    def _held(self, cur: psycopg.Cursor[TupleRow]) -> set[tuple[int, LockMode]]:
+        cur.execute(_HELD_LOCKS_SQL)
+        return {(int(oid), LockMode.from_pg_name(str(mode))) for oid, mode in cur.fetchall()}
+
+    def run(self, sql: str, *, copy_data: bytes | None = None) -> StepObservation:
+        """Run one statement and report what it took; keeps its effects for the next."""
+        cur = self._cur
+        if cur is None:
+            raise RuntimeError("use ScriptTransaction as a context manager")
+        if _status(self.conn) != TransactionStatus.INTRANS:
+            raise RuntimeError("the script's transaction has ended: nothing more can run")
+        self._steps += 1
+        savepoint = pgsql.Identifier(f"safeddl_step_{self._steps}")
+        before = _relations(cur)
+        held_before = self._held(cur)
+        cur.execute(pgsql.SQL("SAVEPOINT {}").format(savepoint))
+        try:
+            _run(cur, sql, copy_data)
+        except psycopg.Error as exc:
+            if _status(self.conn) == TransactionStatus.INERROR:
+                cur.execute(pgsql.SQL("ROLLBACK TO SAVEPOINT {}").format(savepoint))
+            return StepObservation(sql, {}, {}, {}, frozenset(), str(exc).strip(),
+                                   exc.sqlstate)
+        if _status(self.conn) != TransactionStatus.INTRANS:
+            raise RuntimeError(f"the statement ended the script's transaction: {sql[:200]}")
+        cur.execute(pgsql.SQL("RELEASE SAVEPOINT {}").format(savepoint))
+        held_after = self._held(cur)
+        taken: dict[str, LockMode] = {}
+        held: dict[str, set[LockMode]] = {}
+        for oid, mode in held_after:
+            rel = before.get(oid)
+            if rel is None:
+                continue  # created by this statement (or a system relation)
+            held.setdefault(rel.name, set()).add(mode)
+            if (oid, mode) not in held_before and (rel.name not in taken or mode > taken[rel.name]):
+                taken[rel.name] = mode
+        relkinds = {rel.name: rel.relkind for rel in before.values() if rel.name in held}
+        return StepObservation(
+            sql=sql,
+            taken=taken,
+            held={name: frozenset(modes) for name, modes in held.items()},
+            relkinds=relkinds,
+            rewritten=_rewritten(cur, before),
+        )
 
 
 # --- statements that cannot run in a transaction block ------------------------------------
