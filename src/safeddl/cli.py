@@ -10,6 +10,7 @@ import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from typing import TYPE_CHECKING
 
 import click
 
@@ -27,6 +28,9 @@ from safeddl.report import (
     print_rich_tables,
 )
 from safeddl.rules import BY_ID, DOCS, RULES, lint_script
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from safeddl.alembic import RevisionResults
 
 VERSION_ENV = "SAFEDDL_PG_VERSION"
 
@@ -131,23 +135,49 @@ def print_table(results: list[FileResults]) -> None:
 @pg_version_option
 @click.option("--assume-in-transaction", is_flag=True,
               help="The script runs inside a transaction block (as migration tools do).")
-@files_argument
+@click.option("--alembic", "alembic_path", metavar="PATH",
+              type=click.Path(exists=True, file_okay=True, dir_okay=True),
+              help="Lint every revision of this Alembic project (the directory holding "
+                   "alembic.ini, or the ini file), rendered offline as `alembic upgrade "
+                   "--sql` does; no database needed.")
+@click.argument("files", nargs=-1, required=False, metavar="[FILE]...",
+                type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 def lint(output: str, pg_version: int, assume_in_transaction: bool,
-         files: tuple[str, ...]) -> None:
+         alembic_path: str | None, files: tuple[str, ...]) -> None:
     """Check migrations; exit 1 when an error-severity problem remains.
 
     FILE is a SQL script; `-` reads standard input. `-- safeddl: ignore[rule-id]
-    reason` on the line before a statement silences one rule for it.
+    reason` on the line before a statement silences one rule for it (in an Alembic
+    revision: `# safeddl: ignore[rule-id] reason` above the `op.*` call).
     """
+    if not files and alembic_path is None:
+        raise click.UsageError("give a FILE to lint, or --alembic PATH")
     results = lint_files(files, pg_version, assume_in_transaction=assume_in_transaction)
-    text = format_lint(output, results)
+    revisions = lint_alembic_project(alembic_path, pg_version) if alembic_path else []
+    text = format_lint(output, results, revisions)
     if text:
         click.echo(text)
-    sys.exit(1 if has_errors(results) else 0)
+    sys.exit(1 if has_errors([*results, *(r.file for r in revisions)]) else 0)
 
 
-def format_lint(output: str, results: list[FileResults]) -> str:
+def lint_alembic_project(path: str, pg_version: int) -> list[RevisionResults]:
+    from safeddl.alembic import AlembicProjectError, lint_alembic
+
+    try:
+        return lint_alembic(path, version=pg_version)
+    except AlembicProjectError as exc:
+        raise click.BadParameter(str(exc), param_hint="--alembic") from None
+
+
+def format_lint(output: str, results: list[FileResults],
+                revisions: Sequence[RevisionResults] = ()) -> str:
+    if revisions:
+        results = [*results, *(r.file for r in revisions)]
     if output == "json":
+        if revisions:
+            from safeddl.alembic import lint_json as alembic_lint_json
+
+            return alembic_lint_json(revisions, results[: len(results) - len(revisions)])
         return lint_json(results)
     if output == "github":
         return lint_github(results)
@@ -172,6 +202,69 @@ def explain(rule: str) -> None:
         known = ", ".join(sorted(BY_ID))
         raise click.UsageError(f"unknown rule {rule!r}; known rules: {known}")
     click.echo(DOCS.get(rule) or BY_ID[rule].summary)
+
+
+@main.command()
+@click.option("--dsn", required=True, metavar="URL",
+              help="The database to run FILE on (libpq URL or conninfo): a staging copy.")
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="table for people, json for tools.")
+@click.option("--pg-version", metavar="N", default=None,
+              callback=lambda ctx, param, value: None if value is None
+              else parse_pg_version(ctx, param, value),
+              help="Predict for this major version (default: the server's).")
+@click.option("--lock-timeout", default="5s", show_default=True, metavar="DURATION",
+              help="How long each statement may wait for a lock before it fails.")
+@click.option("--statement-timeout", default="10min", show_default=True, metavar="DURATION",
+              help="How long each statement may run.")
+@click.option("--yes", is_flag=True, help="Do not ask before running FILE on the database.")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+def trace(dsn: str, output: str, pg_version: int | None, lock_timeout: str,
+          statement_timeout: str, yes: bool, file: str) -> None:
+    """Run FILE on a database in a transaction that is rolled back, and compare the
+    locks each statement took (pg_locks) and the tables it rewrote with what `analyze`
+    predicts. Exit 1 when they differ or a statement fails.
+
+    The statements really run (rewrites rewrite; locks are held until the rollback at
+    the end): use a staging copy, not a live database.
+    """
+    from safeddl.trace import run_command
+
+    sys.exit(run_command(dsn, display_name(file), read_source(file), output=output,
+                         pg_version=pg_version, lock_timeout=lock_timeout,
+                         statement_timeout=statement_timeout, confirmed=yes))
+
+
+@main.command()
+@click.option("--dsn", metavar="URL",
+              help="Run on this server (libpq URL or conninfo; a schema safeddl_demo is "
+                   "created and dropped) instead of a private throwaway PostgreSQL.")
+@click.option("--seconds", type=click.FloatRange(min=3, max=120), default=12.0,
+              show_default=True, help="Length of each of the two runs.")
+@click.option("--no-rewrite", is_flag=True,
+              help="Guarded run: keep the TRUNCATE, bound its lock wait and retry, instead "
+                   "of rewriting it to DELETE.")
+def demo(dsn: str | None, seconds: float, no_rewrite: bool) -> None:
+    """Run the full-refresh-versus-dashboards scenario without, then with, safeddl, and
+    print what was measured side by side (under a minute with the defaults)."""
+    import logging
+
+    from rich.console import Console
+
+    from safeddl.demo import DemoError, DemoSettings, print_result, run_with_progress
+    from safeddl.testing.server import ServerError
+
+    logging.getLogger("safeddl").addHandler(logging.NullHandler())  # retries are counted
+    console = Console()
+    settings = DemoSettings(seconds=seconds, rewrite_truncate=not no_rewrite)
+    try:
+        result = run_with_progress(dsn, settings, console)
+    except ServerError as exc:
+        raise click.ClickException(f"{exc}\n(or run the demo on a server of yours: "
+                                   "safeddl demo --dsn URL)") from None
+    except DemoError as exc:
+        raise click.ClickException(str(exc)) from None
+    print_result(result, console)
 
 
 if __name__ == "__main__":  # pragma: no cover
