@@ -187,11 +187,24 @@ def format_lint(output: str, results: list[FileResults],
 
 
 @main.command()
-def rules() -> None:
-    """List the rules: id, severity, summary."""
+@click.option("--format", "output", type=click.Choice(["text", "markdown"]), default="text",
+              show_default=True, help="markdown: the table the README shows.")
+def rules(output: str) -> None:
+    """List the rules: id, severity, what the runtime guard does by default, summary."""
+    from safeddl.policy import known_rules
+
+    actions = known_rules()
+    if output == "markdown":
+        click.echo("| rule | severity | guard's default | what it catches |")
+        click.echo("|---|---|---|---|")
+        for rule in RULES:
+            click.echo(f"| [`{rule.id}`](docs/rules/{rule.id}.md) | {rule.severity.value} "
+                       f"| {actions[rule.id].value} | {rule.summary} |")
+        return
     width = max((len(rule.id) for rule in RULES), default=0)
     for rule in RULES:
-        click.echo(f"{rule.id:<{width}}  {rule.severity.value:<7}  {rule.summary}")
+        click.echo(f"{rule.id:<{width}}  {rule.severity.value:<7}  "
+                   f"{actions[rule.id].value:<7}  {rule.summary}")
 
 
 @main.command()
