@@ -48,7 +48,7 @@ ERROR_RULES = {
 }
 WARNING_RULES = {
     "multiple-alter-table", "drop-column", "rename-column", "rename-table", "drop-table",
-    "add-column-not-null-without-default", "unparsed-statement",
+    "add-column-not-null-without-default", "unparsed-statement", "lock-order", "row-lock-order",
 }
 
 # For each rule's Bad example: the lock its message names, on which table, and a piece
@@ -98,6 +98,8 @@ EXPECTED = {
     "add-column-not-null-without-default": (
         "ACCESS EXCLUSIVE", "orders", "ALTER TABLE orders ADD COLUMN priority integer;"),
     "unparsed-statement": (None, None, "pg_locks"),
+    "lock-order": ("ROW EXCLUSIVE", "customers", "UPDATE customers SET email"),
+    "row-lock-order": ("ROW EXCLUSIVE", "orders", "WHERE id = 7;"),
 }
 
 

@@ -35,6 +35,10 @@ if TYPE_CHECKING:
     from safeddl.refresh import RefreshRefused as RefreshRefused
     from safeddl.refresh import SwapResult as SwapResult
     from safeddl.refresh import swap_in as swap_in
+    from safeddl.ledger import LongHeldLock as LongHeldLock
+    from safeddl.ledger import on_long_held_lock as on_long_held_lock
+    from safeddl.rowkeys import lock_ordered as lock_ordered
+    from safeddl.transaction import transaction as transaction
     from safeddl.retry import RetryPolicy as RetryPolicy
     from safeddl.retry import attempts as attempts
     from safeddl.retry import retry_statement as retry_statement
@@ -55,6 +59,10 @@ _LAZY = {
     "retry_statement": ("safeddl.retry", "retry_statement"),
     "retrying": ("safeddl.retry", "retrying"),
     "run_transaction": ("safeddl.retry", "run_transaction"),
+    "LongHeldLock": ("safeddl.ledger", "LongHeldLock"),
+    "on_long_held_lock": ("safeddl.ledger", "on_long_held_lock"),
+    "lock_ordered": ("safeddl.rowkeys", "lock_ordered"),
+    "transaction": ("safeddl.transaction", "transaction"),
     "Decision": ("safeddl.decision", "Decision"),
     "allow": ("safeddl.decision", "allow"),
     "decide": ("safeddl.decision", "decide"),
@@ -94,6 +102,7 @@ __all__ = [
     "ConfigError",
     "Decision",
     "LockTimeout",
+    "LongHeldLock",
     "Policy",
     "Preflight",
     "PreflightBlocked",
@@ -111,9 +120,12 @@ __all__ = [
     "decide",
     "guard",
     "install",
+    "lock_ordered",
+    "on_long_held_lock",
     "retry_statement",
     "retrying",
     "run_transaction",
     "swap_in",
+    "transaction",
     "uninstall",
 ]

@@ -45,12 +45,14 @@ from safeddl.errors import (
     is_lock_timeout,
     shorten,
 )
+from safeddl.ledger import Ledger
 from safeddl.live_catalog import CatalogCache, LiveCatalog, names_in
 from safeddl.locks import Holds, LockMode
 from safeddl.policy import UNPARSED_RULE, Policy, RuleAction, as_timedelta, known_rules
 from safeddl.rules import Context, Finding, check
 from safeddl.rules.engine import ignores_in
 from safeddl.sql import split_script
+from safeddl.tracking import LockTracker, watch_commands
 
 logger = logging.getLogger("safeddl")
 
@@ -411,9 +413,14 @@ class ConnectionState:
         self.saved: dict[str, tuple[str, str]] = {}  # setting -> (value, source) to restore
         self.dirty: tuple[str, ...] = ()  # session settings changed by safeddl right now
         self.catalogs = CatalogCache()
+        self.ledger = Ledger()  # the locks of the open transaction (safeddl.tracking)
 
     def conninfo(self) -> str:
         return conninfo_of(self._info)
+
+    def transaction_idle(self) -> bool:
+        """No transaction is open on the server right now."""
+        return bool(self._info.transaction_status == 0)  # psycopg's TransactionStatus.IDLE
 
 
 _STATES: weakref.WeakKeyDictionary[Any, ConnectionState] = weakref.WeakKeyDictionary()
@@ -427,6 +434,8 @@ def state_of(driver_connection: Any) -> ConnectionState:
         info = driver_connection.info
         state = ConnectionState(info.backend_pid, info.server_version // 10000, info)
         with _STATES_LOCK:
+            if driver_connection not in _STATES:
+                watch_commands(driver_connection, state)
             state = _STATES.setdefault(driver_connection, state)
     return state
 
@@ -475,6 +484,9 @@ class Guard:
         self.rewriter = rewriter
         self.plain: dict[int, set[str]] = {}  # server version -> texts needing nothing
         self._decisions: dict[tuple[str, int, bool, Allowances], Decision] = {}
+        self.tracker = LockTracker(policy)  # lock order and the ledger of transactions
+        # server version -> texts needing nothing but the ledger -> their statements
+        self.tracked: dict[int, dict[str, tuple[Statement, ...]]] = {}
 
     @classmethod
     def for_policy(cls, policy: Policy) -> Guard:
@@ -488,10 +500,19 @@ class Guard:
         return plain is not None and text in plain
 
     # -- before / after / failed --------------------------------------------------------
-    def before(self, text: str, session: Session) -> Ticket | None:
+    def before(self, text: str, session: Session, params: Params = None,
+               many: bool = False) -> Ticket | None:
         """Decide and prepare; raises UnsafeStatement / PreflightBlocked. Returns None
-        when nothing needs undoing afterwards."""
+        when nothing needs undoing afterwards. ``params`` (a list of parameter sets when
+        ``many``) give the keys of the rows the statement locks."""
         state = session.state
+        known = self.tracked.get(state.server_version)
+        statements = known.get(text) if known is not None else None
+        if statements is not None:  # needs nothing but the lock ledger
+            if session.in_transaction():
+                self.tracker.before(state, statements, text, params, many, _ALLOWANCES.get(),
+                                    self.version_for(state.server_version))
+            return None
         decision, live = self._decision(text, session)
         if decision.changes_timeouts:
             state.saved.clear()
@@ -499,6 +520,9 @@ class Guard:
             state.catalogs.invalidate()
         if decision.action is RuleAction.REFUSE:
             raise decision.refusal()
+        if self.tracker.enabled and session.in_transaction():
+            self.tracker.before(state, decision.statements, text, params, many,
+                                _ALLOWANCES.get(), self.version_for(state.server_version))
         _log(decision)
         if not decision.set_lock_timeout and decision.plan is None:
             return None
@@ -555,7 +579,12 @@ class Guard:
 
     def _remember(self, key: tuple[str, int, bool, Allowances], decision: Decision,
                   server_version: int) -> None:
-        if decision.is_plain:
+        if decision.is_plain and self.tracker.tracks(decision.statements):
+            tracked = self.tracked.setdefault(server_version, {})
+            if len(tracked) >= _PLAIN_LIMIT:
+                tracked.clear()
+            tracked[key[0]] = decision.statements
+        elif decision.is_plain:
             plain = self.plain.setdefault(server_version, set())
             if len(plain) >= _PLAIN_LIMIT:
                 plain.clear()

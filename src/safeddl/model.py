@@ -103,6 +103,17 @@ class ConstraintType(str, enum.Enum):
 
 
 @dataclass(frozen=True)
+class KeyTerm:
+    """One ``column = value`` of a WHERE clause that picks rows by key: the value is a
+    literal (``literal``) or a bound parameter (``parameter``: its position among the
+    statement's positional placeholders, or its name)."""
+
+    column: str  # case folded
+    parameter: int | str | None = None
+    literal: int | str | None = None
+
+
+@dataclass(frozen=True)
 class Step:
     """One action of a statement with the identifiers a rule needs to explain it.
 
@@ -135,6 +146,8 @@ class Step:
     columns: tuple[str, ...] = ()  # columns an UPDATE / MERGE sets (case folded)
     merge_actions: tuple[str, ...] = ()  # "insert" / "update" / "delete" of a MERGE
     mode: LockMode | None = None  # LOCK TABLE ... IN <mode>, and the lock this step takes
+    # UPDATE / DELETE / SELECT ... FOR UPDATE whose WHERE is `col = value [AND ...]`
+    key: tuple[KeyTerm, ...] = ()
     holds: Holds = Holds.BRIEF
     text: str = ""  # the sub-command's own text
 

@@ -18,6 +18,8 @@ keyword overrides).
     guard_dml_lock_timeout = false      # also bound lock waits of INSERT/UPDATE/DELETE/SELECT
     pg_version = 15                     # default: read from the connection
     small_table_rows = 10000            # strong locks on smaller tables are not refused
+    lock_order = ["accounts", "ledger"] # canonical lock order: these first, then by name
+    long_lock_threshold = "1s"          # report SHARE+ locks held longer (0: off)
     preflight = { enabled = true, min_age = "5s", wait = "0s" }
 
 Environment (and SQLAlchemy URL query keys, lower case): ``SAFEDDL_LOCK_TIMEOUT=3s``,
@@ -25,7 +27,8 @@ Environment (and SQLAlchemy URL query keys, lower case): ``SAFEDDL_LOCK_TIMEOUT=
 ``SAFEDDL_REFUSE=rule,rule``, ``SAFEDDL_ALLOW=...``, ``SAFEDDL_WARN=...``,
 ``SAFEDDL_REWRITE=...``, ``SAFEDDL_ACTIONS=truncate=warn,...``, ``SAFEDDL_UNPARSED_DDL``,
 ``SAFEDDL_UNPARSED_DML``, ``SAFEDDL_GUARD_DML_LOCK_TIMEOUT``, ``SAFEDDL_PG_VERSION``,
-``SAFEDDL_SMALL_TABLE_ROWS``, ``SAFEDDL_PREFLIGHT``, ``SAFEDDL_PREFLIGHT_MIN_AGE``,
+``SAFEDDL_SMALL_TABLE_ROWS``, ``SAFEDDL_LOCK_ORDER=accounts,ledger``,
+``SAFEDDL_LONG_LOCK_THRESHOLD``, ``SAFEDDL_PREFLIGHT``, ``SAFEDDL_PREFLIGHT_MIN_AGE``,
 ``SAFEDDL_PREFLIGHT_WAIT``.
 """
 
@@ -193,6 +196,12 @@ class Policy:
     pg_version: int | None = None
     small_table_rows: int = 10_000
     preflight: Preflight = field(default_factory=Preflight)
+    # Canonical lock order: these tables first, in this order, then the others by
+    # schema-qualified name (rules lock-order and row-lock-order).
+    lock_order: tuple[str, ...] | list[str] | str = ()
+    # A transaction that held SHARE or stronger on a table longer than this is reported
+    # when it ends (safeddl.ledger.on_long_held_lock); 0 switches the report off.
+    long_lock_threshold: Duration = timedelta(seconds=1)
     lock_timeout_ms: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
@@ -344,6 +353,30 @@ def parse_pg_version(value: object, key: str = "pg_version") -> int | None:
     return number
 
 
+def parse_lock_order(value: object, key: str = "lock_order") -> tuple[str, ...]:
+    """Table names, as a list or comma separated text: ``"accounts, app.ledger"``."""
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        names = [v.strip() for v in value]
+    else:
+        raise ConfigError(_bad(key, value, "expected a list of table names"))
+    from safeddl.sql.names import qualified_name, split_name
+
+    seen: dict[str, str] = {}
+    for name in names:
+        parts = split_name(name) if name else []
+        if not parts or len(parts) > 2 or any(not part for part, _quoted in parts):
+            raise ConfigError(_bad(key, value, f"{name!r} is not a table name "
+                                   "(table or schema.table)"))
+        qualified = qualified_name(name)
+        if qualified in seen:
+            raise ConfigError(_bad(key, value, f"{name!r} is listed twice "
+                                   f"(also as {seen[qualified]!r})"))
+        seen[qualified] = name
+    return tuple(names)
+
+
 def as_timedelta(value: Duration) -> timedelta:
     """A normalised Duration field (always a timedelta after __post_init__)."""
     return value if isinstance(value, timedelta) else _to_timedelta(value, "duration")
@@ -440,6 +473,8 @@ _NORMALIZERS: tuple[tuple[str, Any], ...] = (
     ("guard_dml_lock_timeout", lambda v: parse_bool(v, "guard_dml_lock_timeout")),
     ("pg_version", parse_pg_version),
     ("small_table_rows", lambda v: parse_int(v, "small_table_rows", minimum=0)),
+    ("lock_order", lambda v: parse_lock_order(v, "lock_order")),
+    ("long_lock_threshold", lambda v: parse_duration(v, "long_lock_threshold", allow_zero=True)),
     ("preflight", lambda v: _normalize_preflight(v, "preflight")),
 )
 
@@ -465,7 +500,7 @@ class Settings:
     every problem is reported at once, with its source."""
 
     _SIMPLE = ("lock_timeout", "unparsed_ddl", "unparsed_dml", "guard_dml_lock_timeout",
-               "pg_version", "small_table_rows")
+               "pg_version", "small_table_rows", "lock_order", "long_lock_threshold")
     _LISTS = ("allow", "warn", "rewrite", "refuse")
 
     def __init__(self, base: Policy | None = None) -> None:

@@ -101,11 +101,12 @@ class _Call:
 
     __slots__ = ("guard", "session", "text", "ticket")
 
-    def __init__(self, guard: Guard, text: str, conn: psycopg.Connection[Any]) -> None:
+    def __init__(self, guard: Guard, text: str, conn: psycopg.Connection[Any],
+                 params: Any = None, many: bool = False) -> None:
         self.guard = guard
         self.text = text
         self.session = PsycopgSession(conn)
-        self.ticket: Ticket | None = guard.before(text, self.session)
+        self.ticket: Ticket | None = guard.before(text, self.session, params, many)
 
     def query(self, original: Any) -> Any:
         ticket = self.ticket
@@ -122,7 +123,7 @@ class _Call:
             raise replacement from error
 
 
-def _prepare(cursor: Any, query: Any) -> _Call | None:
+def _prepare(cursor: Any, query: Any, params: Any = None, many: bool = False) -> _Call | None:
     """None when the statement needs nothing: the hot path, kept to a few lookups."""
     conn = cursor.connection
     slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
@@ -136,7 +137,7 @@ def _prepare(cursor: Any, query: Any) -> _Call | None:
     text = query if type(query) is str else text_of(query, conn)
     if guard.passes(text, version or server_version(conn)):
         return None
-    return _Call(guard, text, conn)
+    return _Call(guard, text, conn, params, many)
 
 
 def _convert_plain(cursor: Any, query: Any, error: BaseException) -> None:
@@ -171,7 +172,7 @@ class GuardedCursorMixin:
         return self._execute_guarded(query, params, kwargs)
 
     def _execute_guarded(self, query: Any, params: Any, kwargs: dict[str, Any]) -> Any:
-        call = _prepare(self, query)
+        call = _prepare(self, query, params)
         if call is None:
             try:
                 return super().execute(query, params, **kwargs)  # type: ignore[misc]
@@ -187,7 +188,7 @@ class GuardedCursorMixin:
         return result
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
-        call = _prepare(self, query)
+        call = _prepare(self, query, params_seq, many=True)
         base: Any = super()
         try:
             base.executemany(call.query(query) if call else query, params_seq, **kwargs)
@@ -201,7 +202,7 @@ class GuardedCursorMixin:
             call.succeeded()
 
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
-        call = _prepare(self, query)
+        call = _prepare(self, query, params)
         base: Any = super()
         failed = False
         try:
@@ -297,6 +298,7 @@ def hook_connection(conn: psycopg.Connection[Any]) -> Slot:
     if slot is None:
         slot = Slot(None, server_version(conn))
         setattr(conn, SLOT_ATTRIBUTE, slot)
+        state_of(conn)  # from now on its lock ledger follows commits and savepoints
     return slot
 
 

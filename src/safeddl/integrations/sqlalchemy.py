@@ -145,7 +145,8 @@ class EngineHook:
         plain = guard.plain.get(self.server_version)  # type: ignore[arg-type]
         if plain is None or statement not in plain:
             self._guarded(guard, statement, context,
-                          lambda sql: self._cursor_execute(cursor, sql, parameters, context))
+                          lambda sql: self._cursor_execute(cursor, sql, parameters, context),
+                          parameters)
             return
         try:
             if self._execute is None:
@@ -171,7 +172,8 @@ class EngineHook:
             else:
                 self._executemany(cursor, sql, parameters, context)
 
-        self._guarded_or_not(self.active_guard(context), statement, context, run)
+        self._guarded_or_not(self.active_guard(context), statement, context, run,
+                             parameters, many=True)
 
     def do_execute_no_params(self, cursor: Any, statement: str, context: Any = None) -> None:
         def run(sql: str) -> None:
@@ -184,14 +186,16 @@ class EngineHook:
 
     # -- the guarded call -------------------------------------------------------------------
     def _guarded_or_not(self, guard: Guard | None, statement: str, context: Any,
-                        run: Callable[[str], object]) -> None:
+                        run: Callable[[str], object], parameters: Any = None,
+                        many: bool = False) -> None:
         if guard is None:
             run(statement)
         else:
-            self._guarded(guard, statement, context, run)
+            self._guarded(guard, statement, context, run, parameters, many)
 
     def _guarded(self, guard: Guard, statement: str, context: Any,
-                 run: Callable[[str], object]) -> None:
+                 run: Callable[[str], object], parameters: Any = None,
+                 many: bool = False) -> None:
         if getattr(context, "root_connection", None) is None:
             run(statement)  # no execution context (not seen in SQLAlchemy 2.x): as is
             return
@@ -200,7 +204,7 @@ class EngineHook:
             self.server_version = session.state.server_version
         ticket = None
         if not guard.passes(statement, self.server_version):
-            ticket = guard.before(statement, session)
+            ticket = guard.before(statement, session, parameters, many)
         try:
             run(ticket.replacement if ticket is not None and ticket.replacement else statement)
         except Exception as exc:

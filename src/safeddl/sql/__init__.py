@@ -15,7 +15,7 @@ from sqlglot.errors import ParseError, SqlglotError
 
 from safeddl.model import Action, Step
 from safeddl.sql.ddl import NotUnderstood, read_ddl
-from safeddl.sql.dml import dml_steps
+from safeddl.sql.dml import dml_steps, number_positional
 from safeddl.sql.names import local_name, qualified_name, quote_ident, schema_of, split_name
 from safeddl.sql.split import RawStatement, split_script
 from safeddl.sql.tokens import Cursor, SqlTokenError, tokenize
@@ -124,7 +124,7 @@ def _read_tokens(c: Cursor) -> list[Step]:
 
 
 def _dml(c: Cursor) -> list[Step]:
-    tree = _parse(c.source)
+    tree = _parse(number_positional(c.source, c.tokens))
     if isinstance(tree, exp.Command) or tree is None:
         raise NotUnderstood("sqlglot could not read this statement")
     steps = dml_steps(tree)

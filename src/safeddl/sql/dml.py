@@ -3,14 +3,21 @@
 Every table a statement names gets a step: the targets of INSERT / UPDATE /
 DELETE / MERGE (also inside CTEs) write, ``FOR UPDATE/SHARE [OF]`` tables are
 row-locked, every other table (FROM, JOIN, USING, subqueries, CTE bodies) is read.
+An UPDATE / DELETE / SELECT ... FOR UPDATE of one table whose WHERE is ``col = value
+[AND col = value ...]`` also gets the key it picks rows by (literals or bound
+parameters), so the runtime guard can check that rows are locked in key order.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import pairwise
+
 from sqlglot import exp
 
-from safeddl.model import Action, Step
 from safeddl.locks import LockMode
+from safeddl.model import Action, KeyTerm, Step
+from safeddl.sql.tokens import Token
 
 _WRITES: dict[type[exp.Expr], Action] = {
     exp.Insert: Action.INSERT,
@@ -61,10 +68,14 @@ def dml_steps(tree: exp.Expr) -> list[Step]:
         target = _target(node)
         if target is not None and _is_relation(target, ctes):
             written.add(id(target))
+            key: tuple[KeyTerm, ...] = ()
+            if action in (Action.UPDATE, Action.DELETE) and not (
+                    node.args.get("from_") or node.args.get("from") or node.args.get("using")):
+                key = key_terms(node.args.get("where"))
             steps.append(Step(action, table=written_name(target),
                               only=bool(target.args.get("only")),
                               columns=_assigned_columns(node),
-                              merge_actions=_merge_actions(node)))
+                              merge_actions=_merge_actions(node), key=key))
     row_locked = _row_locked_tables(tree, ctes)
     in_lock_clause = {id(t) for lock in tree.find_all(exp.Lock) for t in lock.expressions}
     for table in tree.find_all(exp.Table):
@@ -73,8 +84,13 @@ def dml_steps(tree: exp.Expr) -> list[Step]:
         name = written_name(table)
         only = bool(table.args.get("only"))
         if id(table) in row_locked:
+            key = ()
+            select = table.find_ancestor(exp.Select)
+            if select is not None and _own_tables(select, ctes) == [table] and not select.args.get(
+                    "joins"):
+                key = key_terms(select.args.get("where"))
             steps.append(Step(Action.SELECT_FOR_UPDATE, table=name, mode=LockMode.ROW_SHARE,
-                              only=only))
+                              only=only, key=key))
         else:
             steps.append(Step(Action.SELECT, table=name, only=only))
     return steps
@@ -145,3 +161,72 @@ def _own_tables(select: exp.Select, ctes: set[str]) -> list[exp.Table]:
         if isinstance(source, exp.Table) and _is_relation(source, ctes):
             tables.append(source)
     return tables
+
+
+POSITIONAL = "safeddl_position_"
+
+
+def number_positional(source: str, tokens: Sequence[Token]) -> str:
+    """The text with each positional ``%s`` named by its position (``%(safeddl_position_0)s``
+    ...), so that the tree tells which parameter a key compares with (sqlglot's tree does
+    not keep the order of the text)."""
+    out: list[str] = []
+    last = 0
+    count = 0
+    for first, second in pairwise(tokens):
+        if first.kind == "MOD" and second.kind == "VAR" and second.text == "s" and (
+                second.start == first.end):
+            out.append(source[last:first.start])
+            out.append(f"%({POSITIONAL}{count})s")
+            last = second.end
+            count += 1
+    if not count:
+        return source
+    out.append(source[last:])
+    return "".join(out)
+
+
+def key_terms(where: exp.Expr | None) -> tuple[KeyTerm, ...]:
+    """``WHERE a = %s AND b = 'x'`` -> the terms, in the order written; () when the
+    condition is anything but a conjunction of ``column = literal-or-parameter``."""
+    if where is None:
+        return ()
+    condition = where.this if isinstance(where, exp.Where) else where
+    conjuncts = list(condition.flatten()) if isinstance(condition, exp.And) else [condition]
+    terms = []
+    for conjunct in conjuncts:
+        term = _key_term(conjunct)
+        if term is None:
+            return ()
+        terms.append(term)
+    return tuple(terms)
+
+
+def _key_term(node: exp.Expr) -> KeyTerm | None:
+    if isinstance(node, exp.Paren):
+        node = node.this
+    if not isinstance(node, exp.EQ):
+        return None
+    left, right = node.this, node.expression
+    if not isinstance(left, exp.Column):
+        left, right = right, left
+    column = _column_name(left) if isinstance(left, exp.Column) else None
+    if column is None:
+        return None
+    if isinstance(right, exp.Placeholder) and right.this:
+        name = str(right.name)
+        if name.startswith(POSITIONAL) and name[len(POSITIONAL):].isdigit():
+            return KeyTerm(column, parameter=int(name[len(POSITIONAL):]))
+        return KeyTerm(column, parameter=name)
+    if isinstance(right, exp.Parameter) and isinstance(right.this, exp.Literal):
+        number = str(right.this.this)
+        return KeyTerm(column, parameter=int(number) - 1) if number.isdigit() else None
+    if isinstance(right, exp.Literal):
+        if right.is_string:
+            return KeyTerm(column, literal=str(right.this))
+        text = str(right.this)
+        return KeyTerm(column, literal=int(text)) if text.lstrip("-").isdigit() else None
+    if isinstance(right, exp.Neg) and isinstance(right.this, exp.Literal):
+        text = str(right.this.this)
+        return KeyTerm(column, literal=-int(text)) if text.isdigit() else None
+    return None

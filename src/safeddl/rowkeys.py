@@ -1,0 +1,154 @@
+"""Row locks by key: which rows a statement locks, and putting a batch in key order.
+
+Most deadlocks in PostgreSQL are on rows, not tables: ``UPDATE``, ``DELETE`` and
+``SELECT ... FOR UPDATE`` lock the rows they touch until the transaction ends, and
+the table lock they take (ROW EXCLUSIVE, ROW SHARE) never conflicts with another
+writer's. Two transactions that update the rows ``'hello'`` and ``'world'`` of one
+table in opposite orders wait for each other. Locking rows in ascending key order
+within each table (and tables in the canonical order) rules that out.
+
+The analysis (:mod:`safeddl.sql.dml`) gives the key a statement picks its rows by
+(``WHERE id = %s [AND ...]``: literals or bound parameters); :func:`row_locks` reads
+the values from the parameters of one execution, :func:`first_out_of_order` finds the
+greatest key the transaction locked in that table when it comes after a new one, and
+:func:`lock_ordered` sorts a batch so that it cannot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from safeddl.ledger import DEFAULT_ORDER, LockOrder, relation_key
+from safeddl.model import Action, KeyTerm, Statement
+
+T = TypeVar("T")
+
+_ROW_LOCKING = (Action.UPDATE, Action.DELETE, Action.SELECT_FOR_UPDATE)
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class RowLock:
+    """The rows of ``relation`` whose key ``columns`` equal ``values``, locked by
+    ``statement``."""
+
+    relation: str  # as written
+    key: str  # relation key (see safeddl.ledger.relation_key)
+    columns: tuple[str, ...]
+    values: tuple[Any, ...]
+    statement: str
+
+    def describe(self) -> str:
+        return " AND ".join(f"{column} = {value!r}"
+                            for column, value in zip(self.columns, self.values))
+
+
+def row_locks(statement: Statement, params: Any = None, *, many: bool = False,
+              ) -> list[RowLock]:
+    """The rows the statement locks by key, for one execution (``many``: one per
+    parameter set of an executemany, in order). Statements that do not pick rows by
+    ``key = value``, and parameters that are not there, give nothing."""
+    steps = [step for step in statement.steps
+             if step.key and step.table and step.action in _ROW_LOCKING]
+    if not steps:
+        return []
+    if many:
+        if not isinstance(params, Sequence) or isinstance(params, (str, bytes)):
+            return []  # an iterator would be consumed: not inspected
+        sets: Sequence[Any] = params
+    else:
+        sets = (params,)
+    out = []
+    for parameters in sets:
+        for step in steps:
+            assert step.table is not None
+            values = key_values(step.key, parameters)
+            if values is not None:
+                out.append(RowLock(step.table, relation_key(step.table),
+                                   tuple(term.column for term in step.key), values,
+                                   statement.sql))
+    return out
+
+
+def key_values(terms: Sequence[KeyTerm], params: Any) -> tuple[Any, ...] | None:
+    """The key's values for one execution; None when one is unknown or NULL."""
+    values = []
+    for term in terms:
+        value: Any = term.literal
+        if term.parameter is not None:
+            value = _parameter(params, term.parameter)
+        if value is None or value is _MISSING:
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+def _parameter(params: Any, reference: int | str) -> Any:
+    if isinstance(reference, int):
+        if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+            return params[reference] if 0 <= reference < len(params) else _MISSING
+        return _MISSING
+    if isinstance(params, Mapping):
+        return params.get(reference, _MISSING)
+    return _MISSING
+
+
+RowKeyIndex = dict[tuple[str, tuple[str, ...]], "RowLock"]
+"""The greatest key locked so far per (relation key, key columns)."""
+
+
+def remember_greatest(index: RowKeyIndex, row: RowLock) -> None:
+    """Keep ``row`` in the index when its key is the greatest of its table so far."""
+    slot = (row.key, row.columns)
+    current = index.get(slot)
+    if current is None or _after(row.values, current.values):
+        index[slot] = row
+
+
+def greatest_keys(rows: Iterable[RowLock]) -> RowKeyIndex:
+    index: RowKeyIndex = {}
+    for row in rows:
+        remember_greatest(index, row)
+    return index
+
+
+def first_out_of_order(greatest: Mapping[tuple[str, tuple[str, ...]], RowLock],
+                       new: RowLock) -> RowLock | None:
+    """The greatest row lock taken so far on the same table and key columns, when its
+    key comes after the new one's: locking ``new`` now breaks ascending key order."""
+    earlier = greatest.get((new.key, new.columns))
+    if earlier is not None and _after(earlier.values, new.values):
+        return earlier
+    return None
+
+
+def _after(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    try:
+        return bool(a > b)
+    except TypeError:  # keys of different types: no order to keep
+        return False
+
+
+def lock_ordered(items: Iterable[T], key: Callable[[T], Any],
+                 table: Callable[[T], str] | None = None,
+                 order: LockOrder | Sequence[str] | None = None) -> list[T]:
+    """The items sorted so that running one statement per item in this order locks
+    tables in the canonical order (when ``table`` tells each item's table: the
+    ``order`` given, else the default one by schema-qualified name) and rows by
+    ascending ``key``, the order safeddl checks. Use it on a batch of keyed updates::
+
+        for row in safeddl.lock_ordered(changes, key=lambda c: c["id"]):
+            conn.execute(update_account, row)
+    """
+    ranking = order if isinstance(order, LockOrder) else (
+        LockOrder(order) if order is not None else DEFAULT_ORDER)
+    if table is None:
+        return sorted(items, key=key)
+    pick_table = table
+    return sorted(items, key=lambda item: (ranking.rank_of(pick_table(item)), key(item)))
+
+
+__all__ = ["RowKeyIndex", "RowLock", "first_out_of_order", "greatest_keys", "key_values",
+           "lock_ordered", "remember_greatest", "row_locks"]
