@@ -519,10 +519,13 @@ class Guard:
         if decision.is_ddl:
             state.catalogs.invalidate()
         if decision.action is RuleAction.REFUSE:
-            raise decision.refusal()
+            refusal = decision.refusal()
+            logger.info("safeddl: refused %s: %s", refusal.rule, refusal)
+            raise refusal
         if self.tracker.enabled and session.in_transaction():
-            self.tracker.before(state, decision.statements, text, params, many,
-                                _ALLOWANCES.get(), self.version_for(state.server_version))
+            version = self.version_for(state.server_version)
+            self.tracker.before(state, _sent_statements(decision, version), text, params, many,
+                                _ALLOWANCES.get(), version)
         _log(decision)
         if not decision.set_lock_timeout and decision.plan is None:
             return None
@@ -759,6 +762,14 @@ def lock_requests(statements: Sequence[Statement], live: LiveCatalog | None,
             oid = live.oid_of(lock.relation) if live is not None else None
             requests.append(LockRequest(lock.relation, lock.mode, oid))
     return sorted(requests, key=lambda r: -r.mode)
+
+
+def _sent_statements(decision: Decision, version: int) -> tuple[Statement, ...]:
+    """What reaches the server for this decision: the plan's statements when the
+    statement is rewritten (``TRUNCATE`` sent as ``DELETE`` takes ROW EXCLUSIVE)."""
+    if decision.plan is None:
+        return decision.statements
+    return tuple(analyze_statement(step.sql, version=version) for step in decision.plan.steps)
 
 
 def _waited_for(requests: list[LockRequest], blocked: set[str]) -> LockRequest | None:

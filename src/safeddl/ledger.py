@@ -55,6 +55,38 @@ def relation_key(written: str) -> str:
         return written
 
 
+@dataclass(frozen=True)
+class Shape:
+    """What the ledger needs of a statement, worked out once per analysed statement."""
+
+    takes: tuple[tuple[str, str, LockMode], ...]  # (as written, relation key, mode) above ACCESS SHARE
+    creates: tuple[str, ...]  # relation keys
+    keyed: bool  # picks rows by key (see safeddl.rowkeys)
+    is_ddl: bool
+
+
+_SHAPES: dict[int, tuple[Statement, Shape]] = {}
+_SHAPES_LIMIT = 4_096
+
+
+def shape_of(statement: Statement) -> Shape:
+    """The statement's :class:`Shape`, cached by identity: analysed statements are
+    cached by text, so the hot path meets the same objects again and again."""
+    entry = _SHAPES.get(id(statement))
+    if entry is not None and entry[0] is statement:
+        return entry[1]
+    shape = Shape(
+        takes=tuple((lock.relation, relation_key(lock.relation), lock.mode)
+                    for lock in statement.locks if lock.mode > LockMode.ACCESS_SHARE),
+        creates=tuple(relation_key(created) for created in statement.creates),
+        keyed=any(step.key for step in statement.steps),
+        is_ddl=statement.is_ddl)
+    if len(_SHAPES) >= _SHAPES_LIMIT:
+        _SHAPES.clear()
+    _SHAPES[id(statement)] = (statement, shape)  # the entry keeps the statement alive
+    return shape
+
+
 class LockOrder:
     """The canonical order of tables: ``first`` (as the policy's ``lock_order`` lists
     them), then all the others by schema-qualified name."""
@@ -188,16 +220,14 @@ class Ledger:
         """The statement ran (is about to run): remember its new locks, and the
         statement itself when it may matter to work done under ACCESS EXCLUSIVE later
         (schema changes; everything once such a lock is held)."""
-        for created in statement.creates:
-            self.new.add(relation_key(created))
-        for lock in statement.locks:
-            if lock.mode <= LockMode.ACCESS_SHARE:
+        shape = shape_of(statement)
+        if shape.creates:
+            self.new.update(shape.creates)
+        for relation, key, mode in shape.takes:
+            if key in self.new or self.holds(key, mode):
                 continue
-            key = relation_key(lock.relation)
-            if key in self.new or self.holds(key, lock.mode):
-                continue
-            self._take(HeldLock(lock.relation, key, lock.mode, statement.sql, now))
-        if statement.is_ddl or self.strongest is LockMode.ACCESS_EXCLUSIVE:
+            self._take(HeldLock(relation, key, mode, statement.sql, now))
+        if shape.is_ddl or self.strongest is LockMode.ACCESS_EXCLUSIVE:
             self.statements.append(statement)
         if rows:
             from safeddl.rowkeys import remember_greatest

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from safeddl.analysis import Action, Catalog, Statement
 from safeddl.errors import UnsafeStatement
-from safeddl.ledger import WRITE, Ledger, LockOrder, relation_key, report_long_held
+from safeddl.ledger import WRITE, Ledger, LockOrder, report_long_held, shape_of
 from safeddl.locks import LockMode
 from safeddl.policy import Policy, RuleAction, as_timedelta
 from safeddl.rowkeys import row_locks
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("safeddl")
 
 _CHECKED_RULES = (LOCK_ORDER, ROW_LOCK_ORDER, AFTER_ACCESS_EXCLUSIVE.id)
+_WARNED_LIMIT = 1_000
 _PENDING = "\x00safeddl-statement"  # a savepoint of the ledger only, while checking
 
 
@@ -52,6 +53,7 @@ class LockTracker:
         self.order = LockOrder(policy.lock_order)
         self.long_lock_seconds = as_timedelta(policy.long_lock_threshold).total_seconds()
         self.rules = {rule: policy.action_for(rule) for rule in _CHECKED_RULES}
+        self._warned: set[str] = set()  # messages already logged at WARNING
         self.enabled = (self.long_lock_seconds > 0
                         or any(a is not RuleAction.ALLOW for a in self.rules.values()))
 
@@ -107,15 +109,14 @@ class LockTracker:
         ledger.release(_PENDING)
 
     def _keyed(self, statement: Statement) -> bool:
-        return self.rules[ROW_LOCK_ORDER] is not RuleAction.ALLOW and any(
-            step.key for step in statement.steps)
+        return self.rules[ROW_LOCK_ORDER] is not RuleAction.ALLOW and shape_of(statement).keyed
 
     def findings(self, ledger: Ledger, statement: Statement, rows: Sequence[Any],
                  version: int) -> list[Finding]:
         out: list[Finding] = []
         if self.rules[LOCK_ORDER] is not RuleAction.ALLOW and ledger.locks and any(
-                lock.mode >= WRITE and not ledger.holds(relation_key(lock.relation), lock.mode)
-                for lock in statement.locks):
+                mode >= WRITE and not ledger.holds(key, mode)
+                for _relation, key, mode in shape_of(statement).takes):
             out.extend(order_findings(ledger.locks, statement, self.order, skip=ledger.new))
         if self.rules[ROW_LOCK_ORDER] is not RuleAction.ALLOW and rows and (
                 ledger.greatest or len(rows) > 1):
@@ -124,6 +125,17 @@ class LockTracker:
                 and self.rules[AFTER_ACCESS_EXCLUSIVE.id] is not RuleAction.ALLOW):
             out.extend(_after_access_exclusive(ledger, statement, version))
         return out
+
+    def _warn(self, finding: Finding) -> None:
+        """A warning at WARNING level the first time, at DEBUG when it comes back (the
+        same statements in the same order: an application's every transaction)."""
+        if finding.message in self._warned:
+            logger.debug("safeddl: %s", finding.message)
+            return
+        if len(self._warned) >= _WARNED_LIMIT:
+            self._warned.clear()
+        self._warned.add(finding.message)
+        logger.warning("safeddl: %s", finding.message)
 
     def _act(self, findings: list[Finding], allowed: dict[str, str], text: str) -> None:
         refused = []
@@ -136,7 +148,7 @@ class LockTracker:
             if action.strictness >= RuleAction.REWRITE.strictness:
                 refused.append(finding)
             elif action is RuleAction.WARN:
-                logger.warning("safeddl: %s", finding.message)
+                self._warn(finding)
         if refused:
             first = refused[0]
             raise UnsafeStatement(
