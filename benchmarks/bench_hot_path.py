@@ -20,6 +20,14 @@ throughput (units/s, median round), the guarded/unguarded throughput ratio (goal
 and the added cost per statement on a cache hit in wall time and in client CPU time
 (``time.thread_time``: the guard runs in the client); then the guard itself timed in a
 tight loop on an already-seen statement.
+
+The guard runs with ``safeddl.Policy.from_sources()``: the defaults, or what
+``SAFEDDL_*`` variables set. The defaults keep a lock ledger of every transaction
+(writes are checked for lock order); to measure the guard without it::
+
+    SAFEDDL_LONG_LOCK_THRESHOLD=0 \
+    SAFEDDL_ACTIONS=lock-order=allow,row-lock-order=allow,statements-after-access-exclusive=allow \
+    python benchmarks/bench_hot_path.py
 """
 
 from __future__ import annotations
@@ -269,13 +277,14 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(dsn: str, url: str, server_version: int, block: int, rounds: int, seed: int) -> None:
     setup_schema(dsn)
+    policy = safeddl.Policy.from_sources()
     plain_engine = create_engine(url, pool_size=1)
     guarded_engine = create_engine(url, pool_size=1)
-    safeddl.install(guarded_engine, safeddl.Policy())
+    safeddl.install(guarded_engine, policy)
     listener_engine = create_engine(url, pool_size=1)
     event.listen(listener_engine, "before_cursor_execute", lambda *args: None)
     plain_conn = psycopg.connect(dsn)
-    guarded_conn = safeddl.psycopg.connect(dsn, policy=safeddl.Policy())
+    guarded_conn = safeddl.psycopg.connect(dsn, policy=policy)
     keys = [Keys(seed + i) for i in range(5)]
     for i, k in enumerate(keys):
         k.next_order = ORDERS + 1 + i * 10_000_000

@@ -510,8 +510,7 @@ class Guard:
         statements = known.get(text) if known is not None else None
         if statements is not None:  # needs nothing but the lock ledger
             if session.in_transaction():
-                self.tracker.before(state, statements, text, params, many, _ALLOWANCES.get(),
-                                    self.version_for(state.server_version))
+                self.track(state, statements, text, params, many)
             return None
         decision, live = self._decision(text, session)
         if decision.changes_timeouts:
@@ -541,6 +540,13 @@ class Guard:
                     _restore_or_log(session)
                 raise
         return ticket
+
+    def track(self, state: ConnectionState, statements: Sequence[Statement], text: str,
+              params: Params = None, many: bool = False) -> None:
+        """A statement in an open transaction that needs nothing but the lock ledger
+        (see :attr:`tracked`): check its lock order, record its locks."""
+        self.tracker.before(state, statements, text, params, many, _ALLOWANCES.get(),
+                            self.version_for(state.server_version))
 
     def after(self, ticket: Ticket, session: Session) -> None:
         """The statement succeeded: restore what was changed for it."""

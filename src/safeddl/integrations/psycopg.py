@@ -160,15 +160,27 @@ class GuardedCursorMixin:
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         # The hot path, inlined: a statement known to need nothing costs a few lookups
         # (``_conn``: psycopg's BaseCursor attribute behind the ``connection`` property).
-        slot: Slot | None = self._conn.__dict__.get(SLOT_ATTRIBUTE)  # type: ignore[attr-defined]
-        if slot is not None and slot.guard is not None and not current_scopes():
-            plain = slot.guard.plain.get(slot.server_version)
-            if plain is not None and type(query) is str and query in plain:
-                try:
-                    return super().execute(query, params, **kwargs)  # type: ignore[misc]
-                except Exception as exc:
-                    _convert_plain(self, query, exc)
-                    raise
+        conn = self._conn  # type: ignore[attr-defined]
+        slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+        if slot is not None and slot.guard is not None and type(query) is str \
+                and not current_scopes():
+            guard = slot.guard
+            plain = guard.plain.get(slot.server_version)
+            if plain is not None and query in plain:
+                statements = None
+            else:  # DML that needs nothing but the lock ledger of its transaction
+                tracked = guard.tracked.get(slot.server_version)
+                statements = tracked.get(query) if tracked is not None else None
+                if statements is None:
+                    return self._execute_guarded(query, params, kwargs)
+            if statements is not None and (not conn.autocommit
+                                           or conn.pgconn.transaction_status != _IDLE):
+                guard.track(state_of(conn), statements, query, params)
+            try:
+                return super().execute(query, params, **kwargs)  # type: ignore[misc]
+            except Exception as exc:
+                _convert_plain(self, query, exc)
+                raise
         return self._execute_guarded(query, params, kwargs)
 
     def _execute_guarded(self, query: Any, params: Any, kwargs: dict[str, Any]) -> Any:
