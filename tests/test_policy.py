@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-
 import logging
 from datetime import timedelta
 from pathlib import Path
@@ -12,8 +11,8 @@ import pytest
 
 import safeddl
 from safeddl.analysis import Catalog, Relation
-from safeddl.errors import ConfigError, LockTimeout, UnsafeStatement, is_lock_timeout, sqlstate_of
 from safeddl.decision import SessionFacts, allow, decide, looks_like_dml
+from safeddl.errors import ConfigError, LockTimeout, UnsafeStatement, is_lock_timeout, sqlstate_of
 from safeddl.policy import NO_LIMIT, Policy, Preflight, RuleAction, known_rules, parse_duration
 
 # --------------------------------------------------------------------------- values

@@ -14,36 +14,36 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
+    from safeddl.backfill import BackfillResult as BackfillResult
+    from safeddl.backfill import backfill as backfill
     from safeddl.blockers import Blocker as Blocker
+    from safeddl.decision import Decision as Decision
+    from safeddl.decision import allow as allow
+    from safeddl.decision import decide as decide
+    from safeddl.decision import guard as guard
     from safeddl.errors import ConfigError as ConfigError
     from safeddl.errors import LockTimeout as LockTimeout
     from safeddl.errors import PreflightBlocked as PreflightBlocked
     from safeddl.errors import RetriesExhausted as RetriesExhausted
     from safeddl.errors import SafeDDLError as SafeDDLError
     from safeddl.errors import UnsafeStatement as UnsafeStatement
-    from safeddl.decision import Decision as Decision
-    from safeddl.decision import allow as allow
-    from safeddl.decision import decide as decide
-    from safeddl.decision import guard as guard
     from safeddl.integrations import install as install
     from safeddl.integrations import uninstall as uninstall
+    from safeddl.ledger import LongHeldLock as LongHeldLock
+    from safeddl.ledger import on_long_held_lock as on_long_held_lock
     from safeddl.policy import Policy as Policy
     from safeddl.policy import Preflight as Preflight
     from safeddl.policy import RuleAction as RuleAction
-    from safeddl.backfill import BackfillResult as BackfillResult
-    from safeddl.backfill import backfill as backfill
     from safeddl.refresh import RefreshRefused as RefreshRefused
     from safeddl.refresh import SwapResult as SwapResult
     from safeddl.refresh import swap_in as swap_in
-    from safeddl.ledger import LongHeldLock as LongHeldLock
-    from safeddl.ledger import on_long_held_lock as on_long_held_lock
-    from safeddl.rowkeys import lock_ordered as lock_ordered
-    from safeddl.transaction import transaction as transaction
     from safeddl.retry import RetryPolicy as RetryPolicy
     from safeddl.retry import attempts as attempts
     from safeddl.retry import retry_statement as retry_statement
     from safeddl.retry import retrying as retrying
     from safeddl.retry import run_transaction as run_transaction
+    from safeddl.rowkeys import lock_ordered as lock_ordered
+    from safeddl.transaction import transaction as transaction
 
 # public name -> (module, attribute)
 _LAZY = {

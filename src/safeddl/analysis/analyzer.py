@@ -9,8 +9,8 @@ from functools import lru_cache
 
 from safeddl.analysis.catalog import Catalog
 from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect, effect_in_new_table
-from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.locks import Holds
+from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.sql import Syntax, quote_ident, read, split_script
 
 logger = logging.getLogger("safeddl")

@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from safeddl.analysis.catalog import Catalog
-from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.locks import Holds, LockMode
+from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql import local_name
 
 AS = LockMode.ACCESS_SHARE

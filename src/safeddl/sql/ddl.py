@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from safeddl.model import Action, Step
 from safeddl.locks import LockMode
+from safeddl.model import Action, Step
 from safeddl.sql.columns import (
     TABLE_CONSTRAINT_WORDS,
     read_column_def,
