@@ -47,10 +47,10 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql as pgsql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 
+from safeddl.integrations.psycopg import text_of
 from safeddl.lock_blocker import active_blocker_pids
 from safeddl.locks import LockMode
 from safeddl.observe import TABLE_RELKINDS, transaction_lock_snapshot
@@ -245,16 +245,6 @@ def _unhook_engine(engine: Engine, tracer: LockTracer) -> None:
             tracers.remove(tracer)
 
 
-def _text_of(query: Any, conn: psycopg.Connection[Any]) -> str:
-    if isinstance(query, str):
-        return query
-    if isinstance(query, bytes):
-        return query.decode("utf-8", errors="replace")
-    if isinstance(query, pgsql.Composable):
-        return query.as_string(conn)
-    return str(query)
-
-
 class _TracingCursorMixin:
     """Captures the connection's locks after each execute / executemany."""
 
@@ -263,13 +253,13 @@ class _TracingCursorMixin:
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         result = super().execute(query, params, **kwargs)  # type: ignore[misc]
         conn = self.connection  # type: ignore[attr-defined]
-        self._safeddl_tracer.capture(conn, _text_of(query, conn))
+        self._safeddl_tracer.capture(conn, text_of(query, conn))
         return result
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         super().executemany(query, params_seq, **kwargs)  # type: ignore[misc]
         conn = self.connection  # type: ignore[attr-defined]
-        self._safeddl_tracer.capture(conn, _text_of(query, conn))
+        self._safeddl_tracer.capture(conn, text_of(query, conn))
 
 
 def _tracing_class(base: type[Any], tracer: LockTracer) -> type[Any]:

@@ -234,17 +234,8 @@ class _Target:
             stack.enter_context(guard_block(conn, policy))
 
 
-class _SqlaEngine(_Target):
-    description = "SQLAlchemy engine"
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def open(self, stack: ExitStack, autocommit: bool) -> Any:
-        if not autocommit:
-            return stack.enter_context(self.engine.begin())
-        conn = stack.enter_context(self.engine.connect())
-        return conn.execution_options(isolation_level="AUTOCOMMIT")
+class _SqlaTarget(_Target):
+    """What the SQLAlchemy targets share: statements through ``exec_driver_sql``."""
 
     def execute(self, conn: Any, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
         return _sqla_execute(conn, sql, params)
@@ -256,7 +247,20 @@ class _SqlaEngine(_Target):
         return _sqla_guard(conn)
 
 
-class _SqlaConnection(_Target):
+class _SqlaEngine(_SqlaTarget):
+    description = "SQLAlchemy engine"
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+    def open(self, stack: ExitStack, autocommit: bool) -> Any:
+        if not autocommit:
+            return stack.enter_context(self.engine.begin())
+        conn = stack.enter_context(self.engine.connect())
+        return conn.execution_options(isolation_level="AUTOCOMMIT")
+
+
+class _SqlaConnection(_SqlaTarget):
     description = "SQLAlchemy connection"
 
     def __init__(self, conn: Any) -> None:
@@ -288,15 +292,6 @@ class _SqlaConnection(_Target):
         if not autocommit:
             stack.enter_context(self.conn.begin())
         return self.conn
-
-    def execute(self, conn: Any, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
-        return _sqla_execute(conn, sql, params)
-
-    def read(self, conn: Any, sql: str) -> list[tuple[Any, ...]]:
-        return _sqla_read(conn, sql)
-
-    def guard_of(self, conn: Any) -> Guard | None:
-        return _sqla_guard(conn)
 
 
 def _sqla_execute(conn: Any, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
