@@ -298,6 +298,23 @@ def test_work_under_access_exclusive_is_reported_at_runtime(engine: Engine) -> N
     assert "COMMIT;  -- releases ACCESS EXCLUSIVE on a" in (info.value.safe_alternative or "")
 
 
+def test_a_rewritten_statement_is_recorded_as_sent(engine: Engine) -> None:
+    # TRUNCATE sent as DELETE takes ROW EXCLUSIVE: the INSERT after it is not work done
+    # under ACCESS EXCLUSIVE, and the ledger holds what pg_locks shows.
+    safeddl.install(engine, Policy(small_table_rows=1, actions={
+        "truncate": "rewrite", "statements-after-access-exclusive": "refuse"}))
+    with engine.begin() as conn:
+        conn.execute(text("TRUNCATE a"))
+        conn.execute(text("INSERT INTO a (id) VALUES (100)"))
+        driver = conn.connection.driver_connection
+        held = {(lock.relation, lock.mode) for lock in state_of(driver).ledger.locks}
+        seen = set(own_locks(driver))
+    assert held == {("a", LockMode.ROW_EXCLUSIVE)}
+    assert seen == {("a", "RowExclusiveLock")}
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT array_agg(id) FROM a")).scalar() == [100]
+
+
 # --------------------------------------------------------------------------- declared
 
 
