@@ -85,12 +85,16 @@ def key_values(terms: Sequence[KeyTerm], params: Any) -> tuple[Any, ...] | None:
     return tuple(values)
 
 
+_POSITIONAL = (tuple, list)  # what drivers are given almost always: checked before the ABCs
+
+
 def _parameter(params: Any, reference: int | str) -> Any:
-    if isinstance(reference, int):
-        if isinstance(params, Sequence) and not isinstance(params, (str, bytes)):
+    if type(reference) is int:
+        if type(params) in _POSITIONAL or (
+                isinstance(params, Sequence) and not isinstance(params, (str, bytes))):
             return params[reference] if 0 <= reference < len(params) else _MISSING
         return _MISSING
-    if isinstance(params, Mapping):
+    if type(params) is dict or isinstance(params, Mapping):
         return params.get(reference, _MISSING)
     return _MISSING
 
