@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from safeddl.analysis import Catalog, analyze_script, analyze_statement
+from safeddl.analysis import analyze_script, analyze_statement, catalog_from_script
 from safeddl.locks import Holds, LockMode
 
 SETUP = """
@@ -27,7 +27,7 @@ CREATE VIEW big_orders AS SELECT * FROM orders WHERE amount > 100;
 
 
 def locks(sql: str, version: int = 18) -> dict[str, tuple[str, str]]:
-    catalog = Catalog.from_sql(SETUP, version=version)
+    catalog = catalog_from_script(SETUP, version=version)
     [statement] = analyze_script(sql, version=version, catalog=catalog)
     assert statement.understood, statement.reason
     return {lock.relation: (lock.mode.pg_name, lock.holds.value) for lock in statement.locks}
@@ -123,7 +123,7 @@ def test_concurrently_is_not_transactional() -> None:
                 "REINDEX INDEX CONCURRENTLY orders_note_idx",
                 "ALTER TABLE events DETACH PARTITION events_2026 CONCURRENTLY",
                 "VACUUM orders"]:
-        catalog = Catalog.from_sql(SETUP)
+        catalog = catalog_from_script(SETUP)
         [statement] = analyze_script(sql, catalog=catalog)
         assert statement.transactional is False, sql
     assert analyze_statement("REFRESH MATERIALIZED VIEW CONCURRENTLY mv").transactional
@@ -169,7 +169,7 @@ def test_strongest_mode_per_relation_and_longest_hold() -> None:
 
 
 def test_tables_created_by_the_statement_are_not_reported() -> None:
-    catalog = Catalog.from_sql(SETUP)
+    catalog = catalog_from_script(SETUP)
     [statement] = analyze_script(
         "CREATE TABLE refunds (id int, order_id bigint REFERENCES orders (id), LIKE customers)",
         catalog=catalog)

@@ -16,8 +16,8 @@ from click.testing import CliRunner, Result
 
 import safeddl.rules
 from safeddl.analysis import Statement
-from safeddl.cli import main
-from safeddl.report import escape_data, escape_property
+from safeddl.cli.main import main
+from safeddl.cli.report import escape_data, escape_property
 from safeddl.rules import BY_ID, DOCS, RULES, Context, Finding, Severity
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from safeddl.analysis import Action, Statement, analyze_script, analyze_statement
-from safeddl.cli import main
+from safeddl.cli.main import main
 from safeddl.rules import BY_ID, Result, lint_script
 from safeddl.sql import read
 

@@ -11,13 +11,21 @@ import pytest
 
 from safeddl import ConfigError, Policy, lock_ordered
 from safeddl.analysis import analyze_statement
-from safeddl.ledger import HeldLock, Ledger, LockOrder, already_holds, relation_key
 from safeddl.locks import LockMode
 from safeddl.model import KeyTerm
-from safeddl.rowkeys import first_out_of_order, greatest_keys, row_locks
+from safeddl.ordering import (
+    HeldLock,
+    LockOrder,
+    already_holds,
+    first_out_of_order,
+    greatest_keys,
+    relation_key,
+    row_locks,
+)
 from safeddl.rules import lint_script
 from safeddl.rules.lock_order import order_findings
 from safeddl.rules.row_lock_order import row_order_findings
+from safeddl.runtime.ledger import Ledger
 from safeddl.sql import read
 
 M = LockMode

@@ -11,9 +11,24 @@ import pytest
 
 import safeddl
 from safeddl.analysis import Catalog, Relation
-from safeddl.decision import SessionFacts, allow, decide, looks_like_dml
-from safeddl.errors import ConfigError, LockTimeout, UnsafeStatement, is_lock_timeout, sqlstate_of
-from safeddl.policy import NO_LIMIT, Policy, Preflight, RuleAction, known_rules, parse_duration
+from safeddl.runtime.decision import decide, looks_like_dml
+from safeddl.runtime.errors import (
+    ConfigError,
+    LockTimeout,
+    UnsafeStatement,
+    is_lock_timeout,
+    sqlstate_of,
+)
+from safeddl.runtime.plan import SessionFacts
+from safeddl.runtime.policy import (
+    NO_LIMIT,
+    Policy,
+    Preflight,
+    RuleAction,
+    known_rules,
+    parse_duration,
+)
+from safeddl.runtime.scope import allow
 
 # --------------------------------------------------------------------------- values
 
@@ -253,7 +268,7 @@ def test_from_strings_over_a_base() -> None:
 
 
 def test_policy_file_for_the_plugin(tmp_path: Path) -> None:
-    from safeddl.policy import read_tool_table
+    from safeddl.runtime.policy import read_tool_table
 
     path = tmp_path / "policy.toml"
     path.write_text('lock_timeout = "900ms"\nallow = ["truncate"]\n', encoding="utf-8")
@@ -281,8 +296,8 @@ def test_public_names_are_lazy() -> None:
     assert safeddl.Policy is Policy
     assert safeddl.UnsafeStatement is UnsafeStatement
     assert callable(safeddl.guard)
-    decision = importlib.import_module("safeddl.decision")  # a module of its own name
-    assert safeddl.guard is decision.guard
+    integrations = importlib.import_module("safeddl.integrations")
+    assert safeddl.guard is integrations.guard
     assert "guard" in dir(safeddl)
 
 
@@ -368,7 +383,7 @@ def test_rewrite_without_rewriter_refuses_with_the_plan() -> None:
 
 
 def test_rewriter_seam() -> None:
-    from safeddl.decision import Plan, PlanStep
+    from safeddl.runtime.plan import Plan, PlanStep
 
     def rewriter(decision: safeddl.Decision, facts: SessionFacts) -> Plan | None:
         sql = decision.statement.sql.replace("INDEX", "INDEX CONCURRENTLY", 1)

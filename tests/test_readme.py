@@ -8,7 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from safeddl.cli import main
+from safeddl.cli.main import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- rules:begin -->", "<!-- rules:end -->"

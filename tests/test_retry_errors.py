@@ -13,8 +13,10 @@ import pytest
 import sqlalchemy.exc
 
 import safeddl
-from safeddl.blockers import Blocker
-from safeddl.errors import (
+from safeddl.locks import LockMode
+from safeddl.recovery.retry import RetryPolicy
+from safeddl.runtime.blockers import Blocker
+from safeddl.runtime.errors import (
     AttemptFailure,
     ConfigError,
     LockTimeout,
@@ -26,8 +28,6 @@ from safeddl.errors import (
     server_detail,
     sqlstate_of,
 )
-from safeddl.locks import LockMode
-from safeddl.retry import RetryPolicy
 
 DEADLOCK_DETAIL = ("Process 4242 waits for ShareLock on transaction 771; blocked by process 4343.\n"
                    "Process 4343 waits for ShareLock on transaction 770; blocked by process 4242.")

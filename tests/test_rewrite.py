@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from safeddl.analysis import Catalog
-from safeddl.decision import Decision, Plan, SessionFacts, decide
-from safeddl.policy import Policy, RuleAction
-from safeddl.rewrite import pg_object_name
+from safeddl.analysis import Catalog, catalog_from_script
+from safeddl.runtime.decision import decide
+from safeddl.runtime.plan import Decision, Plan, SessionFacts
+from safeddl.runtime.policy import Policy, RuleAction
+from safeddl.runtime.rewrite import pg_object_name
 
 SCHEMA = """
 CREATE TABLE parent (id int PRIMARY KEY, z int);
@@ -24,7 +25,7 @@ POLICY = Policy(actions={"truncate": "rewrite", "drop-index": "rewrite"})
 
 
 def catalog(invalid: tuple[str, ...] = ()) -> Catalog:
-    cat = Catalog.from_sql(SCHEMA, version=15)
+    cat = catalog_from_script(SCHEMA, version=15)
     for relation in cat.relations.values():
         relation.rows = 10**6
     cat.invalid_indexes.update(invalid)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from safeddl.analysis import Catalog
+from safeddl.analysis import Catalog, catalog_from_script
 from safeddl.rules import BY_ID, DOCS, RULES, Severity, lint_script, render_doc, write_docs
 from safeddl.rules.engine import Result
 
@@ -56,7 +56,7 @@ CREATE MATERIALIZED VIEW order_totals AS
 
 @cache
 def example_catalog(version: int = VERSION) -> Catalog:
-    return Catalog.from_sql(EXAMPLE_SETUP, version=version)
+    return catalog_from_script(EXAMPLE_SETUP, version=version)
 
 
 def lint_example(sql: str, version: int = VERSION) -> list[Result]:

@@ -11,7 +11,7 @@ from functools import cache
 import pytest
 from test_rule_docs import example_catalog, lint_example, rule_ids, sql_block
 
-from safeddl.analysis import Catalog, analyze_statement
+from safeddl.analysis import Catalog, analyze_statement, catalog_from_script
 from safeddl.locks import LockMode
 from safeddl.rules import BY_ID, DOCS, RULES, Context, Finding, Severity, lint_script
 from safeddl.rules.engine import Result
@@ -105,7 +105,7 @@ EXPECTED = {
 
 @cache
 def schema_catalog(version: int) -> Catalog:
-    return Catalog.from_sql(SCHEMA, version=version)
+    return catalog_from_script(SCHEMA, version=version)
 
 
 def lint(sql: str, version: int = 18, *, catalog: Catalog | None = None,
@@ -303,7 +303,7 @@ def test_user_identifiers_appear_unchanged(rule_id: str, version: int, sql: str,
 def test_invented_names_are_quoted_and_cut_to_the_name_limit() -> None:
     table = "t" + "x" * 40
     column = "Col" + "y" * 40
-    catalog = Catalog.from_sql(f'CREATE TABLE {table} ("{column}" integer);')
+    catalog = catalog_from_script(f'CREATE TABLE {table} ("{column}" integer);')
     finding = only(lint(f'ALTER TABLE {table} ALTER COLUMN "{column}" SET NOT NULL;', 17,
                         catalog=catalog), "set-not-null")
     name = re.search(r'ADD CONSTRAINT ("(?:[^"]|"")+") CHECK', finding.message)
@@ -320,7 +320,7 @@ def test_invented_names_that_need_no_quotes_get_none() -> None:
 
 
 def test_reserved_words_in_invented_names_are_quoted() -> None:
-    catalog = Catalog.from_sql('CREATE TABLE "user" ("order" integer);')
+    catalog = catalog_from_script('CREATE TABLE "user" ("order" integer);')
     finding = only(lint('ALTER TABLE "user" ADD CONSTRAINT c CHECK ("order" > 0);',
                         catalog=catalog), "add-check")
     assert 'ALTER TABLE "user" ADD CONSTRAINT c CHECK ("order" > 0) NOT VALID;' in (
@@ -377,7 +377,7 @@ def _weak_cases() -> list[object]:
 
 @pytest.mark.parametrize(("sql", "version"), _weak_cases())
 def test_weak_locks_never_produce_an_error(sql: str, version: int) -> None:
-    catalog = Catalog.from_sql(WEAK, version=version)
+    catalog = catalog_from_script(WEAK, version=version)
     statement = analyze_statement(sql, version=version, catalog=catalog.copy())
     assert statement.understood, statement.reason
     assert all(lock.mode <= LockMode.SHARE_UPDATE_EXCLUSIVE for lock in statement.locks), (
@@ -403,7 +403,7 @@ def test_weak_locks_in_the_lock_corpus_never_produce_an_error() -> None:
     corpus = Path(__file__).parent / "corpus"
     if not (corpus / "statements.sql").exists():
         pytest.skip("no lock corpus")
-    catalog = Catalog.from_sql((corpus / "setup.sql").read_text(), version=18)
+    catalog = catalog_from_script((corpus / "setup.sql").read_text(), version=18)
     entries = (corpus / "statements.sql").read_text().split("\n-- @@\n")[1:]
     checked = 0
     for entry in entries:
@@ -458,7 +458,7 @@ def test_tables_created_by_the_script_are_not_reported(rule_id: str, sql: str) -
     create = "CREATE TABLE t (id bigint PRIMARY KEY, a integer);\n"
     assert rule_id not in rule_ids(lint(create + sql))
     # the same statement on an existing table is reported
-    existing = Catalog.from_sql(create)
+    existing = catalog_from_script(create)
     assert rule_id in rule_ids(lint(sql, catalog=existing)), "the case itself is reported"
 
 
@@ -543,7 +543,7 @@ def test_detach_partition_concurrently_exists_from_14() -> None:
 
 
 def test_detach_partition_with_a_default_partition_cannot_be_concurrent() -> None:
-    catalog = Catalog.from_sql(SCHEMA + "CREATE TABLE events_other PARTITION OF events DEFAULT;")
+    catalog = catalog_from_script(SCHEMA + "CREATE TABLE events_other PARTITION OF events DEFAULT;")
     finding = only(lint("ALTER TABLE events DETACH PARTITION events_2023;", catalog=catalog),
                    "detach-partition")
     assert "CONCURRENTLY is not possible" in finding.message
@@ -575,7 +575,7 @@ def test_attach_partition_on_11_names_the_parent_lock() -> None:
 
 
 def test_attach_partition_bounds_become_a_condition() -> None:
-    catalog = Catalog.from_sql("CREATE TABLE p (k int, r text) PARTITION BY LIST (r);\n"
+    catalog = catalog_from_script("CREATE TABLE p (k int, r text) PARTITION BY LIST (r);\n"
                                "CREATE TABLE c (k int, r text);")
     finding = only(lint("ALTER TABLE p ATTACH PARTITION c FOR VALUES IN ('a', 'b');",
                         catalog=catalog), "attach-partition")
@@ -593,14 +593,14 @@ def test_foreign_key_not_valid_is_quiet_and_validate_too() -> None:
 
 
 def test_foreign_key_on_a_partitioned_table_before_18_goes_through_the_partitions() -> None:
-    catalog = Catalog.from_sql(SCHEMA + "ALTER TABLE events ADD COLUMN customer_id bigint;",
+    catalog = catalog_from_script(SCHEMA + "ALTER TABLE events ADD COLUMN customer_id bigint;",
                                version=17)
     sql = "ALTER TABLE events ADD FOREIGN KEY (customer_id) REFERENCES customers (id);"
     old = only(lint(sql, 17, catalog=catalog), "add-foreign-key")
     assert ("ALTER TABLE events_2023 ADD CONSTRAINT events_customer_id_fkey FOREIGN KEY "
             "(customer_id) REFERENCES customers (id) NOT VALID;") in old.message
     assert "ALTER TABLE events_2023 VALIDATE CONSTRAINT events_customer_id_fkey;" in old.message
-    catalog18 = Catalog.from_sql(SCHEMA + "ALTER TABLE events ADD COLUMN customer_id bigint;")
+    catalog18 = catalog_from_script(SCHEMA + "ALTER TABLE events ADD COLUMN customer_id bigint;")
     new = only(lint(sql, 18, catalog=catalog18), "add-foreign-key")
     assert "events_2023" not in new.message
     assert "ALTER TABLE events VALIDATE CONSTRAINT events_customer_id_fkey;" in new.message
@@ -662,7 +662,7 @@ def test_alter_column_type_keeps_the_using_expression() -> None:
 
 
 def test_alter_column_type_of_an_unknown_column_says_so() -> None:
-    catalog = Catalog.from_sql("CREATE TABLE t (id bigint);")
+    catalog = catalog_from_script("CREATE TABLE t (id bigint);")
     finding = only(lint("ALTER TABLE t ALTER COLUMN ghost TYPE text;", catalog=catalog),
                    "alter-column-type")
     assert "does not know the current type" in finding.message
@@ -674,7 +674,7 @@ def test_add_unique_using_index_is_quiet() -> None:
 
 
 def test_add_primary_key_makes_the_columns_not_null_first() -> None:
-    catalog = Catalog.from_sql("CREATE TABLE t (a int, b int);")
+    catalog = catalog_from_script("CREATE TABLE t (a int, b int);")
     finding = only(lint("ALTER TABLE t ADD PRIMARY KEY (a, b);", 17, catalog=catalog),
                    "add-unique")
     assert "ADD CONSTRAINT t_a_not_null CHECK (a IS NOT NULL) NOT VALID;" in finding.message
@@ -702,7 +702,7 @@ def test_inline_constraints_on_add_column() -> None:
 
 
 def test_drop_index_lists_each_index_and_keeps_if_exists() -> None:
-    catalog = Catalog.from_sql(SCHEMA + "CREATE INDEX orders_note_idx ON orders (note);")
+    catalog = catalog_from_script(SCHEMA + "CREATE INDEX orders_note_idx ON orders (note);")
     finding = only(lint("DROP INDEX IF EXISTS orders_note_idx, other_idx;", catalog=catalog),
                    "drop-index")
     assert finding.safe_alternative == ("DROP INDEX CONCURRENTLY IF EXISTS orders_note_idx;\n"
@@ -854,7 +854,7 @@ def test_warnings_on_app_breaking_changes() -> None:
 
 
 def test_drop_table_names_the_tables_its_foreign_keys_lock() -> None:
-    catalog = Catalog.from_sql(SCHEMA + "CREATE TABLE lines (id int, "
+    catalog = catalog_from_script(SCHEMA + "CREATE TABLE lines (id int, "
                                "order_id bigint REFERENCES orders (id));")
     finding = only(lint("DROP TABLE lines;", catalog=catalog), "drop-table")
     assert "ACCESS EXCLUSIVE on orders (foreign keys)" in finding.message

@@ -16,7 +16,6 @@ import psycopg
 import pytest
 import sqlalchemy
 
-from safeddl.pytest_plugin import ServerPool
 from safeddl.testing import (
     ExternalServer,
     PostgresServer,
@@ -31,6 +30,7 @@ from safeddl.testing import (
     start_server,
 )
 from safeddl.testing import server as server_module
+from safeddl.testing.pytest_plugin import ServerPool
 
 INSTALLS = distinct_versions(find_server_installs())
 EACH_INSTALL = pytest.mark.parametrize(
@@ -531,7 +531,7 @@ def test_importing_the_plugin_starts_and_loads_nothing_heavy() -> None:
     completed = _run_python(
         """
         import sys
-        import safeddl.pytest_plugin
+        import safeddl.testing.pytest_plugin
         print("safeddl.testing.server" in sys.modules)
         """
     )

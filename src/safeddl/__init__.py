@@ -1,9 +1,10 @@
 """safeddl: a lock-aware safety layer for PostgreSQL statements.
 
-The pure core lives in :mod:`safeddl.analysis` (what each statement locks) and
-:mod:`safeddl.rules` (what is unsafe and the safe alternative); the runtime guard in
-:mod:`safeddl.decision` with its integrations (SQLAlchemy engine plugin, ``install``,
-``guard()`` / ``allow()`` blocks, :mod:`safeddl.psycopg`). Importing this package is
+The pure core lives in :mod:`safeddl.sql` (reading), :mod:`safeddl.analysis` (what each
+statement locks) and :mod:`safeddl.rules` (what is unsafe and the safe alternative); what
+the guard does about it in :mod:`safeddl.runtime`, applied to connections by
+:mod:`safeddl.integrations` (SQLAlchemy engine plugin, ``install``, ``guard()`` blocks,
+:mod:`safeddl.psycopg`). Importing this package is
 cheap: nothing heavy is imported until a name is used.
 """
 
@@ -14,69 +15,69 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from safeddl.backfill import BackfillResult as BackfillResult
-    from safeddl.backfill import backfill as backfill
-    from safeddl.blockers import Blocker as Blocker
-    from safeddl.decision import Decision as Decision
-    from safeddl.decision import allow as allow
-    from safeddl.decision import decide as decide
-    from safeddl.decision import guard as guard
-    from safeddl.errors import ConfigError as ConfigError
-    from safeddl.errors import LockTimeout as LockTimeout
-    from safeddl.errors import PreflightBlocked as PreflightBlocked
-    from safeddl.errors import RetriesExhausted as RetriesExhausted
-    from safeddl.errors import SafeDDLError as SafeDDLError
-    from safeddl.errors import UnsafeStatement as UnsafeStatement
+    from safeddl.integrations import guard as guard
     from safeddl.integrations import install as install
     from safeddl.integrations import uninstall as uninstall
-    from safeddl.ledger import LongHeldLock as LongHeldLock
-    from safeddl.ledger import on_long_held_lock as on_long_held_lock
-    from safeddl.policy import Policy as Policy
-    from safeddl.policy import Preflight as Preflight
-    from safeddl.policy import RuleAction as RuleAction
-    from safeddl.refresh import RefreshRefused as RefreshRefused
-    from safeddl.refresh import SwapResult as SwapResult
-    from safeddl.refresh import swap_in as swap_in
-    from safeddl.retry import RetryPolicy as RetryPolicy
-    from safeddl.retry import attempts as attempts
-    from safeddl.retry import retry_statement as retry_statement
-    from safeddl.retry import retrying as retrying
-    from safeddl.retry import run_transaction as run_transaction
-    from safeddl.rowkeys import lock_ordered as lock_ordered
-    from safeddl.transaction import transaction as transaction
+    from safeddl.jobs.backfill import BackfillResult as BackfillResult
+    from safeddl.jobs.backfill import backfill as backfill
+    from safeddl.jobs.refresh import RefreshRefused as RefreshRefused
+    from safeddl.jobs.refresh import SwapResult as SwapResult
+    from safeddl.jobs.refresh import swap_in as swap_in
+    from safeddl.ordering import lock_ordered as lock_ordered
+    from safeddl.recovery.retry import RetryPolicy as RetryPolicy
+    from safeddl.recovery.retry import attempts as attempts
+    from safeddl.recovery.retry import retry_statement as retry_statement
+    from safeddl.recovery.retry import retrying as retrying
+    from safeddl.recovery.retry import run_transaction as run_transaction
+    from safeddl.recovery.transaction import transaction as transaction
+    from safeddl.runtime.blockers import Blocker as Blocker
+    from safeddl.runtime.decision import decide as decide
+    from safeddl.runtime.errors import ConfigError as ConfigError
+    from safeddl.runtime.errors import LockTimeout as LockTimeout
+    from safeddl.runtime.errors import PreflightBlocked as PreflightBlocked
+    from safeddl.runtime.errors import RetriesExhausted as RetriesExhausted
+    from safeddl.runtime.errors import SafeDDLError as SafeDDLError
+    from safeddl.runtime.errors import UnsafeStatement as UnsafeStatement
+    from safeddl.runtime.ledger import LongHeldLock as LongHeldLock
+    from safeddl.runtime.ledger import on_long_held_lock as on_long_held_lock
+    from safeddl.runtime.plan import Decision as Decision
+    from safeddl.runtime.policy import Policy as Policy
+    from safeddl.runtime.policy import Preflight as Preflight
+    from safeddl.runtime.policy import RuleAction as RuleAction
+    from safeddl.runtime.scope import allow as allow
 
 # public name -> (module, attribute)
 _LAZY = {
-    "Blocker": ("safeddl.blockers", "Blocker"),
-    "ConfigError": ("safeddl.errors", "ConfigError"),
-    "LockTimeout": ("safeddl.errors", "LockTimeout"),
-    "PreflightBlocked": ("safeddl.errors", "PreflightBlocked"),
-    "SafeDDLError": ("safeddl.errors", "SafeDDLError"),
-    "UnsafeStatement": ("safeddl.errors", "UnsafeStatement"),
-    "RetriesExhausted": ("safeddl.errors", "RetriesExhausted"),
-    "RetryPolicy": ("safeddl.retry", "RetryPolicy"),
-    "attempts": ("safeddl.retry", "attempts"),
-    "retry_statement": ("safeddl.retry", "retry_statement"),
-    "retrying": ("safeddl.retry", "retrying"),
-    "run_transaction": ("safeddl.retry", "run_transaction"),
-    "LongHeldLock": ("safeddl.ledger", "LongHeldLock"),
-    "on_long_held_lock": ("safeddl.ledger", "on_long_held_lock"),
-    "lock_ordered": ("safeddl.rowkeys", "lock_ordered"),
-    "transaction": ("safeddl.transaction", "transaction"),
-    "Decision": ("safeddl.decision", "Decision"),
-    "allow": ("safeddl.decision", "allow"),
-    "decide": ("safeddl.decision", "decide"),
-    "guard": ("safeddl.decision", "guard"),
+    "Blocker": ("safeddl.runtime.blockers", "Blocker"),
+    "ConfigError": ("safeddl.runtime.errors", "ConfigError"),
+    "LockTimeout": ("safeddl.runtime.errors", "LockTimeout"),
+    "PreflightBlocked": ("safeddl.runtime.errors", "PreflightBlocked"),
+    "SafeDDLError": ("safeddl.runtime.errors", "SafeDDLError"),
+    "UnsafeStatement": ("safeddl.runtime.errors", "UnsafeStatement"),
+    "RetriesExhausted": ("safeddl.runtime.errors", "RetriesExhausted"),
+    "RetryPolicy": ("safeddl.recovery.retry", "RetryPolicy"),
+    "attempts": ("safeddl.recovery.retry", "attempts"),
+    "retry_statement": ("safeddl.recovery.retry", "retry_statement"),
+    "retrying": ("safeddl.recovery.retry", "retrying"),
+    "run_transaction": ("safeddl.recovery.retry", "run_transaction"),
+    "LongHeldLock": ("safeddl.runtime.ledger", "LongHeldLock"),
+    "on_long_held_lock": ("safeddl.runtime.ledger", "on_long_held_lock"),
+    "lock_ordered": ("safeddl.ordering", "lock_ordered"),
+    "transaction": ("safeddl.recovery.transaction", "transaction"),
+    "Decision": ("safeddl.runtime.plan", "Decision"),
+    "allow": ("safeddl.runtime.scope", "allow"),
+    "decide": ("safeddl.runtime.decision", "decide"),
+    "guard": ("safeddl.integrations", "guard"),
     "install": ("safeddl.integrations", "install"),
     "uninstall": ("safeddl.integrations", "uninstall"),
-    "Policy": ("safeddl.policy", "Policy"),
-    "Preflight": ("safeddl.policy", "Preflight"),
-    "RuleAction": ("safeddl.policy", "RuleAction"),
-    "BackfillResult": ("safeddl.backfill", "BackfillResult"),
-    "backfill": ("safeddl.backfill", "backfill"),
-    "RefreshRefused": ("safeddl.refresh", "RefreshRefused"),
-    "SwapResult": ("safeddl.refresh", "SwapResult"),
-    "swap_in": ("safeddl.refresh", "swap_in"),
+    "Policy": ("safeddl.runtime.policy", "Policy"),
+    "Preflight": ("safeddl.runtime.policy", "Preflight"),
+    "RuleAction": ("safeddl.runtime.policy", "RuleAction"),
+    "BackfillResult": ("safeddl.jobs.backfill", "BackfillResult"),
+    "backfill": ("safeddl.jobs.backfill", "backfill"),
+    "RefreshRefused": ("safeddl.jobs.refresh", "RefreshRefused"),
+    "SwapResult": ("safeddl.jobs.refresh", "SwapResult"),
+    "swap_in": ("safeddl.jobs.refresh", "swap_in"),
 }
 
 

@@ -221,3 +221,9 @@ _DML = frozenset(
         Action.TRANSACTION_CONTROL,
     }
 )
+
+
+def shorten(sql: str, limit: int = 200) -> str:
+    """A statement as messages show it: one line, at most ``limit`` characters."""
+    text = " ".join(sql.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -26,7 +26,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.exc import ProgrammingError
 
 import safeddl
-from safeddl.alembic import (
+from safeddl.cli.alembic import (
     AlembicProjectError,
     RenderedRevision,
     files_of,
@@ -35,8 +35,8 @@ from safeddl.alembic import (
     python_ignore_comments,
     render_revisions,
 )
-from safeddl.cli import main
-from safeddl.report import lint_github, lint_sarif, lint_text
+from safeddl.cli.main import main
+from safeddl.cli.report import lint_github, lint_sarif, lint_text
 from safeddl.testing.server import sqlalchemy_url_from_dsn
 
 pytestmark = [pytest.mark.timeout(120)]

@@ -16,8 +16,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine
 
-from safeddl.cli import main
-from safeddl.demo import (
+from safeddl.cli.demo import (
     DemoSettings,
     demo_schema,
     guarded_policy,
@@ -26,6 +25,7 @@ from safeddl.demo import (
     run_phase,
     sqlalchemy_url,
 )
+from safeddl.cli.main import main
 from safeddl.integrations.sqlalchemy import install
 
 pytestmark = [pytest.mark.timeout(120)]

@@ -231,7 +231,8 @@ def test_tiny_and_new_tables_pass(guarded: psycopg.Connection[Any], db: str) -> 
 def concurrent_rewriter() -> Iterator[None]:
     """A stand-in rewriter: CREATE INDEX -> drop a leftover invalid index, then build it
     CONCURRENTLY (the real rewrites live elsewhere; this pins the seam)."""
-    from safeddl.decision import Decision, Plan, PlanStep, SessionFacts, set_rewriter
+    from safeddl.runtime.guard import set_rewriter
+    from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
 
     def rewrite(decision: Decision, facts: SessionFacts) -> Plan | None:
         step = decision.statement.steps[0]

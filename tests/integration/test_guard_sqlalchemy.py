@@ -303,7 +303,7 @@ def test_settings_never_leak_to_the_next_checkout(engine: Engine, db: str, failu
 
 def test_a_connection_whose_settings_cannot_be_restored_is_replaced(
         engine: Engine, db: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import safeddl.decision as guard_module
+    import safeddl.runtime.session as session_module
 
     safeddl.install(engine)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -313,7 +313,7 @@ def test_a_connection_whose_settings_cannot_be_restored_is_replaced(
         def broken(session: object) -> None:
             raise psycopg.OperationalError("server closed the connection unexpectedly")
 
-        monkeypatch.setattr(guard_module, "restore_settings", broken)
+        monkeypatch.setattr(session_module, "restore_settings", broken)
         conn.execute(text("ALTER TABLE big ADD COLUMN note text"))  # succeeds; restore fails
     monkeypatch.undo()
     with engine.connect() as conn:
@@ -450,7 +450,7 @@ def test_async_plugin_guard_allow_and_autocommit_restore(url: str, db: str) -> N
 
 
 def test_rewrite_without_a_rewriter_refuses_with_the_plan(engine: Engine, db: str) -> None:
-    from safeddl.decision import set_rewriter
+    from safeddl.runtime.guard import set_rewriter
 
     set_rewriter(lambda decision, facts: None)  # a rewriter that never finds an exact plan
     try:
@@ -465,7 +465,8 @@ def test_rewrite_without_a_rewriter_refuses_with_the_plan(engine: Engine, db: st
 
 
 def test_rewrite_plan_replaces_the_statement(engine: Engine, db: str) -> None:
-    from safeddl.decision import Decision, Plan, PlanStep, SessionFacts, set_rewriter
+    from safeddl.runtime.guard import set_rewriter
+    from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
 
     def rewrite(decision: Decision, facts: SessionFacts) -> Plan | None:
         sql = decision.statement.sql.replace("INDEX", "INDEX CONCURRENTLY", 1)

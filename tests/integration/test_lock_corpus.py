@@ -4,7 +4,7 @@ Each statement of ``tests/corpus/statements.sql`` runs on every PostgreSQL versi
 available against the schema of ``tests/corpus/setup.sql``: in a transaction that
 is rolled back (``pg_locks`` of the own backend, ``relfilenode`` before/after), or,
 when the server refuses a transaction block, in a throwaway copy of the database
-watched from other sessions (:mod:`safeddl.observe`). The analysis must agree with
+watched from other sessions (:mod:`safeddl.observe.snapshot`). The analysis must agree with
 the server on every relation's mode, on rewrites and on "may run in a transaction".
 """
 
@@ -23,7 +23,7 @@ import pytest
 from psycopg import sql as pgsql
 from psycopg.conninfo import make_conninfo
 
-from safeddl.observe import (
+from safeddl.observe.snapshot import (
     Observation,
     disposable_database,
     drop_database,
@@ -226,9 +226,9 @@ def _describe(locks: dict[str, Any], rewritten: set[str] | frozenset[str]) -> st
 
 @functools.cache
 def _setup_catalog_template(version: int) -> Any:
-    from safeddl.analysis import Catalog
+    from safeddl.analysis import catalog_from_script
 
-    return Catalog.from_sql(SETUP_SQL, version=version)
+    return catalog_from_script(SETUP_SQL, version=version)
 
 
 def _setup_catalog(version: int) -> Any:
@@ -346,7 +346,7 @@ def test_prediction_matches_server(corpus_db: CorpusDatabase, entry: Entry) -> N
 
 def test_observation_is_rolled_back_and_bounded(safeddl_db_each: str) -> None:
     from safeddl.locks import LockMode
-    from safeddl.observe import lock_snapshot
+    from safeddl.observe.snapshot import lock_snapshot
 
     with psycopg.connect(safeddl_db_each, autocommit=True) as setup:
         setup.execute(

@@ -19,9 +19,9 @@ from sqlalchemy.engine import Engine
 import safeddl
 import safeddl.psycopg
 from safeddl import Policy
-from safeddl.decision import state_of
-from safeddl.ledger import LongHeldLock
 from safeddl.locks import LockMode
+from safeddl.runtime.guard import state_of
+from safeddl.runtime.ledger import LongHeldLock
 
 pytestmark = [pytest.mark.timeout(60)]
 

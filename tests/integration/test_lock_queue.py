@@ -169,7 +169,7 @@ def test_sqlalchemy_lock_timeout(db: str, safeddl_db_url: str,
         assert isinstance(error, safeddl.LockTimeout), error
         assert elapsed < 0.4 + MARGIN_S
         _assert_names_dashboard(error, dashboard)
-        assert safeddl.errors.is_lock_timeout(error)
+        assert safeddl.runtime.errors.is_lock_timeout(error)
         assert reader.waited is not None and reader.waited < 0.4 + MARGIN_S
         with engine.connect() as conn:
             assert conn.execute(text("SELECT 1")).scalar() == 1  # the pool is healthy

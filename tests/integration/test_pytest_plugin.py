@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import pytest
 
+import safeddl.integrations.psycopg
+import safeddl.integrations.sqlalchemy
+import safeddl.observe.lock_tracer
+
 # Imported here, before any inner run: pytester unloads after each in-process run the
 # modules first imported during it, and classes cached from an unloaded module (the
 # package's lazy ``safeddl.Policy``) would no longer match a re-imported one.
-import safeddl.decision
-import safeddl.integrations.psycopg
-import safeddl.integrations.sqlalchemy
-import safeddl.lock_tracer
-import safeddl.policy
-from safeddl.lock_blocker import active_blocker_pids
+import safeddl.runtime.guard
+import safeddl.runtime.policy
+from safeddl.observe.lock_blocker import active_blocker_pids
 
-assert safeddl.decision and safeddl.integrations and safeddl.lock_tracer and safeddl.policy
+assert safeddl.runtime.guard and safeddl.integrations and safeddl.observe.lock_tracer and safeddl.runtime.policy
 
 pytestmark = [pytest.mark.timeout(120)]
 
@@ -34,7 +35,7 @@ from sqlalchemy import text
 
 import safeddl
 from safeddl import Policy
-from safeddl.lock_blocker import active_blocker_pids
+from safeddl.observe.lock_blocker import active_blocker_pids
 from safeddl.locks import LockMode
 
 

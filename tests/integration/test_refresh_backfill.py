@@ -1,5 +1,5 @@
-"""The full-refresh swap (safeddl.refresh.swap_in) and the batched backfill
-(safeddl.backfill.backfill) against a real server: readers never see an empty table
+"""The full-refresh swap (safeddl.jobs.refresh.swap_in) and the batched backfill
+(safeddl.jobs.backfill.backfill) against a real server: readers never see an empty table
 nor wait much longer than the lock timeout, the swap retries behind a long reader,
 dependants are refused, backfills fill every row in counted batches without blocking a
 concurrent writer for long."""
@@ -15,8 +15,8 @@ import pytest
 
 import safeddl
 import safeddl.psycopg
-from safeddl.backfill import backfill
-from safeddl.refresh import RefreshRefused, swap_in
+from safeddl.jobs.backfill import backfill
+from safeddl.jobs.refresh import RefreshRefused, swap_in
 
 pytestmark = [pytest.mark.timeout(60)]
 

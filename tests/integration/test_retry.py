@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 import safeddl
 import safeddl.psycopg
 from safeddl import Policy
-from safeddl.errors import RetriesExhausted
+from safeddl.runtime.errors import RetriesExhausted
 
 pytestmark = [pytest.mark.timeout(60)]
 

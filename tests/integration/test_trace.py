@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 
-from safeddl.cli import main
+from safeddl.cli.main import main
 
 pytestmark = [pytest.mark.timeout(120)]
 

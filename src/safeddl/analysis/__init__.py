@@ -1,6 +1,11 @@
 """The pure core: statement facts (locks, holds, transactional) from SQL text."""
 
-from safeddl.analysis.analyzer import analyze_script, analyze_statement, check_version
+from safeddl.analysis.analyzer import (
+    analyze_script,
+    analyze_statement,
+    catalog_from_script,
+    check_version,
+)
 from safeddl.analysis.catalog import Catalog, Constraint, Relation
 from safeddl.analysis.locktable import NEWEST, OLDEST
 from safeddl.model import (
@@ -26,5 +31,6 @@ __all__ = [
     "Volatility",
     "analyze_script",
     "analyze_statement",
+    "catalog_from_script",
     "check_version",
 ]

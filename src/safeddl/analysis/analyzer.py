@@ -146,3 +146,14 @@ def _display(relation: str, catalog: Catalog) -> str:
     if schema == (catalog.search_path[0] if catalog.search_path else "public"):
         return quote_ident(name)
     return f"{quote_ident(schema)}.{quote_ident(name)}"
+
+def catalog_from_script(sql: str, version: int = NEWEST) -> Catalog:
+    """The catalog a script leaves behind (its relations count as existing, and what
+    it does not create does not exist)."""
+    catalog = Catalog()
+    analyze_script(sql, version=version, catalog=catalog, learn=True)
+    for relation in catalog.relations.values():
+        relation.new = False
+    catalog.complete = True
+    return catalog
+

@@ -80,18 +80,6 @@ class Catalog:
         self._derived: tuple[int, _Derived] | None = None
 
     # -- building -------------------------------------------------------------
-    @classmethod
-    def from_sql(cls, sql: str, version: int = 18) -> Catalog:
-        """The catalog a script leaves behind (its relations count as existing)."""
-        from safeddl.analysis.analyzer import analyze_script
-
-        catalog = cls()
-        analyze_script(sql, version=version, catalog=catalog, learn=True)
-        for relation in catalog.relations.values():
-            relation.new = False
-        catalog.complete = True
-        return catalog
-
     def knows_absent(self, written: str, index: bool = False) -> bool:
         """The catalog is complete and has no such relation (or index)."""
         if not self.complete:

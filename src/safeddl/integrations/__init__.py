@@ -1,6 +1,6 @@
 """The ways in: SQLAlchemy engines and connections, and psycopg 3 connections.
 
-Each integration implements the guard's :class:`safeddl.decision.Session` port and keeps
+Each integration implements the guard's :class:`safeddl.runtime.session.Session` port and keeps
 one permanent hook per engine or connection, switched by :func:`safeddl.install` /
 :func:`safeddl.uninstall` and by ``with safeddl.guard(...)`` blocks (a ContextVar), so
 nothing is ever removed while other threads may be dispatching.
@@ -8,11 +8,13 @@ nothing is ever removed while other threads may be dispatching.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
-if TYPE_CHECKING:
-    from safeddl.decision import Guard
-    from safeddl.policy import Policy
+from safeddl.runtime.guard import Guard
+from safeddl.runtime.policy import Policy, default_policy
+from safeddl.runtime.scope import entered
 
 
 def _library_of(target: Any) -> str:
@@ -65,4 +67,14 @@ def uninstall(target: Any) -> None:
         raise TypeError(f"safeddl cannot uninstall from a {type(target).__name__}")
 
 
-__all__ = ["install", "scope_target", "uninstall"]
+@contextmanager
+def guard(target: Any, policy: Policy | None = None) -> Iterator[Guard]:
+    """Guard the statements run on ``target`` (an SQLAlchemy Engine / AsyncEngine /
+    Connection / AsyncConnection, or a psycopg Connection) inside the block, in this
+    thread or task. A permanent, dormant hook is put on the target the first time."""
+    key = scope_target(target)
+    with entered(key, Guard.for_policy(policy if policy is not None else default_policy())) as active:
+        yield active
+
+
+__all__ = ["guard", "install", "scope_target", "uninstall"]

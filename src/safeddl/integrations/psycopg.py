@@ -19,17 +19,10 @@ import psycopg
 from psycopg import sql as pgsql
 from psycopg.rows import Row
 
-from safeddl.decision import (
-    ConnectionState,
-    Guard,
-    Params,
-    Ticket,
-    current_scopes,
-    default_policy,
-    scoped_guard,
-    state_of,
-)
-from safeddl.policy import Policy
+from safeddl.runtime.guard import Guard, Ticket, state_of
+from safeddl.runtime.policy import Policy, default_policy
+from safeddl.runtime.scope import current_scopes, scoped_guard
+from safeddl.runtime.session import ConnectionState, Params
 
 SLOT_ATTRIBUTE = "_safeddl_slot"
 _IDLE = psycopg.pq.TransactionStatus.IDLE

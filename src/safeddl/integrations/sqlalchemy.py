@@ -38,17 +38,10 @@ import psycopg
 from sqlalchemy.engine import URL, Connection, CreateEnginePlugin, Engine
 from sqlalchemy.engine.default import DefaultDialect
 
-from safeddl.decision import (
-    ConnectionState,
-    Guard,
-    Params,
-    Ticket,
-    current_scopes,
-    default_policy,
-    scoped_guard,
-    state_of,
-)
-from safeddl.policy import Policy, Settings, read_tool_table
+from safeddl.runtime.guard import Guard, Ticket, state_of
+from safeddl.runtime.policy import Policy, Settings, default_policy, read_tool_table
+from safeddl.runtime.scope import current_scopes, scoped_guard
+from safeddl.runtime.session import ConnectionState, Params
 
 logger = logging.getLogger("safeddl")
 

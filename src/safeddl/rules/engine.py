@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from safeddl.analysis import Action, Catalog, Statement, analyze_statement
 from safeddl.analysis.analyzer import check_version
 from safeddl.rules.base import Context, Finding, Rule
+from safeddl.rules.catalogue import RULES
 from safeddl.sql import split_script
 
 _IGNORE = re.compile(r"safeddl:\s*ignore\[([^\]]*)\]\s*(.*)$", re.IGNORECASE)
@@ -33,8 +34,6 @@ class Result:
 
 
 def all_rules() -> list[Rule]:
-    from safeddl.rules import RULES
-
     return list(RULES)
 
 

@@ -58,8 +58,8 @@ import json
 from collections.abc import Collection, Iterator, Sequence
 
 from safeddl.analysis import RelationLock, Statement
-from safeddl.ledger import DEFAULT_ORDER, WRITE, HeldLock, LockOrder, already_holds, relation_key
 from safeddl.locks import LockMode
+from safeddl.ordering import DEFAULT_ORDER, WRITE, HeldLock, LockOrder, already_holds, relation_key
 from safeddl.rules.base import Context, Finding, Severity, compose
 from safeddl.rules.support import first_line, statement_sql
 

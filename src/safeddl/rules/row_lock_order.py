@@ -49,7 +49,7 @@ from collections.abc import Iterator, Sequence
 
 from safeddl.analysis import Statement
 from safeddl.locks import LockMode
-from safeddl.rowkeys import (
+from safeddl.ordering import (
     RowKeyIndex,
     RowLock,
     first_out_of_order,
@@ -81,7 +81,7 @@ class RowLockOrder:
 def row_order_findings(held: RowKeyIndex, new: Sequence[RowLock],
                        statement: Statement) -> list[Finding]:
     """The first row of ``new`` (in execution order) locked below the greatest key
-    already locked in its table (``held``: see :func:`safeddl.rowkeys.greatest_keys`):
+    already locked in its table (``held``: see :func:`safeddl.ordering.greatest_keys`):
     at most one finding per statement."""
     seen = dict(held)
     for row in new:

@@ -14,7 +14,8 @@ from sqlglot import exp
 from sqlglot.errors import ParseError, SqlglotError
 
 from safeddl.model import Action, Step
-from safeddl.sql.ddl import NotUnderstood, read_ddl
+from safeddl.sql.clauses import NotUnderstood
+from safeddl.sql.ddl import read_ddl
 from safeddl.sql.dml import dml_steps, number_positional
 from safeddl.sql.names import local_name, qualified_name, quote_ident, schema_of, split_name
 from safeddl.sql.split import RawStatement, split_script

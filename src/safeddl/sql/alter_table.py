@@ -4,6 +4,7 @@ sub-command, read from tokens."""
 from __future__ import annotations
 
 from safeddl.model import Action, ConstraintType, Step, Volatility
+from safeddl.sql.clauses import NotUnderstood, require_name, storage_options
 from safeddl.sql.columns import (
     TABLE_CONSTRAINT_WORDS,
     is_null_literal,
@@ -11,7 +12,6 @@ from safeddl.sql.columns import (
     read_table_constraint,
     volatility_of,
 )
-from safeddl.sql.ddl import NotUnderstood, _require_name, _storage_options
 from safeddl.sql.tokens import Cursor, split_top_level
 
 
@@ -30,7 +30,7 @@ def read_alter_table(c: Cursor) -> list[Step]:
         return [Step(Action.ALTER_TABLE_OTHER, text=c.text_of(0, c.stop))]
     c.accept("IF", "EXISTS")
     only = c.accept("ONLY")
-    table = _require_name(c, relation_kind)
+    table = require_name(c, relation_kind)
     if c.peek() is not None and c.peek().kind == "STAR":  # type: ignore[union-attr]
         c.advance()
     steps = []
@@ -82,14 +82,14 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
             return Step(Action.ALTER_TABLE_OTHER, table=table, name=c.read_name(),
                         target_kind="constraint")
         c.accept("COLUMN")
-        column = _require_name(c, "column")
+        column = require_name(c, "column")
         return _alter_column(c, table, column)
     if c.accept("VALIDATE", "CONSTRAINT"):
         return Step(Action.VALIDATE_CONSTRAINT, table=table,
-                    name=_require_name(c, "constraint"))
+                    name=require_name(c, "constraint"))
     if c.accept("RENAME"):
         if c.accept("TO"):
-            return Step(Action.RENAME_TABLE, table=table, name=_require_name(c, "table"))
+            return Step(Action.RENAME_TABLE, table=table, name=require_name(c, "table"))
         if c.accept("CONSTRAINT"):
             return Step(Action.RENAME_CONSTRAINT, table=table, name=c.read_name())
         c.accept("COLUMN")
@@ -115,7 +115,7 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
     if c.accept("SET", "WITHOUT", "CLUSTER"):
         return Step(Action.CLUSTER_ON, table=table)
     if c.at("SET", "(") or c.at("RESET", "("):
-        return Step(Action.SET_STORAGE_PARAMETERS, table=table, options=_storage_options(c))
+        return Step(Action.SET_STORAGE_PARAMETERS, table=table, options=storage_options(c))
     if c.accept("SET", "LOGGED") or c.accept("SET", "UNLOGGED"):
         return Step(Action.SET_LOGGED, table=table)
     if c.accept("SET", "TABLESPACE"):
@@ -125,12 +125,12 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
     if c.accept("REPLICA", "IDENTITY"):
         return Step(Action.REPLICA_IDENTITY, table=table)
     if c.accept("ATTACH", "PARTITION"):
-        name = _require_name(c, "partition")
+        name = require_name(c, "partition")
         default = c.at("DEFAULT")
         return Step(Action.ATTACH_PARTITION, table=table, name=name,
                     target_kind="default" if default else None, text=c.text_of(0, c.stop))
     if c.accept("DETACH", "PARTITION"):
-        name = _require_name(c, "partition")
+        name = require_name(c, "partition")
         concurrently = c.accept("CONCURRENTLY")
         finalize = c.accept("FINALIZE")
         return Step(Action.DETACH_PARTITION, table=table, name=name, concurrently=concurrently,

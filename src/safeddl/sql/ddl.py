@@ -12,17 +12,14 @@ from collections.abc import Callable
 
 from safeddl.locks import LockMode
 from safeddl.model import Action, Step
+from safeddl.sql.alter_table import read_alter_table
+from safeddl.sql.clauses import NotUnderstood, require_name, storage_options
 from safeddl.sql.columns import (
     TABLE_CONSTRAINT_WORDS,
     read_column_def,
     read_table_constraint,
 )
 from safeddl.sql.tokens import Cursor, split_top_level
-
-
-class NotUnderstood(Exception):
-    """The statement's form is not one safeddl knows."""
-
 
 Reader = Callable[[Cursor], list[Step]]
 
@@ -47,7 +44,7 @@ def _create_index(c: Cursor) -> list[Step]:
     if not c.accept("ON"):
         raise NotUnderstood("CREATE INDEX without ON <table>")
     only = c.accept("ONLY")
-    table = _require_name(c, "table")
+    table = require_name(c, "table")
     return [Step(Action.CREATE_INDEX, table=table, name=name, unique=unique,
                  concurrently=concurrently, if_not_exists=if_not_exists, only=only,
                  text=c.text_of(0, c.stop))]
@@ -84,9 +81,9 @@ def _alter_index(c: Cursor) -> list[Step]:
     c.accept("IF", "EXISTS")
     if c.at("ALL", "IN", "TABLESPACE"):
         return [Step(Action.ALTER_INDEX, text=c.text_of(0, c.stop))]
-    name = _require_name(c, "index")
+    name = require_name(c, "index")
     rest = c.text_of(c.pos, c.stop)
-    options = _storage_options(c) if c.at("SET", "(") or c.at("RESET") else ()
+    options = storage_options(c) if c.at("SET", "(") or c.at("RESET") else ()
     return [Step(Action.ALTER_INDEX, name=name, text=rest, options=options)]
 
 
@@ -127,7 +124,7 @@ def _lock(c: Cursor) -> list[Step]:
     for start, end in split_top_level(c.tokens, c.pos, stop):
         item = c.sub(start, end)
         only = item.accept("ONLY")
-        name = _require_name(item, "table")
+        name = require_name(item, "table")
         steps.append(Step(Action.LOCK_TABLE, table=name, mode=mode, only=only))
     return steps
 
@@ -163,9 +160,9 @@ def _cluster(c: Cursor) -> list[Step]:
     c.accept("VERBOSE")
     if c.done:
         return [Step(Action.CLUSTER)]
-    first = _require_name(c, "table")
+    first = require_name(c, "table")
     if c.accept("ON"):  # CLUSTER index ON table (old syntax)
-        return [Step(Action.CLUSTER, table=_require_name(c, "table"), using_index=first)]
+        return [Step(Action.CLUSTER, table=require_name(c, "table"), using_index=first)]
     using = c.read_name() if c.accept("USING") else None
     return [Step(Action.CLUSTER, table=first, using_index=using)]
 
@@ -173,7 +170,7 @@ def _cluster(c: Cursor) -> list[Step]:
 def _refresh(c: Cursor) -> list[Step]:
     c.accept("REFRESH", "MATERIALIZED", "VIEW")
     concurrently = c.accept("CONCURRENTLY")
-    name = _require_name(c, "materialized view")
+    name = require_name(c, "materialized view")
     no_data = c.at("WITH", "NO", "DATA")
     return [Step(Action.REFRESH_MATERIALIZED_VIEW, table=name, concurrently=concurrently,
                  target_kind="no-data" if no_data else None)]
@@ -187,12 +184,12 @@ def _create_table(c: Cursor) -> list[Step]:
         pass
     c.accept("TABLE")
     if_not_exists = c.accept("IF", "NOT", "EXISTS")
-    table = _require_name(c, "table")
+    table = require_name(c, "table")
     steps: list[Step] = []
     parent = None
     default_partition = False
     if c.accept("PARTITION", "OF"):
-        parent = _require_name(c, "table")
+        parent = require_name(c, "table")
         default_partition = "DEFAULT" in c.words(c.pos, c.stop) and "FOR" not in c.words(c.pos, c.stop)
     elif c.accept("OF"):
         c.read_name()
@@ -217,7 +214,7 @@ def _table_element(c: Cursor, table: str, start: int, stop: int) -> list[Step]:
     item = c.sub(start, stop)
     if item.at("LIKE"):
         item.advance()
-        return [Step(Action.SELECT, table=_require_name(item, "table"), text="LIKE")]
+        return [Step(Action.SELECT, table=require_name(item, "table"), text="LIKE")]
     if item.peek_word() in TABLE_CONSTRAINT_WORDS or item.at("NOT", "NULL"):
         return [read_table_constraint(c, table, start, stop)]
     column = read_column_def(c, table, start, stop)
@@ -232,7 +229,7 @@ def _create_view(c: Cursor) -> list[Step]:
     materialized = c.accept("MATERIALIZED")
     c.accept("VIEW")
     if_not_exists = c.accept("IF", "NOT", "EXISTS")
-    name = _require_name(c, "view")
+    name = require_name(c, "view")
     action = Action.CREATE_MATERIALIZED_VIEW if materialized else Action.CREATE_VIEW
     return [Step(action, table=name, if_not_exists=if_not_exists, cascade=replace)]
 
@@ -254,7 +251,7 @@ def _create_trigger(c: Cursor) -> list[Step]:
     words = c.words(c.pos, c.stop)
     i = _index_of_on(c)
     item = c.sub(i + 1, c.stop)
-    table = _require_name(item, "table")
+    table = require_name(item, "table")
     name_pos = words.index("TRIGGER") + 1
     return [Step(Action.CREATE_TRIGGER, table=table, name=c.tokens[name_pos].text)]
 
@@ -265,7 +262,7 @@ def _drop_trigger(c: Cursor) -> list[Step]:
     name = c.read_name()
     if not c.accept("ON"):
         raise NotUnderstood("DROP TRIGGER without ON <table>")
-    return [Step(Action.DROP_TRIGGER, table=_require_name(c, "table"), name=name,
+    return [Step(Action.DROP_TRIGGER, table=require_name(c, "table"), name=name,
                  if_not_exists=if_exists)]
 
 
@@ -276,7 +273,7 @@ def _policy(c: Cursor) -> list[Step]:
     name = c.read_name()
     if not c.accept("ON"):
         raise NotUnderstood("POLICY without ON <table>")
-    return [Step(Action.CREATE_POLICY, table=_require_name(c, "table"), name=name)]
+    return [Step(Action.CREATE_POLICY, table=require_name(c, "table"), name=name)]
 
 
 def _create_statistics(c: Cursor) -> list[Step]:
@@ -284,7 +281,7 @@ def _create_statistics(c: Cursor) -> list[Step]:
     if "FROM" not in words:
         raise NotUnderstood("CREATE STATISTICS without FROM <table>")
     item = c.sub(c.pos + words.index("FROM") + 1, c.stop)
-    return [Step(Action.CREATE_STATISTICS, table=_require_name(item, "table"))]
+    return [Step(Action.CREATE_STATISTICS, table=require_name(item, "table"))]
 
 
 _COMMENT_ON_RELATION = {"TABLE", "VIEW", "MATERIALIZED", "FOREIGN"}
@@ -296,10 +293,10 @@ def _comment(c: Cursor) -> list[Step]:
     if kind in _COMMENT_ON_RELATION:
         while c.accept_any("TABLE", "VIEW", "MATERIALIZED", "FOREIGN"):
             pass
-        return [Step(Action.COMMENT, table=_require_name(c, "table"), target_kind="table")]
+        return [Step(Action.COMMENT, table=require_name(c, "table"), target_kind="table")]
     if kind == "COLUMN":
         c.advance()
-        full = _require_name(c, "column")
+        full = require_name(c, "column")
         table, _, column = full.rpartition(".")
         if not table:
             raise NotUnderstood("COMMENT ON COLUMN needs <table>.<column>")
@@ -309,11 +306,11 @@ def _comment(c: Cursor) -> list[Step]:
         name = c.read_name()
         if c.accept("ON"):
             c.accept("DOMAIN")
-            return [Step(Action.COMMENT, table=_require_name(c, "table"), name=name,
+            return [Step(Action.COMMENT, table=require_name(c, "table"), name=name,
                          target_kind="constraint")]
     if kind == "INDEX":
         c.advance()
-        return [Step(Action.COMMENT, name=_require_name(c, "index"), target_kind="index")]
+        return [Step(Action.COMMENT, name=require_name(c, "index"), target_kind="index")]
     return [Step(Action.COMMENT, target_kind=kind.lower() or None)]
 
 
@@ -358,7 +355,7 @@ def _alter_trigger(c: Cursor) -> list[Step]:
     name = c.read_name()
     if not c.accept("ON"):
         raise NotUnderstood("ALTER TRIGGER without ON <table>")
-    return [Step(Action.ALTER_TABLE_OTHER, table=_require_name(c, "table"), name=name,
+    return [Step(Action.ALTER_TABLE_OTHER, table=require_name(c, "table"), name=name,
                  target_kind="trigger", text=c.text_of(0, c.stop))]
 
 
@@ -375,19 +372,10 @@ def _other(c: Cursor) -> list[Step]:
 
 
 def _alter_table(c: Cursor) -> list[Step]:
-    from safeddl.sql.alter_table import read_alter_table
-
     return read_alter_table(c)
 
 
 # -- helpers ------------------------------------------------------------------------
-
-def _require_name(c: Cursor, what: str) -> str:
-    name = c.read_name()
-    if name is None:
-        raise NotUnderstood(f"expected a {what} name")
-    return name
-
 
 def _name_list(c: Cursor) -> list[str]:
     """``a, s.b, "C"`` up to the end or CASCADE/RESTRICT."""
@@ -423,21 +411,6 @@ def _index_of_on(c: Cursor) -> int:
         if c.tokens[i].word == "ON":
             return i
     raise NotUnderstood("expected ON <table>")
-
-
-def _storage_options(c: Cursor) -> tuple[str, ...]:
-    """Parameter names of ``SET (a = 1, b)`` / ``RESET (a, b)`` at the cursor."""
-    c.accept_any("SET", "RESET")
-    if c.peek() is None or c.peek().kind != "L_PAREN":  # type: ignore[union-attr]
-        return ()
-    g0, g1 = c.read_group()
-    names = []
-    for start, _stop in split_top_level(c.tokens, g0, g1):
-        names.append(c.text_of(start, start + 1).lower())
-        # toast.autovacuum_enabled: keep the dotted name
-        if start + 2 < g1 and c.tokens[start + 1].kind == "DOT":
-            names[-1] = c.text_of(start, start + 3).lower()
-    return tuple(names)
 
 
 _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [

@@ -22,7 +22,7 @@ retried, recognised on the driver's error also when SQLAlchemy wraps it (``.orig
 safeddl reports it as :class:`safeddl.LockTimeout`; every other error propagates at
 once. Between attempts: exponential backoff with full jitter (tenacity's
 ``wait_random_exponential``); the loop stops after ``attempts`` tries or when the next
-one would start after ``max_time``, and raises :class:`safeddl.errors.RetriesExhausted`
+one would start after ``max_time``, and raises :class:`safeddl.runtime.errors.RetriesExhausted`
 (``__cause__``: the last error) with every attempt's error and the sessions in the way.
 Each retry is logged (logger ``safeddl``, WARNING) with the reason and those sessions:
 the blockers that :class:`safeddl.LockTimeout` names on a guarded connection, the
@@ -81,11 +81,12 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from safeddl.errors import AttemptFailure, ConfigError, RetriesExhausted, is_retryable, shorten
-from safeddl.policy import Duration, milliseconds, parse_duration
+from safeddl.model import shorten
+from safeddl.runtime.errors import AttemptFailure, ConfigError, RetriesExhausted, is_retryable
+from safeddl.runtime.policy import Duration, milliseconds, parse_duration
 
 if TYPE_CHECKING:
-    from safeddl.decision import Guard
+    from safeddl.runtime.guard import Guard
 
 logger = logging.getLogger("safeddl")
 
@@ -228,7 +229,7 @@ class _Target:
             self.execute(conn, f"SET LOCAL lock_timeout = '{int(wait_ms)}ms'")
         guard = self.guard_of(conn)
         if guard is not None and guard.policy.lock_timeout_ms != wait_ms:
-            from safeddl.decision import guard as guard_block
+            from safeddl.integrations import guard as guard_block
 
             policy = dataclasses.replace(guard.policy, lock_timeout=timedelta(milliseconds=wait_ms))
             stack.enter_context(guard_block(conn, policy))
@@ -309,8 +310,8 @@ def _sqla_read(conn: Any, sql: str) -> list[tuple[Any, ...]]:
 
 
 def _sqla_guard(conn: Any) -> Guard | None:
-    from safeddl.decision import scoped_guard
     from safeddl.integrations.sqlalchemy import engine_driver, hook_for
+    from safeddl.runtime.scope import scoped_guard
 
     engine = conn.engine
     if engine_driver(engine) != "psycopg":
@@ -384,8 +385,8 @@ def _psycopg_execute(conn: Any, sql: str, params: Any = None) -> list[tuple[Any,
 
 
 def _psycopg_guard(conn: Any) -> Guard | None:
-    from safeddl.decision import scoped_guard
     from safeddl.integrations.psycopg import SLOT_ATTRIBUTE
+    from safeddl.runtime.scope import scoped_guard
 
     scoped = scoped_guard((conn,))
     if scoped is not None:

@@ -54,7 +54,7 @@ from psycopg.conninfo import conninfo_to_dict
 
 from safeddl.analysis import NEWEST, OLDEST, Action, Statement
 from safeddl.locks import Holds, LockMode
-from safeddl.observe import TABLE_RELKINDS, ScriptTransaction, StepObservation
+from safeddl.observe.snapshot import TABLE_RELKINDS, ScriptTransaction, StepObservation
 from safeddl.rules import lint_script
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -383,8 +383,8 @@ def run_command(dsn: str, file: str, script: str, *, output: str, pg_version: in
 
     import click
 
-    from safeddl.errors import ConfigError
-    from safeddl.policy import as_timedelta, parse_duration
+    from safeddl.runtime.errors import ConfigError
+    from safeddl.runtime.policy import as_timedelta, parse_duration
 
     try:
         lock_wait = as_timedelta(parse_duration(lock_timeout, "--lock-timeout")).total_seconds()

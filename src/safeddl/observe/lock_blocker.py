@@ -9,7 +9,7 @@ and retries instead of hanging.
 
 The blocking session sets ``idle_in_transaction_session_timeout`` (``max_hold``), so
 the server ends it by itself if the test process dies without releasing it. The pids
-of the blockers alive in this process are known to :mod:`safeddl.lock_tracer`, which
+of the blockers alive in this process are known to :mod:`safeddl.observe.lock_tracer`, which
 leaves their locks out of its traces.
 """
 

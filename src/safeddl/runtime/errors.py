@@ -10,10 +10,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from safeddl.model import shorten
+
 if TYPE_CHECKING:
-    from safeddl.blockers import Blocker
     from safeddl.locks import LockMode
     from safeddl.rules import Finding
+    from safeddl.runtime.blockers import Blocker
 
 LOCK_NOT_AVAILABLE = "55P03"
 DEADLOCK_DETECTED = "40P01"
@@ -27,7 +29,6 @@ RETRY_REASONS = {
 }
 """The SQLSTATEs after which running the whole transaction again can succeed."""
 
-_STATEMENT_LIMIT = 200
 _DEADLOCK_PROCESS = re.compile(r"\bProcess (\d+) waits for ")
 _BLOCKED_BY = re.compile(r"\bblocked by process (\d+)")
 
@@ -114,12 +115,6 @@ class PreflightBlocked(LockTimeout):
         return (f"safeddl: pre-flight: `{shorten(self.statement)}` needs{target}, and other "
                 "sessions have held a conflicting lock for too long; it was not sent, so it "
                 "did not join the lock queue behind them.")
-
-
-def shorten(sql: str, limit: int = _STATEMENT_LIMIT) -> str:
-    """One line, at most ``limit`` characters."""
-    text = " ".join(sql.split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def driver_errors(exc: BaseException | None) -> list[BaseException]:
@@ -336,6 +331,5 @@ __all__ = [
     "is_retryable",
     "retry_reason",
     "server_detail",
-    "shorten",
     "sqlstate_of",
 ]

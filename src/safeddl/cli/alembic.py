@@ -75,10 +75,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeddl.errors import SafeDDLError
-from safeddl.report import FileResults, statement_object
+from safeddl.cli.report import FileResults, statement_object
 from safeddl.rules import Finding, Result, lint_script
 from safeddl.rules.engine import ignores_in
+from safeddl.runtime.errors import SafeDDLError
 
 INI_NAME = "alembic.ini"
 OFFLINE_URL = "postgresql://"
@@ -171,7 +171,7 @@ def render_revisions(path: str | os.PathLike[str], *,
 # The child finds this safeddl also when it is not installed (run from a checkout).
 _CHILD_BOOTSTRAP = (
     "import sys; sys.path.append(sys.argv[1]); "
-    "from safeddl.alembic import _child_main; sys.exit(_child_main(sys.argv[2:]))"
+    "from safeddl.cli.alembic import _child_main; sys.exit(_child_main(sys.argv[2:]))"
 )
 
 

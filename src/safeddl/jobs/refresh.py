@@ -46,8 +46,8 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from safeddl.errors import SafeDDLError, is_lock_timeout
-from safeddl.policy import Duration, as_timedelta, milliseconds, parse_duration
+from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
+from safeddl.runtime.policy import Duration, as_timedelta, milliseconds, parse_duration
 
 logger = logging.getLogger("safeddl")
 
@@ -63,7 +63,7 @@ class RefreshRefused(SafeDDLError):
         self.table = table
         self.problems = tuple(problems)
         listing = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"safeddl.refresh.swap_in: {table} cannot be swapped safely:\n"
+        super().__init__(f"safeddl.jobs.refresh.swap_in: {table} cannot be swapped safely:\n"
                          f"{listing}\nRefresh it in place instead (DELETE + INSERT in one "
                          "transaction), or remove these dependants first.")
 
@@ -104,7 +104,7 @@ def swap_in(conn: psycopg.Connection[Any], table: str, load: Loader, *,
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
-        raise SafeDDLError("safeddl.refresh.swap_in needs a connection outside a "
+        raise SafeDDLError("safeddl.jobs.refresh.swap_in needs a connection outside a "
                            "transaction block (commit or roll back first)")
     with conn.transaction():
         names = _resolve(conn, table)
@@ -185,7 +185,7 @@ def _resolve(conn: psycopg.Connection[Any], table: str) -> _Names:
         "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n "
         "ON n.oid = c.relnamespace WHERE c.oid = to_regclass({})").format(sql.Literal(table)))
     if not rows:
-        raise SafeDDLError(f"safeddl.refresh.swap_in: no table {table}")
+        raise SafeDDLError(f"safeddl.jobs.refresh.swap_in: no table {table}")
     return _Names(rows[0][0], rows[0][1])
 
 
@@ -290,7 +290,7 @@ def _owned_sequences(conn: psycopg.Connection[Any], table: sql.Composed,
 
 
 def _side_name(name: str, label: str) -> str:
-    from safeddl.rewrite import pg_object_name
+    from safeddl.runtime.rewrite import pg_object_name
 
     return pg_object_name(name, None, label)
 

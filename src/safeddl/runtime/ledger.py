@@ -2,7 +2,7 @@
 has taken, in order, by which statement and since when.
 
 Pure values and bookkeeping, no I/O. The runtime guard keeps one :class:`Ledger` per
-driver connection (:class:`safeddl.decision.ConnectionState`), records every statement
+driver connection (:class:`safeddl.runtime.session.ConnectionState`), records every statement
 that takes more than ACCESS SHARE, and asks it before each statement whether the
 statement would break the transaction's lock order (:mod:`safeddl.rules.lock_order`,
 :mod:`safeddl.rules.row_lock_order`).
@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from safeddl.errors import shorten
 from safeddl.locks import CONFLICTS, LockMode
-from safeddl.sql.names import fold, qualified_name, split_name
+from safeddl.model import shorten
+from safeddl.ordering import WRITE, HeldLock, RowLock, relation_key, remember_greatest
+from safeddl.sql.names import fold, split_name
 
 if TYPE_CHECKING:
     from safeddl.model import Statement
-    from safeddl.rowkeys import RowLock
 
 logger = logging.getLogger("safeddl")
 
-WRITE = LockMode.ROW_EXCLUSIVE  # the weakest lock the order check cares about
 STRONG = LockMode.SHARE  # locks that block writers: reported when held long
 
 _COMMAND = re.compile(
@@ -47,21 +46,13 @@ _ROLLBACK_TO = re.compile(r"(?is)^(?:WORK\s+|TRANSACTION\s+)?TO\s+(?:SAVEPOINT\s
 _RELEASE = re.compile(r"(?is)^(?:SAVEPOINT\s+)?(.+)$")
 
 
-def relation_key(written: str) -> str:
-    """The name a relation is compared by: ``Orders`` -> ``public.orders``."""
-    try:
-        return qualified_name(written)
-    except ValueError:
-        return written
-
-
 @dataclass(frozen=True)
 class Shape:
     """What the ledger needs of a statement, worked out once per analysed statement."""
 
     takes: tuple[tuple[str, str, LockMode], ...]  # (as written, relation key, mode) above ACCESS SHARE
     creates: tuple[str, ...]  # relation keys
-    keyed: bool  # picks rows by key (see safeddl.rowkeys)
+    keyed: bool  # picks rows by key (see safeddl.ordering)
     is_ddl: bool
 
 
@@ -85,62 +76,6 @@ def shape_of(statement: Statement) -> Shape:
         _SHAPES.clear()
     _SHAPES[id(statement)] = (statement, shape)  # the entry keeps the statement alive
     return shape
-
-
-class LockOrder:
-    """The canonical order of tables: ``first`` (as the policy's ``lock_order`` lists
-    them), then all the others by schema-qualified name."""
-
-    __slots__ = ("_first", "first")
-
-    def __init__(self, first: Iterable[str] = ()) -> None:
-        self.first: tuple[str, ...] = tuple(first)
-        self._first = {relation_key(name): i for i, name in enumerate(self.first)}
-
-    def rank(self, key: str) -> tuple[int, str]:
-        """Sort key of a relation key (see :func:`relation_key`)."""
-        return (self._first.get(key, len(self._first)), key)
-
-    def rank_of(self, written: str) -> tuple[int, str]:
-        return self.rank(relation_key(written))
-
-    def before(self, a: str, b: str) -> bool:
-        """Does relation key ``a`` come before ``b``?"""
-        return self.rank(a) < self.rank(b)
-
-    def sorted(self, relations: Iterable[str]) -> list[str]:
-        """Written names in canonical order."""
-        return sorted(relations, key=self.rank_of)
-
-    def describe(self) -> str:
-        if not self.first:
-            return "tables by schema-qualified name"
-        return "the policy's lock_order (" + ", ".join(self.first) + "), then the other " \
-            "tables by schema-qualified name"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LockOrder) and other.first == self.first
-
-    def __hash__(self) -> int:
-        return hash(self.first)
-
-    def __repr__(self) -> str:
-        return f"LockOrder({list(self.first)!r})"
-
-
-DEFAULT_ORDER = LockOrder()
-
-
-@dataclass(frozen=True)
-class HeldLock:
-    """A table lock the transaction took: on which relation, in which mode, by which
-    statement, and when (``time.monotonic()``)."""
-
-    relation: str  # as written
-    key: str  # see relation_key()
-    mode: LockMode
-    statement: str
-    taken_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -230,8 +165,6 @@ class Ledger:
         if shape.is_ddl or self.strongest is LockMode.ACCESS_EXCLUSIVE:
             self.statements.append(statement)
         if rows:
-            from safeddl.rowkeys import remember_greatest
-
             for row in rows:
                 remember_greatest(self.greatest, row)
 
@@ -341,19 +274,6 @@ class Ledger:
         return None
 
 
-def already_holds(locks: Iterable[HeldLock], key: str, mode: LockMode) -> bool:
-    """Does holding these locks make asking for ``mode`` on relation ``key`` never
-    wait? True when everything ``mode`` conflicts with, a held lock on it conflicts
-    with too: no other session can hold such a lock now."""
-    conflicting: set[LockMode] = set()
-    for lock in locks:
-        if lock.key == key:
-            if lock.mode == mode:
-                return True
-            conflicting |= CONFLICTS[lock.mode]
-    return bool(conflicting) and CONFLICTS[mode] <= conflicting
-
-
 def _savepoint_name(text: str) -> str:
     parts = split_name(text.strip().rstrip(";").strip())
     if not parts:
@@ -394,16 +314,10 @@ def report_long_held(reports: Sequence[LongHeldLock]) -> None:
 
 
 __all__ = [
-    "DEFAULT_ORDER",
     "STRONG",
-    "WRITE",
-    "HeldLock",
     "Ledger",
-    "LockOrder",
     "LongHeldListener",
     "LongHeldLock",
-    "already_holds",
     "on_long_held_lock",
-    "relation_key",
     "report_long_held",
 ]

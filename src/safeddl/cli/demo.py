@@ -16,7 +16,7 @@ with safeddl installed:
 - with safeddl (policy ``truncate = "rewrite"``), ``TRUNCATE`` becomes ``DELETE FROM``
   in the same transaction (ROW EXCLUSIVE: readers go on and see the old rows until
   the refresh commits); every DDL statement waits at most ``lock_timeout``, and the
-  refresh is retried as a whole (:func:`safeddl.retry.attempts`) when it gives up.
+  refresh is retried as a whole (:func:`safeddl.recovery.retry.attempts`) when it gives up.
 
 :func:`run_demo` runs both phases and returns a :class:`DemoResult` with what was
 measured; the command line prints it. Every wait is bounded: the pipeline by
@@ -38,9 +38,9 @@ import psycopg
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine
 
-from safeddl.errors import QUERY_CANCELED, RetriesExhausted, SafeDDLError, sqlstate_of
 from safeddl.integrations.sqlalchemy import install
-from safeddl.policy import Policy
+from safeddl.runtime.errors import QUERY_CANCELED, RetriesExhausted, SafeDDLError, sqlstate_of
+from safeddl.runtime.policy import Policy
 from safeddl.sql.names import quote_ident
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -461,7 +461,7 @@ def _refresh_plain(engine: Engine, settings: DemoSettings, tally: _Tally) -> str
 
 
 def _refresh_guarded(engine: Engine, settings: DemoSettings, tally: _Tally) -> str:
-    from safeddl.retry import attempts
+    from safeddl.recovery.retry import attempts
 
     number = 0
     try:

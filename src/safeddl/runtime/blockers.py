@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Protocol
 
-from safeddl.errors import shorten
 from safeddl.locks import CONFLICTS, LockMode
+from safeddl.model import shorten
 
 logger = logging.getLogger("safeddl")
 

@@ -31,11 +31,11 @@ For testing code that talks to PostgreSQL through safeddl:
     ``safeddl_policy``: a refused statement fails the test with the rule's message.
 ``lock_tracer``
     ``with lock_tracer(target) as trace:`` records the table locks taken in the
-    block (:mod:`safeddl.lock_tracer`); ``target`` defaults to ``safeddl_db``.
+    block (:mod:`safeddl.observe.lock_tracer`); ``target`` defaults to ``safeddl_db``.
 ``lock_blocker``
     ``with lock_blocker("orders", "ACCESS SHARE") as blocker:`` holds a lock from a
     second session until ``blocker.release()`` or the end of the test
-    (:mod:`safeddl.lock_blocker`).
+    (:mod:`safeddl.observe.lock_blocker`).
 
 To run these on a database of your own, override ``safeddl_db`` (a DSN) in your
 ``conftest.py``.
@@ -64,9 +64,9 @@ if TYPE_CHECKING:
     import psycopg
     from sqlalchemy.engine import Engine
 
-    from safeddl.lock_blocker import LockBlocker
-    from safeddl.lock_tracer import LockTracer
-    from safeddl.policy import Policy
+    from safeddl.observe.lock_blocker import LockBlocker
+    from safeddl.observe.lock_tracer import LockTracer
+    from safeddl.runtime.policy import Policy
     from safeddl.testing.server import PostgresServer, ServerHandle
 
 DSN_ENVIRONMENT_VARIABLE = "SAFEDDL_TEST_DSN"
@@ -223,7 +223,7 @@ class FindingsCollector(logging.Handler):
     def exception(self, error: BaseException) -> bool:
         """Record a refusal or lock timeout (once per exception object); False when
         ``error`` is neither."""
-        from safeddl.errors import LockTimeout, UnsafeStatement
+        from safeddl.runtime.errors import LockTimeout, UnsafeStatement
 
         if not isinstance(error, (UnsafeStatement, LockTimeout)):
             return False
@@ -447,8 +447,7 @@ def safeddl_conn(safeddl_db: str) -> Iterator[psycopg.Connection[tuple[Any, ...]
 def policy_for(node: pytest.Item) -> Policy:
     """The Policy of a test: ``[tool.safeddl]`` / ``SAFEDDL_*``, then its
     ``@pytest.mark.safeddl`` markers from the farthest (module) to the closest."""
-    from safeddl.decision import default_policy
-    from safeddl.policy import Policy, Settings
+    from safeddl.runtime.policy import Policy, Settings, default_policy
 
     policy = default_policy()
     for marker in reversed(list(node.iter_markers("safeddl"))):
@@ -513,10 +512,10 @@ def safeddl_guarded_conn(safeddl_db: str, safeddl_policy: Policy,
 @pytest.fixture
 def lock_tracer(request: pytest.FixtureRequest) -> Callable[..., LockTracer]:
     """``with lock_tracer(target=None, **options) as trace:`` records the table locks
-    the block takes (see :class:`safeddl.lock_tracer.LockTracer`). ``target``: a DSN,
+    the block takes (see :class:`safeddl.observe.lock_tracer.LockTracer`). ``target``: a DSN,
     an SQLAlchemy engine (adds precise per-statement capture) or a psycopg
     connection; default: the ``safeddl_db`` database."""
-    from safeddl.lock_tracer import LockTracer
+    from safeddl.observe.lock_tracer import LockTracer
 
     def trace(target: Any = None, **options: Any) -> LockTracer:
         if target is None:
@@ -531,7 +530,7 @@ def lock_blocker(request: pytest.FixtureRequest) -> Iterator[Callable[..., LockB
     """``lock_blocker(relation, mode="ACCESS SHARE", dsn=None, **options)`` holds
     ``mode`` on ``relation`` from a second session (on ``safeddl_db`` by default) until
     ``release()``, the end of a ``with`` block, or the end of the test."""
-    from safeddl.lock_blocker import LockBlocker
+    from safeddl.observe.lock_blocker import LockBlocker
 
     blockers: list[LockBlocker] = []
 

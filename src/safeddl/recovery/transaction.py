@@ -36,11 +36,12 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from safeddl.decision import allow, default_policy, guard
-from safeddl.errors import ConfigError
-from safeddl.ledger import LockOrder
+from safeddl.integrations import guard
 from safeddl.locks import LockMode
-from safeddl.policy import Policy
+from safeddl.ordering import LockOrder
+from safeddl.runtime.errors import ConfigError
+from safeddl.runtime.policy import Policy, default_policy
+from safeddl.runtime.scope import allow
 from safeddl.sql.names import fold, quote_ident, split_name
 
 _MODES = ", ".join(mode.sql_name for mode in LockMode)

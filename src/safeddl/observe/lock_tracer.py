@@ -28,7 +28,7 @@ Precise capture (statements run through a hooked engine or connection)
     on the engine, idle, after the block.
 
 Locks that were already held when the block started, and those of the tracer's own
-session, of :class:`safeddl.lock_blocker.LockBlocker` sessions of this process and of
+session, of :class:`safeddl.observe.lock_blocker.LockBlocker` sessions of this process and of
 background workers (autovacuum), are left out. Requests that waited and were never
 granted count too (``granted`` False): a queued strong request already blocks every
 later reader.
@@ -51,9 +51,9 @@ from psycopg.pq import TransactionStatus
 from psycopg.rows import TupleRow, tuple_row
 
 from safeddl.integrations.psycopg import text_of
-from safeddl.lock_blocker import active_blocker_pids
 from safeddl.locks import LockMode
-from safeddl.observe import TABLE_RELKINDS, transaction_lock_snapshot
+from safeddl.observe.lock_blocker import active_blocker_pids
+from safeddl.observe.snapshot import TABLE_RELKINDS, transaction_lock_snapshot
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine

@@ -44,10 +44,11 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from safeddl.errors import ConfigError
+from safeddl.runtime.errors import ConfigError
 
 if TYPE_CHECKING:
     from safeddl.analysis import Statement
@@ -75,7 +76,7 @@ _BOUNDED_BY_LOCK_TIMEOUT = frozenset(
 )
 UNPARSED_RULE = "unparsed-statement"
 # Error rules whose safe form safeddl can run instead, with the same end state (see
-# safeddl.rewrite); where it cannot be exact the statement is refused. Not `truncate`:
+# safeddl.runtime.rewrite); where it cannot be exact the statement is refused. Not `truncate`:
 # DELETE differs from TRUNCATE (triggers, identity, cascades), so that is opt-in, nor
 # `drop-index`, which warns (the bounded lock wait is its remedy) and rewrites on request.
 _EXACT_REWRITES = frozenset(
@@ -200,7 +201,7 @@ class Policy:
     # schema-qualified name (rules lock-order and row-lock-order).
     lock_order: tuple[str, ...] | list[str] | str = ()
     # A transaction that held SHARE or stronger on a table longer than this is reported
-    # when it ends (safeddl.ledger.on_long_held_lock); 0 switches the report off.
+    # when it ends (safeddl.runtime.ledger.on_long_held_lock); 0 switches the report off.
     long_lock_threshold: Duration = timedelta(seconds=1)
     lock_timeout_ms: int = field(init=False, repr=False, compare=False, default=0)
 
@@ -676,6 +677,12 @@ def _load_toml(text: str) -> dict[str, Any]:
     return tomllib.loads(text)
 
 
+@lru_cache(maxsize=1)
+def default_policy() -> Policy:
+    """``Policy.from_sources()`` (pyproject.toml and SAFEDDL_* variables), read once."""
+    return Policy.from_sources()
+
+
 __all__ = [
     "CONCURRENTLY",
     "DEFAULT",
@@ -686,6 +693,7 @@ __all__ = [
     "Policy",
     "Preflight",
     "RuleAction",
+    "default_policy",
     "find_pyproject",
     "known_rules",
     "parse_duration",

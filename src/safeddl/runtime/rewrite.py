@@ -2,9 +2,9 @@
 would hold a strong lock for a long time, leaving the same catalog end state.
 
 :func:`rewrite` is the rewriter every Guard uses unless another is registered with
-:func:`safeddl.decision.set_rewriter`. It is pure: from the analysed statement and
+:func:`safeddl.runtime.guard.set_rewriter`. It is pure: from the analysed statement and
 what the live catalog says about its tables it returns a
-:class:`~safeddl.decision.Plan`, or None when no exact rewrite applies (the guard
+:class:`~safeddl.runtime.plan.Plan`, or None when no exact rewrite applies (the guard
 then refuses, with the safe alternative spelled out).
 
 ======================================  ===============================================
@@ -49,8 +49,8 @@ from collections.abc import Callable
 
 from safeddl.analysis import Action, Catalog, ConstraintType, Statement, Step
 from safeddl.analysis.catalog import Relation
-from safeddl.decision import Decision, Plan, PlanStep, SessionFacts
 from safeddl.rules.support import beside, first_group, group_columns, split_commas
+from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
 from safeddl.sql import local_name, quote_ident
 from safeddl.sql.tokens import SqlTokenError, tokenize
 

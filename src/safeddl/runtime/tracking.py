@@ -23,20 +23,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from safeddl.analysis import Action, Catalog, Statement
-from safeddl.errors import UnsafeStatement
-from safeddl.ledger import WRITE, Ledger, LockOrder, report_long_held, shape_of
 from safeddl.locks import LockMode
-from safeddl.policy import Policy, RuleAction, as_timedelta
-from safeddl.rowkeys import row_locks
+from safeddl.ordering import WRITE, LockOrder, row_locks
 from safeddl.rules.base import Context, Finding
 from safeddl.rules.lock_order import RULE_ID as LOCK_ORDER
 from safeddl.rules.lock_order import order_findings
 from safeddl.rules.row_lock_order import RULE_ID as ROW_LOCK_ORDER
 from safeddl.rules.row_lock_order import row_order_findings
 from safeddl.rules.statements_after_access_exclusive import RULE as AFTER_ACCESS_EXCLUSIVE
+from safeddl.runtime.errors import UnsafeStatement
+from safeddl.runtime.ledger import Ledger, report_long_held, shape_of
+from safeddl.runtime.policy import Policy, RuleAction, as_timedelta
 
 if TYPE_CHECKING:
-    from safeddl.decision import ConnectionState
+    from safeddl.runtime.session import ConnectionState
 
 logger = logging.getLogger("safeddl")
 

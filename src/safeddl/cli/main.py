@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import click
 
 from safeddl.analysis import NEWEST, OLDEST, check_version
-from safeddl.report import (
+from safeddl.cli.report import (
     STDIN_NAME,
     FileResults,
     analyze_json,
@@ -30,7 +30,7 @@ from safeddl.report import (
 from safeddl.rules import BY_ID, DOCS, RULES, lint_script
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
-    from safeddl.alembic import RevisionResults
+    from safeddl.cli.alembic import RevisionResults
 
 VERSION_ENV = "SAFEDDL_PG_VERSION"
 
@@ -161,7 +161,7 @@ def lint(output: str, pg_version: int, assume_in_transaction: bool,
 
 
 def lint_alembic_project(path: str, pg_version: int) -> list[RevisionResults]:
-    from safeddl.alembic import AlembicProjectError, lint_alembic
+    from safeddl.cli.alembic import AlembicProjectError, lint_alembic
 
     try:
         return lint_alembic(path, version=pg_version)
@@ -175,7 +175,7 @@ def format_lint(output: str, results: list[FileResults],
         results = [*results, *(r.file for r in revisions)]
     if output == "json":
         if revisions:
-            from safeddl.alembic import lint_json as alembic_lint_json
+            from safeddl.cli.alembic import lint_json as alembic_lint_json
 
             return alembic_lint_json(revisions, results[: len(results) - len(revisions)])
         return lint_json(results)
@@ -191,7 +191,7 @@ def format_lint(output: str, results: list[FileResults],
               show_default=True, help="markdown: the table the README shows.")
 def rules(output: str) -> None:
     """List the rules: id, severity, what the runtime guard does by default, summary."""
-    from safeddl.policy import known_rules
+    from safeddl.runtime.policy import known_rules
 
     actions = known_rules()
     if output == "markdown":
@@ -241,7 +241,7 @@ def trace(dsn: str, output: str, pg_version: int | None, lock_timeout: str,
     The statements really run (rewrites rewrite; locks are held until the rollback at
     the end): use a staging copy, not a live database.
     """
-    from safeddl.trace import run_command
+    from safeddl.observe.trace import run_command
 
     sys.exit(run_command(dsn, display_name(file), read_source(file), output=output,
                          pg_version=pg_version, lock_timeout=lock_timeout,
@@ -264,7 +264,7 @@ def demo(dsn: str | None, seconds: float, no_rewrite: bool) -> None:
 
     from rich.console import Console
 
-    from safeddl.demo import DemoError, DemoSettings, print_result, run_with_progress
+    from safeddl.cli.demo import DemoError, DemoSettings, print_result, run_with_progress
     from safeddl.testing.server import ServerError
 
     logging.getLogger("safeddl").addHandler(logging.NullHandler())  # retries are counted

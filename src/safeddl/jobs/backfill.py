@@ -29,8 +29,8 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from safeddl.errors import SafeDDLError, is_lock_timeout
-from safeddl.policy import Duration, milliseconds, parse_duration
+from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
+from safeddl.runtime.policy import Duration, milliseconds, parse_duration
 
 logger = logging.getLogger("safeddl")
 

@@ -1,4 +1,9 @@
-"""Row locks by key: which rows a statement locks, and putting a batch in key order.
+"""Lock order as data: the canonical order of tables, and row locks by key.
+
+:class:`LockOrder` ranks tables (the policy's ``lock_order`` first, then every other
+table by its schema-qualified name); :class:`HeldLock` is a table lock a transaction
+holds. Pure values, shared by the rules that check the order and the runtime ledger
+that records it.
 
 Most deadlocks in PostgreSQL are on rows, not tables: ``UPDATE``, ``DELETE`` and
 ``SELECT ... FOR UPDATE`` lock the rows they touch until the transaction ends, and
@@ -20,13 +25,95 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from safeddl.ledger import DEFAULT_ORDER, LockOrder, relation_key
+from safeddl.locks import CONFLICTS, LockMode
 from safeddl.model import Action, KeyTerm, Statement
+from safeddl.sql.names import qualified_name
 
 T = TypeVar("T")
 
 _ROW_LOCKING = (Action.UPDATE, Action.DELETE, Action.SELECT_FOR_UPDATE)
 _MISSING = object()
+
+
+WRITE = LockMode.ROW_EXCLUSIVE  # the weakest lock the order check cares about
+
+
+def relation_key(written: str) -> str:
+    """The name a relation is compared by: ``Orders`` -> ``public.orders``."""
+    try:
+        return qualified_name(written)
+    except ValueError:
+        return written
+
+
+class LockOrder:
+    """The canonical order of tables: ``first`` (as the policy's ``lock_order`` lists
+    them), then all the others by schema-qualified name."""
+
+    __slots__ = ("_first", "first")
+
+    def __init__(self, first: Iterable[str] = ()) -> None:
+        self.first: tuple[str, ...] = tuple(first)
+        self._first = {relation_key(name): i for i, name in enumerate(self.first)}
+
+    def rank(self, key: str) -> tuple[int, str]:
+        """Sort key of a relation key (see :func:`relation_key`)."""
+        return (self._first.get(key, len(self._first)), key)
+
+    def rank_of(self, written: str) -> tuple[int, str]:
+        return self.rank(relation_key(written))
+
+    def before(self, a: str, b: str) -> bool:
+        """Does relation key ``a`` come before ``b``?"""
+        return self.rank(a) < self.rank(b)
+
+    def sorted(self, relations: Iterable[str]) -> list[str]:
+        """Written names in canonical order."""
+        return sorted(relations, key=self.rank_of)
+
+    def describe(self) -> str:
+        if not self.first:
+            return "tables by schema-qualified name"
+        return "the policy's lock_order (" + ", ".join(self.first) + "), then the other " \
+            "tables by schema-qualified name"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LockOrder) and other.first == self.first
+
+    def __hash__(self) -> int:
+        return hash(self.first)
+
+    def __repr__(self) -> str:
+        return f"LockOrder({list(self.first)!r})"
+
+
+DEFAULT_ORDER = LockOrder()
+
+
+@dataclass(frozen=True)
+class HeldLock:
+    """A table lock the transaction took: on which relation, in which mode, by which
+    statement, and when (``time.monotonic()``)."""
+
+    relation: str  # as written
+    key: str  # see relation_key()
+    mode: LockMode
+    statement: str
+    taken_at: float = 0.0
+
+
+def already_holds(locks: Iterable[HeldLock], key: str, mode: LockMode) -> bool:
+    """Does holding these locks make asking for ``mode`` on relation ``key`` never
+    wait? True when everything ``mode`` conflicts with, a held lock on it conflicts
+    with too: no other session can hold such a lock now."""
+    conflicting: set[LockMode] = set()
+    for lock in locks:
+        if lock.key == key:
+            if lock.mode == mode:
+                return True
+            conflicting |= CONFLICTS[lock.mode]
+    return bool(conflicting) and CONFLICTS[mode] <= conflicting
+
 
 
 @dataclass(frozen=True)
@@ -35,7 +122,7 @@ class RowLock:
     ``statement``."""
 
     relation: str  # as written
-    key: str  # relation key (see safeddl.ledger.relation_key)
+    key: str  # relation key (see safeddl.ordering.relation_key)
     columns: tuple[str, ...]
     values: tuple[Any, ...]
     statement: str
@@ -154,5 +241,6 @@ def lock_ordered(items: Iterable[T], key: Callable[[T], Any],
     return sorted(items, key=lambda item: (ranking.rank_of(pick_table(item)), key(item)))
 
 
-__all__ = ["RowKeyIndex", "RowLock", "first_out_of_order", "greatest_keys", "key_values",
-           "lock_ordered", "remember_greatest", "row_locks"]
+__all__ = ["DEFAULT_ORDER", "WRITE", "HeldLock", "LockOrder", "RowKeyIndex", "RowLock",
+           "already_holds", "first_out_of_order", "greatest_keys", "key_values",
+           "lock_ordered", "relation_key", "remember_greatest", "row_locks"]
