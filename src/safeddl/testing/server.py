@@ -653,7 +653,7 @@ class PostgresServer:
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     cwd=self._directory,
-                    env=_server_environment(),
+                    env=_server_environment(None if run_as is None else self._directory),
                     timeout=timeout,
                     check=False,
                     user=None if run_as is None else run_as.uid,
@@ -777,10 +777,17 @@ def _quote_setting(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _server_environment() -> dict[str, str]:
-    """Our environment without libpq variables (PGDATA, PGHOST, ...) and with C messages."""
+def _server_environment(home: Path | None = None) -> dict[str, str]:
+    """Our environment without libpq variables (PGDATA, PGHOST, ...) and with C messages.
+
+    ``home`` replaces HOME (the server user's own directory when running as another user:
+    libpq inside the server, as used by Citus, postgres_fdw or dblink, fails on a
+    ``~/.postgresql`` it is not allowed to read).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
+    if home is not None:
+        env["HOME"] = str(home)
     return env
 
 
