@@ -1,5 +1,19 @@
-"""Throwaway PostgreSQL servers for tests (no pytest needed; see ``safeddl.pytest_plugin``)."""
+"""Throwaway PostgreSQL servers for tests (no pytest needed; see ``safeddl.pytest_plugin``),
+and the topologies built on them: a PgBouncer in front of a server, a Citus cluster."""
 
+from safeddl.testing.citus import (
+    CitusCluster,
+    CitusNotFound,
+    CitusStartError,
+    citus_available,
+)
+from safeddl.testing.pgbouncer import (
+    PgBouncer,
+    PgBouncerNotFound,
+    PgBouncerStartError,
+    PoolMode,
+    pgbouncer_available,
+)
 from safeddl.testing.server import (
     DATABASE,
     DEFAULT_SETTINGS,
@@ -14,6 +28,7 @@ from safeddl.testing.server import (
     choose_install,
     distinct_versions,
     find_server_installs,
+    free_tcp_port,
     fresh_database,
     sqlalchemy_url_from_dsn,
     start_server,
@@ -24,7 +39,14 @@ __all__ = [
     "DATABASE",
     "DEFAULT_SETTINGS",
     "USER",
+    "CitusCluster",
+    "CitusNotFound",
+    "CitusStartError",
     "ExternalServer",
+    "PgBouncer",
+    "PgBouncerNotFound",
+    "PgBouncerStartError",
+    "PoolMode",
     "PostgresServer",
     "ServerError",
     "ServerHandle",
@@ -32,9 +54,12 @@ __all__ = [
     "ServerNotFound",
     "ServerStartError",
     "choose_install",
+    "citus_available",
     "distinct_versions",
     "find_server_installs",
+    "free_tcp_port",
     "fresh_database",
+    "pgbouncer_available",
     "sqlalchemy_url_from_dsn",
     "start_server",
     "with_database",
