@@ -8,10 +8,14 @@ transaction pool reaches other clients; on Citus only a literal SET LOCAL, with
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -259,3 +263,58 @@ def test_citus_propagated_lock_timeout_bounds_a_lock_wait_on_a_worker(
         assert time.monotonic() - started < 5
         conn.rollback()
         blocker.rollback()
+
+
+# --------------------------------------------------------------------------- lifecycle
+
+
+def test_pgbouncer_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
+                                                   safeddl_server: Any) -> None:
+    from safeddl.testing import PgBouncerNotFound, ServerError
+    from safeddl.testing import pgbouncer as pgbouncer_module
+
+    monkeypatch.setattr(pgbouncer_module, "find_pgbouncer", lambda: None)
+    with pytest.raises(PgBouncerNotFound, match="apt-get install pgbouncer") as caught:
+        PgBouncer(safeddl_server).start()
+    assert isinstance(caught.value, ServerError)
+
+
+def test_citus_missing_says_how_to_get_it() -> None:
+    from safeddl.testing import CitusNotFound, ServerInstall
+
+    no_citus = ServerInstall(version=15, bindir=Path("/nonexistent/bin"), source="system")
+    with pytest.raises(CitusNotFound, match=r"shared/citus/build\.sh.*PostgreSQL 15"):
+        CitusCluster(no_citus).start()
+
+
+_DIES_WITHOUT_CLEANING_UP = """
+import os, sys
+from safeddl.testing import ExternalServer, PgBouncer
+bouncer = PgBouncer(ExternalServer.connect(sys.argv[1])).start()
+print(bouncer.pid, bouncer.directory, flush=True)
+os._exit(0)
+"""
+
+
+def test_pgbouncer_does_not_outlive_a_process_that_dies(
+    pgbouncer_transaction: PgBouncer, safeddl_server: Any
+) -> None:
+    # (pgbouncer_transaction: only to skip when PgBouncer is not installed)
+    done = subprocess.run([sys.executable, "-c", _DIES_WITHOUT_CLEANING_UP, safeddl_server.dsn],
+                          capture_output=True, text=True, timeout=60, check=True)
+    pid_text, directory = done.stdout.split()
+    pid = int(pid_text)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and (_alive(pid) or Path(directory).exists()):
+        time.sleep(0.05)
+    assert not _alive(pid), "pgbouncer outlived the process that started it"
+    assert not Path(directory).exists()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    status = Path(f"/proc/{pid}/status")
+    return not (status.exists() and "\nState:\tZ" in status.read_text())

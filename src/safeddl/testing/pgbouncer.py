@@ -200,6 +200,11 @@ class PgBouncer:
         return self._process is not None and self._process.poll() is None
 
     @property
+    def pid(self) -> int | None:
+        """The pgbouncer process id, None when stopped."""
+        return None if self._process is None else self._process.pid
+
+    @property
     def directory(self) -> Path | None:
         """The temporary directory holding ini, auth file and log; None when stopped."""
         return self._directory
