@@ -5,7 +5,9 @@ per node from a PostgreSQL installation that has the Citus extension, with
 ``shared_preload_libraries = 'citus'``, each also listening on 127.0.0.1 on a
 free port (the coordinator reaches the workers over TCP), runs ``CREATE
 EXTENSION citus`` on every node, and registers the coordinator and the workers
-on the coordinator. Tests connect to the coordinator (:attr:`CitusCluster.dsn`);
+on the coordinator. ``initdb`` runs once: the nodes start from copies of its data
+directory (initdb is most of the time a server takes to start), and the nodes live
+on a tmpfs (/dev/shm) when there is one. Tests connect to the coordinator (:attr:`CitusCluster.dsn`);
 the workers' DSNs are there to look at the shards.
 
 Citus is not packaged for every distribution; for the Debian PostgreSQL 15 the
@@ -15,6 +17,8 @@ project's ``shared/citus/build.sh`` builds and installs Citus 13.2.2.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +35,7 @@ from safeddl.testing.server import (
     ServerInstall,
     ServerNotFound,
     ServerStartError,
+    _unprivileged_user,
     find_server_installs,
     sqlalchemy_url_from_dsn,
 )
@@ -122,15 +127,19 @@ class CitusCluster:
         workers: int = 2,
         settings: Mapping[str, str] | None = None,
         version: int | None = None,
+        parent_dir: str | Path | None = None,
     ) -> None:
         """``install``: a PostgreSQL installation with Citus (default: the newest one, of
-        ``version`` when given); ``settings``: extra server settings for every node."""
+        ``version`` when given); ``settings``: extra server settings for every node;
+        ``parent_dir``: where the nodes' temporary directories go (default: /dev/shm when
+        it is a shared tmpfs, else the temp dir)."""
         if workers < 1:
             raise ValueError(f"a Citus cluster needs at least one worker, not {workers}")
         self._install = install
         self._version_wanted = version
         self._worker_count = workers
         self._settings = {**CITUS_SETTINGS, **(settings or {})}
+        self._parent_dir = parent_dir if parent_dir is not None else _shared_memory_dir()
         self._coordinator: PostgresServer | None = None
         self._workers: list[PostgresServer] = []
         self._citus_version: str | None = None
@@ -215,16 +224,20 @@ class CitusCluster:
                 f"{_BUILD_HINT}"
             )
         started_at = time.monotonic()
-        nodes = [
-            PostgresServer(install, self._settings, tcp_port=0)
-            for _ in range(1 + self._worker_count)
-        ]
-        self._coordinator, self._workers = nodes[0], nodes[1:]
+        template = _CitusNode(install, self._settings, parent_dir=self._parent_dir)
         try:
+            data = template.initdb_only()
+            nodes: list[PostgresServer] = [
+                _CitusNode(install, self._settings, template=data, parent_dir=self._parent_dir)
+                for _ in range(1 + self._worker_count)
+            ]
+            self._coordinator, self._workers = nodes[0], nodes[1:]
             self._in_parallel(_start_node, nodes)
+            template.stop()
             self._in_parallel(_create_extension, nodes)
             self._register_nodes()
         except BaseException as exc:
+            template.stop()
             self.stop()
             if isinstance(exc, ServerError):
                 raise
@@ -268,6 +281,52 @@ class CitusCluster:
                 conn.execute("SELECT citus_add_node(%s, %s)", (LOOPBACK, worker.port))
             row = conn.execute("SELECT citus_version()").fetchone()
         self._citus_version = None if row is None else str(row[0])
+
+
+class _CitusNode(PostgresServer):
+    """A node on 127.0.0.1 whose data directory is a copy of ``template`` (an initdb'd
+    data directory of the same installation), or a fresh initdb without one."""
+
+    def __init__(
+        self,
+        install: ServerInstall,
+        settings: Mapping[str, str],
+        *,
+        template: Path | None = None,
+        parent_dir: str | Path | None = None,
+    ) -> None:
+        super().__init__(install, settings, tcp_port=0, parent_dir=parent_dir)
+        self._template = template
+
+    def initdb_only(self) -> Path:
+        """Run initdb in a new directory (no server) and return the data directory;
+        ``stop()`` removes it."""
+        self._run_as = _unprivileged_user()
+        self._directory = self._make_directory()
+        try:
+            self._bindir = self._runnable_bindir()
+            self._initdb()
+        except BaseException:
+            self.stop()
+            raise
+        return self._data_dir
+
+    def _initdb(self) -> None:
+        if self._template is None:
+            super()._initdb()
+            return
+        # As the server user, so that owner and modes (0700) stay what initdb made.
+        self._run(["cp", "-R", "-p", str(self._template), str(self._data_dir)], timeout=120.0)
+
+
+def _shared_memory_dir() -> str | None:
+    """/dev/shm when it is a directory everybody can use (sticky, world-writable)."""
+    try:
+        mode = os.stat("/dev/shm").st_mode
+    except OSError:
+        return None
+    usable = stat.S_ISDIR(mode) and mode & stat.S_ISVTX and mode & 0o007 == 0o007
+    return "/dev/shm" if usable else None
 
 
 def _start_node(node: PostgresServer) -> None:
