@@ -22,6 +22,7 @@ import psycopg
 import pytest
 import sqlalchemy
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from safeddl.testing import CitusCluster, PgBouncer
 
@@ -141,10 +142,24 @@ def test_session_mode_pins_the_server_backend(
             assert _value(other, "SHOW lock_timeout") != "4321ms"
             other.commit()
         client.close()  # released last: the next client gets its server connection
+        _wait_until_reset(pgbouncer_session, str(conninfo_to_dict(dsn)["dbname"]))
         # On release PgBouncer resets the server connection (DISCARD ALL): no leak.
         with _through_bouncer(dsn, autocommit=True) as later:
             assert _backend_pid(later) == pinned
             assert _value(later, "SHOW lock_timeout") != "4321ms"
+
+
+def _wait_until_reset(bouncer: PgBouncer, dbname: str) -> None:
+    """Until no client and no server connection of the pool is busy (a released session
+    connection runs DISCARD ALL before it is idle again)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        pool = [row for row in bouncer.pools() if row["database"] == dbname]
+        if pool and not any(pool[0][key] for key in ("cl_active", "sv_active", "sv_tested",
+                                                     "sv_login")):
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"the pool of {dbname} stayed busy: {bouncer.pools()}")
 
 
 # --------------------------------------------------------------------------- Citus
