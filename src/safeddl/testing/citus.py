@@ -7,8 +7,8 @@ free port (the coordinator reaches the workers over TCP), runs ``CREATE
 EXTENSION citus`` on every node, and registers the coordinator and the workers
 on the coordinator. ``initdb`` runs once: the nodes start from copies of its data
 directory (initdb is most of the time a server takes to start), and the nodes live
-on a tmpfs (/dev/shm) when there is one. Tests connect to the coordinator (:attr:`CitusCluster.dsn`);
-the workers' DSNs are there to look at the shards.
+on a tmpfs (/dev/shm) when there is one. Tests connect to the coordinator
+(:attr:`CitusCluster.dsn`); the workers' DSNs are there to look at the shards.
 
 Citus is not packaged for every distribution; for the Debian PostgreSQL 15 the
 project's ``shared/citus/build.sh`` builds and installs Citus 13.2.2.
