@@ -290,14 +290,15 @@ def test_citus_propagated_lock_timeout_bounds_a_lock_wait_on_a_worker(
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_pgbouncer_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
-                                                   safeddl_server: Any) -> None:
-    from safeddl.testing import PgBouncerNotFound, ServerError
+def test_pgbouncer_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safeddl.testing import ExternalServer, PgBouncerNotFound, ServerError
     from safeddl.testing import pgbouncer as pgbouncer_module
 
     monkeypatch.setattr(pgbouncer_module, "find_pgbouncer", lambda: None)
+    nowhere = ExternalServer(dsn="host=/nonexistent user=u dbname=d", sqlalchemy_url="",
+                             version=15)
     with pytest.raises(PgBouncerNotFound, match="apt-get install pgbouncer") as caught:
-        PgBouncer(safeddl_server).start()
+        PgBouncer(nowhere).start()
     assert isinstance(caught.value, ServerError)
 
 
