@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-import safeddl.rules
+import safeddl.rules.catalogue
 from safeddl.analysis import Statement
 from safeddl.cli.main import main
 from safeddl.cli.report import escape_data, escape_property
@@ -342,7 +342,7 @@ class WarnOnSelect:
 @pytest.fixture
 def warning_rule(monkeypatch: pytest.MonkeyPatch) -> WarnOnSelect:
     rule = WarnOnSelect()
-    monkeypatch.setattr(safeddl.rules, "RULES", (*RULES, rule))
+    monkeypatch.setattr(safeddl.rules.catalogue, "RULES", (*RULES, rule))
     return rule
 
 

@@ -16,7 +16,6 @@ import click
 
 from safeddl.analysis import NEWEST, OLDEST, check_version
 from safeddl.cli.report import (
-    STDIN_NAME,
     FileResults,
     analyze_json,
     has_errors,
@@ -27,6 +26,7 @@ from safeddl.cli.report import (
     plain_tables,
     print_rich_tables,
 )
+from safeddl.cli.sources import display_name, read_source
 from safeddl.rules import BY_ID, DOCS, RULES, lint_script
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -68,24 +68,6 @@ def files_argument(command: Callable[..., None]) -> Callable[..., None]:
         "files", nargs=-1, required=True, metavar="FILE...",
         type=click.Path(exists=True, dir_okay=False, allow_dash=True),
     )(command)
-
-
-def read_source(path: str) -> str:
-    """The text of a file, or of standard input for ``-``."""
-    try:
-        with click.open_file(path, "rb") as handle:
-            data: bytes = handle.read()
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise click.BadParameter(f"{display_name(path)} is not UTF-8 text: {exc}",
-                                 param_hint="FILE") from None
-    except OSError as exc:
-        raise click.BadParameter(f"cannot read {display_name(path)}: {exc.strerror}",
-                                 param_hint="FILE") from None
-
-
-def display_name(path: str) -> str:
-    return STDIN_NAME if path == "-" else path
 
 
 def lint_files(paths: Sequence[str], version: int, *,
@@ -246,6 +228,51 @@ def trace(dsn: str, output: str, pg_version: int | None, lock_timeout: str,
     sys.exit(run_command(dsn, display_name(file), read_source(file), output=output,
                          pg_version=pg_version, lock_timeout=lock_timeout,
                          statement_timeout=statement_timeout, confirmed=yes))
+
+
+@main.command()
+@click.option("--dsn", metavar="URL",
+              help="Create the scratch database on this server (libpq URL or conninfo; the "
+                   "role needs CREATEDB) instead of a private throwaway PostgreSQL.")
+@click.option("--alembic", is_flag=True,
+              help="PATH is an Alembic project (the folder of alembic.ini, or the file): "
+                   "replay the offline SQL of every revision, oldest first.")
+@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
+              show_default=True, help="table for people, json for tools.")
+@click.option("--pg-version", metavar="N", default=None,
+              callback=lambda ctx, param, value: None if value is None
+              else parse_pg_version(ctx, param, value),
+              help="Predict for this major version (default: the server's).")
+@click.option("--lock-timeout", default="5s", show_default=True, metavar="DURATION",
+              help="How long each traced statement may wait for a lock.")
+@click.option("--statement-timeout", default="10min", show_default=True, metavar="DURATION",
+              help="How long each statement may run.")
+@click.option("--keep", is_flag=True, help="Keep the scratch database (its name is printed).")
+@click.option("--yes", is_flag=True, help="Do not ask before running on the --dsn server.")
+@click.argument("paths", nargs=-1, required=True, metavar="PATH...",
+                type=click.Path(exists=True, dir_okay=True))
+def replay(dsn: str | None, alembic: bool, output: str, pg_version: int | None,
+           lock_timeout: str, statement_timeout: str, keep: bool, yes: bool,
+           paths: tuple[str, ...]) -> None:
+    """Replay a whole migration history in a new scratch database, script by script, and
+    compare the locks each statement took (pg_locks) and the tables it rewrote with what
+    `analyze` predicts, each script analysed against the schema the earlier ones left.
+    PATH: SQL files in order, or folders of them (natural name order), or with --alembic
+    an Alembic project. Exit 1 when a statement differs or fails.
+    """
+    from safeddl.cli.replay import run_command
+    from safeddl.runtime.errors import ConfigError
+    from safeddl.runtime.policy import as_timedelta, parse_duration
+
+    try:
+        lock_wait = as_timedelta(parse_duration(lock_timeout, "--lock-timeout"))
+        run_limit = as_timedelta(parse_duration(statement_timeout, "--statement-timeout"))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    sys.exit(run_command(dsn, paths, alembic=alembic, output=output, pg_version=pg_version,
+                         lock_timeout=lock_wait.total_seconds(),
+                         statement_timeout=run_limit.total_seconds(), keep=keep,
+                         confirmed=yes))
 
 
 @main.command()

@@ -195,6 +195,29 @@ def _rewritten(cur: psycopg.Cursor[TupleRow], before: dict[int, _Rel]) -> frozen
     return frozenset(before[oid].name for oid in rewritten)
 
 
+def _empty(cur: psycopg.Cursor[TupleRow], relations: dict[int, _Rel]) -> frozenset[int]:
+    """The tables and materialized views among ``relations`` whose file is empty."""
+    oids = [r.oid for r in relations.values() if r.relkind in _STORAGE_RELKINDS]
+    if not oids:
+        return frozenset()
+    cur.execute("SELECT oid::int8 FROM pg_catalog.pg_class"
+                " WHERE oid = ANY (%s) AND pg_catalog.pg_relation_size(oid) = 0", (oids,))
+    return frozenset(oid for (oid,) in cur.fetchall())
+
+
+def _renewed_empty(cur: psycopg.Cursor[TupleRow], before: dict[int, _Rel],
+                   empty_before: frozenset[int]) -> frozenset[str]:
+    """Relations empty before that got a new, still empty file: a rewrite or a TRUNCATE,
+    which cannot be told apart."""
+    if not empty_before:
+        return frozenset()
+    cur.execute("SELECT oid::int8, relfilenode::int8 FROM pg_catalog.pg_class"
+                " WHERE oid = ANY (%s) AND pg_catalog.pg_relation_size(oid) = 0",
+                (sorted(empty_before),))
+    return frozenset(before[oid].name for oid, filenode in cur.fetchall()
+                     if filenode != before[oid].relfilenode)
+
+
 def _strongest(
     rows: Iterable[tuple[int, str]], known: dict[int, _Rel]
 ) -> tuple[dict[str, LockMode], tuple[ObservedLock, ...]]:
@@ -393,6 +416,9 @@ class StepObservation:
     rewritten: frozenset[str]
     error: str | None = None
     sqlstate: str | None = None
+    # empty before and after, with a new relfilenode: rewritten or truncated, which an
+    # empty table cannot tell apart (a replay on a scratch database meets many of them)
+    renewed_empty: frozenset[str] = frozenset()
 
     @property
     def ran(self) -> bool:
@@ -501,6 +527,7 @@ class ScriptTransaction:
         savepoint = pgsql.Identifier(f"safeddl_step_{self._steps}")
         before = _relations(cur)
         held_before = self._held(cur)
+        empty_before = _empty(cur, before)
         cur.execute(pgsql.SQL("SAVEPOINT {}").format(savepoint))
         try:
             _run(cur, sql, copy_data)
@@ -529,6 +556,7 @@ class ScriptTransaction:
             held={name: frozenset(modes) for name, modes in held.items()},
             relkinds=relkinds,
             rewritten=_rewritten(cur, before),
+            renewed_empty=_renewed_empty(cur, before, empty_before),
         )
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from safeddl.analysis import Action, Catalog, Statement, analyze_statement
 from safeddl.analysis.analyzer import check_version
+from safeddl.rules import catalogue
 from safeddl.rules.base import Context, Finding, Rule
-from safeddl.rules.catalogue import RULES
 from safeddl.sql import split_script
 
 _IGNORE = re.compile(r"safeddl:\s*ignore\[([^\]]*)\]\s*(.*)$", re.IGNORECASE)
@@ -34,7 +34,7 @@ class Result:
 
 
 def all_rules() -> list[Rule]:
-    return list(RULES)
+    return list(catalogue.RULES)
 
 
 def check(statement: Statement, context: Context, rules: list[Rule] | None = None) -> list[Finding]:
