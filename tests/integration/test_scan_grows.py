@@ -23,6 +23,9 @@ SMALL_ROWS = 2_000
 BIG_ROWS = 400_000
 SCAN_MIN_RATIO = 5.0  # big / small, for statements that scan
 BRIEF_MAX_RATIO = 3.0  # big / small, for statements that only change the catalog
+# ... or at most this much slower in absolute terms: sub-millisecond catalog changes are
+# noisy on a loaded machine, while reading 400,000 rows takes tens of milliseconds
+BRIEF_MAX_EXTRA_S = 0.005
 
 SETUP = """
 CREATE TABLE scan_ref (id integer PRIMARY KEY);
@@ -130,6 +133,6 @@ def test_scan_time_grows_with_the_table(scan_db: ScanDatabase, case: Case) -> No
 @pytest.mark.parametrize("case", BRIEF, ids=[case.id for case in BRIEF])
 def test_brief_time_does_not_grow(scan_db: ScanDatabase, case: Case) -> None:
     small, big, report = _measure(scan_db, case)
-    assert big / small < BRIEF_MAX_RATIO, report
+    assert big / small < BRIEF_MAX_RATIO or big - small < BRIEF_MAX_EXTRA_S, report
     holds = _analysis_holds(case.sql.format(t="big"), scan_db.version)
     assert holds == Holds.BRIEF, f"{report}\n  the analysis says {holds.value}, not brief"
