@@ -75,7 +75,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safeddl.analysis import Catalog, analyze_script
 from safeddl.cli.report import FileResults, statement_object
 from safeddl.rules import Finding, Result, lint_script
 from safeddl.rules.engine import ignores_in
@@ -275,33 +274,17 @@ def _child_main(argv: Sequence[str]) -> int:
 
 
 def lint_alembic(path: str | os.PathLike[str], *, version: int = 18,
-                 relative_to: str | os.PathLike[str] | None = None,
-                 catalog: Catalog | None = None) -> list[RevisionResults]:
+                 relative_to: str | os.PathLike[str] | None = None) -> list[RevisionResults]:
     """Render and lint every revision of the Alembic project at ``path`` (the directory
-    of ``alembic.ini`` or the file), oldest first, each against the schema the revisions
-    before it left (on top of ``catalog``, the schema they start from): tables of earlier
-    revisions are existing tables, not "created in this script". File names are shown
-    relative to ``relative_to`` (the working directory) when they are below it."""
+    of ``alembic.ini`` or the file), oldest first. File names are shown relative to
+    ``relative_to`` (the working directory) when they are below it."""
     base = Path(relative_to) if relative_to is not None else Path.cwd()
-    schema = catalog.copy() if catalog is not None else Catalog()
-    results = []
-    for revision in render_revisions(path):
-        results.append(lint_revision(revision, version=version, relative_to=base,
-                                     catalog=schema))
-        analyze_script(revision_sql(revision), version=version, catalog=schema, learn=True)
-        for relation in schema.relations.values():
-            relation.new = False
-    return results
-
-
-def revision_sql(revision: RenderedRevision) -> str:
-    """The revision's offline SQL as one script."""
-    return "\n\n".join(chunk.sql.rstrip("\n") for chunk in revision.chunks) + "\n"
+    return [lint_revision(revision, version=version, relative_to=base)
+            for revision in render_revisions(path)]
 
 
 def lint_revision(revision: RenderedRevision, *, version: int = 18,
-                  relative_to: str | os.PathLike[str] | None = None,
-                  catalog: Catalog | None = None) -> RevisionResults:
+                  relative_to: str | os.PathLike[str] | None = None) -> RevisionResults:
     """Lint one rendered revision. Only the statements of the revision's own code are
     reported, at the line of the ``op.*`` call that emitted them; Alembic's own
     statements (``BEGIN;``, ``COMMIT;``, the version table) count for the context."""
@@ -312,7 +295,7 @@ def lint_revision(revision: RenderedRevision, *, version: int = 18,
     def to_source(script_line: int) -> int | None:
         return revision.chunks[bisect_right(starts, script_line) - 1].line
 
-    for result in lint_script(script, version=version, catalog=catalog):
+    for result in lint_script(script, version=version):
         line = to_source(result.statement.line)
         if line is None or _is_transaction_control(result):
             continue

@@ -31,7 +31,6 @@ from safeddl.rules import BY_ID, DOCS, RULES, lint_script
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from safeddl.cli.alembic import RevisionResults
-    from safeddl.cli.schema import Schema
 
 VERSION_ENV = "SAFEDDL_PG_VERSION"
 
@@ -71,49 +70,13 @@ def files_argument(command: Callable[..., None]) -> Callable[..., None]:
     )(command)
 
 
-def lint_files(paths: Sequence[str], version: int, *, assume_in_transaction: bool = False,
-               schema: Schema | None = None) -> list[FileResults]:
-    catalog = schema.catalog if schema is not None else None
-    out = []
-    for path in paths:
-        results = lint_script(read_source(path), version=version, catalog=catalog,
-                              assume_in_transaction=assume_in_transaction)
-        out.append(FileResults(display_name(path), tuple(
-            schema.sized(results) if schema is not None else results)))
-    return out
-
-
-def schema_options(command: Callable[..., None]) -> Callable[..., None]:
-    """``--schema FILE`` (repeatable) and ``--dsn URL``: what the scripts run against."""
-    command = click.option(
-        "--dsn", "schema_dsn", metavar="URL",
-        help="Check against the live catalog of this database (e.g. a staging copy): column "
-             "types, constraints, partitions, row estimates and sizes. Read-only catalog "
-             "queries that take no table lock.")(command)
-    return click.option(
-        "--schema", "schema_files", multiple=True, metavar="FILE",
-        type=click.Path(exists=True, dir_okay=False, allow_dash=True),
-        help="SQL that creates the current schema (pg_dump --schema-only, or any script); "
-             "learnt, not reported. Repeatable.")(command)
-
-
-def load_schema(schema_files: Sequence[str], schema_dsn: str | None, version: int,
-                scripts: Sequence[str]) -> Schema | None:
-    from safeddl.cli.schema import schema_from_database, schema_from_files
-
-    if schema_files and schema_dsn:
-        raise click.UsageError("give --schema or --dsn, not both")
-    if schema_files:
-        return schema_from_files([(display_name(f), read_source(f)) for f in schema_files],
-                                 version)
-    if schema_dsn:
-        import psycopg
-
-        try:
-            return schema_from_database(schema_dsn, scripts, version)
-        except psycopg.Error as exc:
-            raise click.BadParameter(str(exc).strip(), param_hint="--dsn") from None
-    return None
+def lint_files(paths: Sequence[str], version: int, *,
+               assume_in_transaction: bool = False) -> list[FileResults]:
+    return [
+        FileResults(display_name(path), tuple(lint_script(
+            read_source(path), version=version, assume_in_transaction=assume_in_transaction)))
+        for path in paths
+    ]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -126,17 +89,13 @@ def main() -> None:
 @click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="table for people, json for tools (stable contract).")
 @pg_version_option
-@schema_options
 @files_argument
-def analyze(output: str, pg_version: int, schema_files: tuple[str, ...],
-            schema_dsn: str | None, files: tuple[str, ...]) -> None:
+def analyze(output: str, pg_version: int, files: tuple[str, ...]) -> None:
     """Show the locks each statement takes, and what the rules find.
 
     FILE is a SQL script; `-` reads standard input.
     """
-    schema = load_schema(schema_files, schema_dsn, pg_version,
-                         [read_source(f) for f in files] if schema_dsn else [])
-    results = lint_files(files, pg_version, schema=schema)
+    results = lint_files(files, pg_version)
     if output == "json":
         click.echo(analyze_json(results))
         return
@@ -163,12 +122,10 @@ def print_table(results: list[FileResults]) -> None:
               help="Lint every revision of this Alembic project (the directory holding "
                    "alembic.ini, or the ini file), rendered offline as `alembic upgrade "
                    "--sql` does; no database needed.")
-@schema_options
 @click.argument("files", nargs=-1, required=False, metavar="[FILE]...",
                 type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 def lint(output: str, pg_version: int, assume_in_transaction: bool,
-         alembic_path: str | None, schema_files: tuple[str, ...], schema_dsn: str | None,
-         files: tuple[str, ...]) -> None:
+         alembic_path: str | None, files: tuple[str, ...]) -> None:
     """Check migrations; exit 1 when an error-severity problem remains.
 
     FILE is a SQL script; `-` reads standard input. `-- safeddl: ignore[rule-id]
@@ -177,27 +134,19 @@ def lint(output: str, pg_version: int, assume_in_transaction: bool,
     """
     if not files and alembic_path is None:
         raise click.UsageError("give a FILE to lint, or --alembic PATH")
-    if schema_dsn and alembic_path:
-        raise click.UsageError("--dsn reads the relations FILE names; with --alembic, give "
-                               "--schema instead")
-    schema = load_schema(schema_files, schema_dsn, pg_version,
-                         [read_source(f) for f in files] if schema_dsn else [])
-    results = lint_files(files, pg_version, assume_in_transaction=assume_in_transaction,
-                         schema=schema)
-    revisions = lint_alembic_project(alembic_path, pg_version, schema) if alembic_path else []
+    results = lint_files(files, pg_version, assume_in_transaction=assume_in_transaction)
+    revisions = lint_alembic_project(alembic_path, pg_version) if alembic_path else []
     text = format_lint(output, results, revisions)
     if text:
         click.echo(text)
     sys.exit(1 if has_errors([*results, *(r.file for r in revisions)]) else 0)
 
 
-def lint_alembic_project(path: str, pg_version: int,
-                         schema: Schema | None = None) -> list[RevisionResults]:
+def lint_alembic_project(path: str, pg_version: int) -> list[RevisionResults]:
     from safeddl.cli.alembic import AlembicProjectError, lint_alembic
 
     try:
-        return lint_alembic(path, version=pg_version,
-                            catalog=schema.catalog if schema is not None else None)
+        return lint_alembic(path, version=pg_version)
     except AlembicProjectError as exc:
         raise click.BadParameter(str(exc), param_hint="--alembic") from None
 

@@ -42,13 +42,14 @@ def sql_history(paths: Sequence[str]) -> list[tuple[str, str]]:
 
 def alembic_history(path: str) -> list[tuple[str, str]]:
     """The offline SQL of every revision of an Alembic project, oldest first."""
-    from safeddl.cli.alembic import AlembicProjectError, render_revisions, revision_sql
+    from safeddl.cli.alembic import AlembicProjectError, render_revisions
 
     try:
         revisions = render_revisions(path)
     except AlembicProjectError as exc:
         raise click.BadParameter(str(exc), param_hint="PATH") from None
-    return [(f"{revision.path} ({revision.label})", revision_sql(revision))
+    return [(f"{revision.path} ({revision.label})",
+             "\n\n".join(chunk.sql.rstrip("\n") for chunk in revision.chunks) + "\n")
             for revision in revisions]
 
 
