@@ -30,7 +30,7 @@ from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
-from safeddl.runtime.policy import Duration, milliseconds, parse_duration
+from safeddl.runtime.policy import Duration, milliseconds, parse_duration, parse_timeout
 
 logger = logging.getLogger("safeddl")
 
@@ -63,7 +63,7 @@ def backfill(conn: psycopg.Connection[Any], table: str, assignments: str, pendin
         raise ValueError("batch_size must be at least 1")
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
-    wait = parse_duration(lock_timeout, "lock_timeout")
+    wait = parse_timeout(lock_timeout, "lock_timeout")
     sleep_s = parse_duration(pause, "pause", allow_zero=True).total_seconds()
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise SafeDDLError("safeddl.backfill needs a connection outside a transaction block "

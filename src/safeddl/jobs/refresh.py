@@ -47,7 +47,13 @@ from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
-from safeddl.runtime.policy import Duration, as_timedelta, milliseconds, parse_duration
+from safeddl.runtime.policy import (
+    Duration,
+    as_timedelta,
+    milliseconds,
+    parse_duration,
+    parse_timeout,
+)
 
 logger = logging.getLogger("safeddl")
 
@@ -100,7 +106,7 @@ def swap_in(conn: psycopg.Connection[Any], table: str, load: Loader, *,
     and the driver's lock-timeout error when every attempt timed out (the new table is
     dropped again, the old one kept).
     """
-    wait = parse_duration(lock_timeout, "lock_timeout")
+    wait = parse_timeout(lock_timeout, "lock_timeout")
     if attempts < 1:
         raise ValueError("attempts must be at least 1")
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:

@@ -83,7 +83,7 @@ from tenacity import (
 
 from safeddl.model import shorten
 from safeddl.runtime.errors import AttemptFailure, ConfigError, RetriesExhausted, is_retryable
-from safeddl.runtime.policy import Duration, milliseconds, parse_duration
+from safeddl.runtime.policy import Duration, milliseconds, parse_duration, parse_timeout
 
 if TYPE_CHECKING:
     from safeddl.runtime.guard import Guard
@@ -127,8 +127,8 @@ class RetryPolicy:
             if value is None:
                 continue
             try:
-                object.__setattr__(self, name, parse_duration(value, name,
-                                                              allow_zero=name == "backoff"))
+                parse = parse_timeout if name.startswith("lock_timeout") else parse_duration
+                object.__setattr__(self, name, parse(value, name, allow_zero=name == "backoff"))
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) \
