@@ -80,3 +80,94 @@ def test_retry_and_job_lock_timeouts_are_bounded_too(db: str) -> None:
     with psycopg.connect(db, autocommit=True) as conn:
         with pytest.raises(safeddl.ConfigError, match="lock_timeout"):
             safeddl.backfill(conn, "rows", "x = x", "false", lock_timeout="30d")
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+def test_a_refusal_leaves_a_non_autocommit_connection_as_it_was(db: str) -> None:
+    """The refused CREATE INDEX needs a catalog read first, which opened a transaction;
+    nothing of the caller's was sent, so following the refusal's advice (autocommit)
+    must work at once."""
+    with safeddl.psycopg.connect(db) as conn:
+        assert not conn.autocommit
+        with pytest.raises(safeddl.UnsafeStatement, match="autocommit"):
+            conn.execute("CREATE INDEX big_x ON big (x)")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        conn.autocommit = True  # ProgrammingError while a transaction is open
+        conn.execute("CREATE INDEX big_x ON big (x)")  # sent as CREATE INDEX CONCURRENTLY
+        row = conn.execute("SELECT indisvalid FROM pg_index "
+                           "WHERE indexrelid = 'big_x'::regclass").fetchone()
+        assert row == (True,)
+
+
+def test_a_refusal_inside_the_callers_transaction_keeps_that_transaction(db: str) -> None:
+    with safeddl.psycopg.connect(db) as conn:
+        conn.execute("INSERT INTO rows VALUES (100, 100)")
+        with pytest.raises(safeddl.UnsafeStatement):
+            conn.execute("CREATE INDEX big_x ON big (x)")
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+        conn.commit()
+    with psycopg.connect(db) as other:
+        assert other.execute("SELECT x FROM rows WHERE id = 100").fetchone() == (100,)
+
+
+# --------------------------------------------------------------------------- helpers' arguments
+
+
+def _locked_tables(dsn: str, pid: int) -> set[str]:
+    with psycopg.connect(dsn) as other:
+        rows = other.execute("SELECT relation::regclass::text FROM pg_locks WHERE pid = %s "
+                             "AND locktype = 'relation' AND mode = 'ShareRowExclusiveLock'",
+                             [pid]).fetchall()
+    return {row[0] for row in rows}
+
+
+def test_a_declared_table_name_with_a_space_is_refused_not_read_as_schema_qualified(
+        db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE SCHEMA victim")
+        conn.execute("CREATE TABLE victim.x (id int)")
+        conn.execute('CREATE TABLE "victim x" (id int)')
+    with psycopg.connect(db) as conn:
+        with pytest.raises(safeddl.ConfigError, match="'victim x' is not a table name"):
+            with safeddl.transaction(conn, tables={"victim x": "SHARE ROW EXCLUSIVE"}):
+                pass
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        with safeddl.transaction(conn, tables={'"victim x"': "SHARE ROW EXCLUSIVE"}):
+            assert _locked_tables(db, conn.info.backend_pid) == {'"victim x"'}
+
+
+@pytest.mark.parametrize(("arguments", "named"), [
+    ({"batch_size": "1; DROP TABLE rows"}, "batch_size"),
+    ({"batch_size": 2.5}, "batch_size"),
+    ({"batch_size": float("inf")}, "batch_size"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"batch_size": True}, "batch_size"),
+    ({"attempts": "3"}, "attempts"),
+    ({"max_batches": 1.5}, "max_batches"),
+    ({"table": "victim x"}, "table"),
+    ({"assignments": ""}, "assignments"),
+    ({"pending": None}, "pending"),
+])
+def test_backfill_checks_every_argument_before_anything_is_sent(
+        db: str, arguments: dict[str, Any], named: str) -> None:
+    call: dict[str, Any] = {"table": "rows", "assignments": "x = -x", "pending": "x > 0",
+                            **arguments}
+    table, assignments, pending = call.pop("table"), call.pop("assignments"), call.pop("pending")
+    with psycopg.connect(db, autocommit=True) as conn:
+        with pytest.raises(safeddl.ConfigError, match=f"safeddl.backfill: {named}="):
+            safeddl.backfill(conn, table, assignments, pending, **call)
+        row = conn.execute("SELECT count(*) FROM rows WHERE x < 0").fetchone()
+        assert row == (0,)  # nothing ran
+
+
+def test_swap_in_checks_its_arguments_before_anything_is_sent(db: str) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        for arguments, named in [({"attempts": 2.5}, "attempts"), ({"load": 42}, "load"),
+                                 ({"table": "rows x"}, "table"), ({"load": " "}, "load")]:
+            call: dict[str, Any] = {"table": "rows", "load": "SELECT 1, 1", **arguments}
+            with pytest.raises(safeddl.ConfigError, match=f"safeddl.swap_in: {named}="):
+                safeddl.swap_in(conn, call.pop("table"), call.pop("load"), **call)
+        row = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'rows%%'").fetchone()
+        assert row == (2,)  # rows and its primary key: no copy was created
