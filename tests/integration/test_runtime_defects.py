@@ -171,3 +171,68 @@ def test_swap_in_checks_its_arguments_before_anything_is_sent(db: str) -> None:
                 safeddl.swap_in(conn, call.pop("table"), call.pop("load"), **call)
         row = conn.execute("SELECT count(*) FROM pg_class WHERE relname LIKE 'rows%%'").fetchone()
         assert row == (2,)  # rows and its primary key: no copy was created
+
+
+# --------------------------------------------------------------------------- internal failures
+
+
+@pytest.fixture
+def broken_decision(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An internal failure of the guard's analysis (the kind of bug a catalog that does
+    not know a table once caused)."""
+    import safeddl.runtime.guard as guard_module
+
+    def broken(*_args: Any, **_kwargs: Any) -> Any:
+        raise KeyError("public.ch")
+
+    monkeypatch.setattr(guard_module, "decide", broken)
+    yield
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_an_internal_failure_refuses_ddl_with_a_clear_error_and_logs_the_statement(
+        db: str, broken_decision: None, autocommit: bool,
+        caplog: pytest.LogCaptureFixture) -> None:
+    policy = Policy(small_table_rows=10_001 + autocommit)  # a Guard of its own: no cache
+    statement = f"ALTER TABLE rows ADD COLUMN ch{int(autocommit)} int"
+    with caplog.at_level(logging.ERROR, logger="safeddl"):
+        with safeddl.psycopg.connect(db, policy=policy, autocommit=autocommit) as conn:
+            with pytest.raises(safeddl.UnsafeStatement) as info:
+                conn.execute(statement)
+            assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert not isinstance(info.value, KeyError)
+    assert info.value.rule == "unparsed-statement"
+    message = str(info.value)
+    assert "KeyError: 'public.ch'" in message and "unparsed_ddl" in message
+    assert 'safeddl.allow("unparsed-statement"' in message
+    assert any(statement in record.getMessage() and record.exc_info
+               for record in caplog.records)
+    with psycopg.connect(db) as other:  # it was not sent
+        row = other.execute("SELECT count(*) FROM information_schema.columns "
+                            "WHERE table_name = 'rows' AND column_name LIKE 'ch_'").fetchone()
+        assert row == (0,)
+
+
+def test_an_internal_failure_lets_dml_pass_and_allow_lets_ddl_through(
+        db: str, broken_decision: None, safeddl_db_url: str) -> None:
+    policy = Policy(small_table_rows=10_003)
+    with safeddl.psycopg.connect(db, policy=policy) as conn:
+        conn.execute("UPDATE rows SET x = -1 WHERE id = 1")
+        with safeddl.allow("unparsed-statement", reason="checked by hand"):
+            conn.execute("ALTER TABLE rows ADD COLUMN ch int")
+        conn.commit()
+    engine = create_engine(safeddl_db_url)
+    safeddl.install(engine, Policy(small_table_rows=10_004))
+    try:
+        with engine.begin() as sa_conn:
+            sa_conn.execute(text("UPDATE rows SET x = -2 WHERE id = 2"))
+            with pytest.raises(safeddl.UnsafeStatement, match="KeyError"):
+                sa_conn.execute(text("ALTER TABLE rows ADD COLUMN other int"))
+    finally:
+        engine.dispose()
+    with psycopg.connect(db) as other:  # both updates ran and committed
+        rows = other.execute("SELECT x FROM rows WHERE id IN (1, 2) ORDER BY id").fetchall()
+        assert rows == [(-1,), (-2,)]
+        row = other.execute("SELECT count(*) FROM information_schema.columns "
+                            "WHERE table_name = 'rows' AND column_name = 'ch'").fetchone()
+        assert row == (1,)
