@@ -236,3 +236,125 @@ def test_an_internal_failure_lets_dml_pass_and_allow_lets_ddl_through(
         row = other.execute("SELECT count(*) FROM information_schema.columns "
                             "WHERE table_name = 'rows' AND column_name = 'ch'").fetchone()
         assert row == (1,)
+
+
+# --------------------------------------------------------------------------- the driver's errors
+
+
+@pytest.fixture
+def holder(db: str) -> Iterator[psycopg.Connection[Any]]:
+    """A second session with an open transaction (what it locks is up to the test)."""
+    conn = psycopg.connect(db)
+    try:
+        yield conn
+    finally:
+        conn.rollback()
+        conn.close()
+
+
+def test_a_guarded_lock_timeout_is_still_psycopgs_lock_not_available(
+        db: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("SELECT count(*) FROM big")  # ACCESS SHARE until it ends
+    with safeddl.psycopg.connect(db, policy=Policy(lock_timeout="100ms")) as conn:
+        try:
+            conn.execute("ALTER TABLE big ADD COLUMN c int")
+        except psycopg.errors.LockNotAvailable as error:  # the application's own handler
+            caught: BaseException = error
+        assert isinstance(caught, safeddl.LockTimeout)
+        assert isinstance(caught, psycopg.errors.OperationalError)
+        assert caught.sqlstate == "55P03"
+        assert caught.diag.sqlstate == "55P03"  # the server's diagnostics are kept
+        assert "lock timeout" in (caught.diag.message_primary or "")
+        assert caught.blockers[0].pid == holder.info.backend_pid
+        assert str(caught).startswith("safeddl: lock timeout after 100 ms")
+        conn.rollback()
+
+
+def test_the_applications_own_lock_timeout_on_dml_still_raises_lock_not_available(
+        db: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("LOCK TABLE rows IN EXCLUSIVE MODE")
+    with safeddl.psycopg.connect(db) as conn:
+        conn.execute("SET lock_timeout = '100ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable) as info:
+            conn.execute("UPDATE rows SET x = 0 WHERE id = 1")
+        assert isinstance(info.value, safeddl.LockTimeout)
+        conn.rollback()
+
+
+def test_under_sqlalchemy_a_lock_timeout_is_the_operational_error_it_would_raise(
+        db: str, safeddl_db_url: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("SELECT count(*) FROM big")
+    engine = create_engine(safeddl_db_url)
+    safeddl.install(engine, Policy(lock_timeout="100ms"))
+    try:
+        with engine.connect() as conn:
+            try:
+                conn.execute(text("ALTER TABLE big ADD COLUMN c int"))
+            except exc.OperationalError as error:  # the application's own handler
+                caught: BaseException = error
+                assert error.orig is not None
+                assert getattr(error.orig, "sqlstate", None) == "55P03"
+            assert isinstance(caught, safeddl.LockTimeout)
+            assert caught.blockers[0].pid == holder.info.backend_pid
+            assert str(caught).startswith("safeddl: lock timeout after 100 ms")
+            conn.rollback()
+            assert conn.execute(text("SELECT 1")).scalar() == 1  # the connection is usable
+    finally:
+        engine.dispose()
+
+
+def _unguarded_failure(dsn: str, statement: str) -> psycopg.Error:
+    with psycopg.connect(dsn) as conn:
+        try:
+            conn.execute(statement)
+        except psycopg.Error as error:
+            conn.rollback()
+            return error
+    raise AssertionError(f"{statement} did not fail")
+
+
+def _constraints(dsn: str) -> list[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT conname FROM pg_constraint "
+                            "WHERE conrelid = 'big'::regclass ORDER BY 1").fetchall()
+        indexes = conn.execute("SELECT indexrelid::regclass::text FROM pg_index "
+                               "WHERE indrelid = 'big'::regclass ORDER BY 1").fetchall()
+    return [row[0] for row in rows + indexes]
+
+
+@pytest.mark.parametrize("statement", ["ALTER TABLE big ALTER COLUMN n SET NOT NULL",
+                                       "ALTER TABLE big DROP CONSTRAINT big_pkey, "
+                                       "ADD PRIMARY KEY (n)"])
+def test_a_rewrite_that_finds_nulls_fails_like_the_original_statement(
+        db: str, statement: str) -> None:
+    if "PRIMARY KEY" in statement:
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("ALTER TABLE big DROP CONSTRAINT big_pkey")
+        statement = "ALTER TABLE big ADD PRIMARY KEY (n)"
+    before = _constraints(db)
+    original = _unguarded_failure(db, statement)
+    assert original.sqlstate == "23502"
+    with safeddl.psycopg.connect(db, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.NotNullViolation) as info:
+            conn.execute(statement)
+    failure = info.value
+    assert failure.sqlstate == "23502"
+    assert str(failure).splitlines()[0] == str(original).splitlines()[0]
+    assert "is_not_null" not in str(failure).splitlines()[0]
+    assert isinstance(failure, safeddl.SafeDDLError)
+    assert isinstance(failure.__cause__, psycopg.errors.CheckViolation)  # the step's own
+    assert _constraints(db) == before  # nothing left behind, as with the original
+
+
+def test_under_sqlalchemy_a_rewrite_that_finds_nulls_is_an_integrity_error(
+        db: str, safeddl_db_url: str) -> None:
+    engine = create_engine(safeddl_db_url, isolation_level="AUTOCOMMIT")
+    safeddl.install(engine)
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(exc.IntegrityError) as info:
+                conn.execute(text("ALTER TABLE big ALTER COLUMN n SET NOT NULL"))
+    finally:
+        engine.dispose()
+    assert getattr(info.value.orig, "sqlstate", None) == "23502"
+    assert "contains null values" in str(info.value.orig).splitlines()[0]

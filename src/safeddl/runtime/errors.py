@@ -6,9 +6,10 @@ Importing this module is cheap: it imports neither psycopg nor SQLAlchemy.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from safeddl.model import shorten
 
@@ -21,6 +22,8 @@ LOCK_NOT_AVAILABLE = "55P03"
 DEADLOCK_DETECTED = "40P01"
 SERIALIZATION_FAILURE = "40001"
 QUERY_CANCELED = "57014"
+NOT_NULL_VIOLATION = "23502"
+CHECK_VIOLATION = "23514"
 
 RETRY_REASONS = {
     LOCK_NOT_AVAILABLE: "lock timeout",
@@ -35,6 +38,10 @@ _BLOCKED_BY = re.compile(r"\bblocked by process (\d+)")
 
 class SafeDDLError(Exception):
     """Base class of every error safeddl raises."""
+
+    # Also when a driver's class comes later in the MRO (see as_driver_error): the
+    # message is safeddl's own, not SQLAlchemy's rendering of a statement error.
+    __str__ = BaseException.__str__
 
 
 class ConfigError(SafeDDLError, ValueError):
@@ -115,6 +122,87 @@ class PreflightBlocked(LockTimeout):
         return (f"safeddl: pre-flight: `{shorten(self.statement)}` needs{target}, and other "
                 "sessions have held a conflicting lock for too long; it was not sent, so it "
                 "did not join the lock queue behind them.")
+
+
+class RewriteFailed(SafeDDLError):
+    """A step of a rewrite failed where the original statement would have failed: raised
+    as the driver's error of the original statement (same SQLSTATE, an instance of the
+    driver's class for it, the original's message first), so the handlers written for
+    that error keep working. ``statement`` is the original statement, ``step`` the step
+    that failed, ``orig`` the step's own error (also ``__cause__``)."""
+
+    statement: str
+    step: str
+    orig: BaseException | None
+
+
+E = TypeVar("E", bound=SafeDDLError)
+_FLAVOURS: dict[tuple[type[Any], tuple[type[Any], ...]], type[Any]] = {}
+_FLAVOURS_LOCK = threading.Lock()
+
+
+def flavoured_class(base: type[E], driver_classes: tuple[type[Any], ...]) -> type[E]:
+    """A subclass of safeddl's ``base`` and of ``driver_classes`` (named like ``base``),
+    made once per combination."""
+    base = getattr(base, "_safeddl_base", base)
+    key = (base, driver_classes)
+    flavoured = _FLAVOURS.get(key)
+    if flavoured is None:
+        with _FLAVOURS_LOCK:
+            flavoured = _FLAVOURS.get(key)
+            if flavoured is None:
+                flavoured = type(base.__name__, (base, *driver_classes), {
+                    "__module__": base.__module__, "__qualname__": base.__qualname__,
+                    "__doc__": base.__doc__, "_safeddl_base": base})
+                _FLAVOURS[key] = flavoured
+    return flavoured
+
+
+def as_driver_error(error: Any, base: type[E], driver_classes: tuple[type[Any], ...],
+                    attributes: Mapping[str, object]) -> E:
+    """Make ``error`` (in place) an instance of safeddl's ``base`` and of the driver's
+    ``driver_classes`` at once, with ``attributes`` set: raised instead of a driver's
+    error, it is still caught by ``except`` clauses written for that error
+    (``psycopg.errors.LockNotAvailable``, SQLAlchemy's ``OperationalError``) and by
+    those written for safeddl's."""
+    error.__class__ = flavoured_class(base, driver_classes)
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error  # type: ignore[no-any-return]
+
+
+def driver_state(error: BaseException) -> dict[str, object]:
+    """The instance attributes of a driver's error (psycopg: its diagnostics), to carry
+    over onto the safeddl error raised instead of it."""
+    return dict(getattr(error, "__dict__", {}))
+
+
+def driver_class_for(error: BaseException, sqlstate: str) -> type[BaseException] | None:
+    """The class the driver of ``error`` raises for ``sqlstate`` (psycopg's
+    ``psycopg.errors.lookup``), or None for an error of no known driver."""
+    if (type(error).__module__ or "").split(".", 1)[0] != "psycopg":
+        return None
+    import psycopg.errors
+
+    try:
+        return psycopg.errors.lookup(sqlstate)
+    except KeyError:
+        return None
+
+
+def rewrite_failure(error: BaseException, sqlstate: str, message: str, statement: str,
+                    step: str) -> RewriteFailed | None:
+    """The error the original ``statement`` fails with (``sqlstate``, ``message``), as
+    the driver's own class for it, when its rewrite's ``step`` failed with ``error``."""
+    driver_class = driver_class_for(error, sqlstate)
+    if driver_class is None:
+        return None
+    text = (f"{message}\n(safeddl ran the safe form of `{shorten(statement)}`; its step "
+            f"`{shorten(step)}` found this; the steps before it were undone, as if the "
+            "original statement had failed)")
+    failure = driver_class(text)
+    return as_driver_error(failure, RewriteFailed, (driver_class,),
+                           {"statement": statement, "step": step, "orig": error})
 
 
 def driver_errors(exc: BaseException | None) -> list[BaseException]:
@@ -313,8 +401,10 @@ class RetriesExhausted(SafeDDLError):
 
 
 __all__ = [
+    "CHECK_VIOLATION",
     "DEADLOCK_DETECTED",
     "LOCK_NOT_AVAILABLE",
+    "NOT_NULL_VIOLATION",
     "QUERY_CANCELED",
     "RETRY_REASONS",
     "SERIALIZATION_FAILURE",
@@ -323,13 +413,19 @@ __all__ = [
     "LockTimeout",
     "PreflightBlocked",
     "RetriesExhausted",
+    "RewriteFailed",
     "SafeDDLError",
     "UnsafeStatement",
+    "as_driver_error",
     "deadlock_pids",
+    "driver_class_for",
     "driver_errors",
+    "driver_state",
+    "flavoured_class",
     "is_lock_timeout",
     "is_retryable",
     "retry_reason",
+    "rewrite_failure",
     "server_detail",
     "sqlstate_of",
 ]

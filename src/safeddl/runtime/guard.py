@@ -43,11 +43,15 @@ from safeddl.runtime.decision import (
     use_rewriter,
 )
 from safeddl.runtime.errors import (
+    CHECK_VIOLATION,
     LockTimeout,
     PreflightBlocked,
     SafeDDLError,
     UnsafeStatement,
+    as_driver_error,
+    driver_state,
     is_lock_timeout,
+    rewrite_failure,
     sqlstate_of,
 )
 from safeddl.runtime.live_catalog import LiveCatalog, names_in
@@ -338,6 +342,10 @@ class Guard:
                 self._undo_plan(ticket, session, step)
                 if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
                     raise self._lock_timeout(ticket, step.sql, session.state, exc) from exc
+                if step.fails_like is not None and sqlstate_of(exc) == CHECK_VIOLATION:
+                    failure = rewrite_failure(exc, *step.fails_like, ticket.text, step.sql)
+                    if failure is not None:
+                        raise failure from exc
                 raise
             ticket.steps_done += 1
         if plan.steps:
@@ -436,6 +444,8 @@ class Guard:
                               target.mode if target else None, blockers,
                               lock_timeout_ms=waited_ms, orig=error, note=note)
         timeout.__cause__ = error
+        if not isinstance(error, SafeDDLError):  # caught by handlers for the driver's error
+            as_driver_error(timeout, LockTimeout, (type(error),), driver_state(error))
         logger.info("%s", timeout)
         return timeout
 
