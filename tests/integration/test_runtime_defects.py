@@ -358,3 +358,101 @@ def test_under_sqlalchemy_a_rewrite_that_finds_nulls_is_an_integrity_error(
         engine.dispose()
     assert getattr(info.value.orig, "sqlstate", None) == "23502"
     assert "contains null values" in str(info.value.orig).splitlines()[0]
+
+
+# --------------------------------------------------------------------------- row-lock blockers
+
+ROW_POLICY = Policy(lock_timeout="200ms", guard_dml_lock_timeout=True)
+
+
+def test_a_row_lock_timeout_names_the_session_holding_the_row(
+        db: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("UPDATE rows SET x = 5 WHERE id = 1")  # uncommitted: holds the row
+    with safeddl.psycopg.connect(db, policy=ROW_POLICY) as conn:
+        with pytest.raises(safeddl.LockTimeout) as info:
+            conn.execute("UPDATE rows SET x = 0 WHERE id = 1")
+        conn.rollback()
+    timeout = info.value
+    assert [b.pid for b in timeout.blockers] == [holder.info.backend_pid]
+    assert timeout.blockers[0].row == "(0,1)" and timeout.blockers[0].certain
+    assert timeout.row == "(0,1)" and timeout.relation == "rows"
+    message = str(timeout)
+    assert "waited for a lock on row (0,1) of rows" in message
+    assert f"pid {holder.info.backend_pid}" in message and "holds the lock on row (0,1)" in message
+    assert "UPDATE rows SET x = 5 WHERE id = 1" in message  # what the holder ran
+    assert "No session" not in message
+
+
+def test_row_lock_blockers_include_every_shared_holder_and_sessions_queued_ahead(
+        db: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("SELECT * FROM rows WHERE id = 2 FOR SHARE")
+    with psycopg.connect(db) as second, psycopg.connect(db, autocommit=True) as third:
+        second.execute("SELECT * FROM rows WHERE id = 2 FOR SHARE")  # xmax: a multixact
+        queued = threading.Thread(  # waits for the row, ahead of the guarded statement
+            target=lambda: _ignore_errors(third, "SET lock_timeout = '5s'",
+                                          "DELETE FROM rows WHERE id = 2"))
+        queued.start()
+        _wait_until_waiting(db, third.info.backend_pid)
+        with safeddl.psycopg.connect(db, policy=ROW_POLICY) as conn:
+            with pytest.raises(safeddl.LockTimeout) as info:
+                conn.execute("UPDATE rows SET x = 0 WHERE id = 2")
+            conn.rollback()
+        second.rollback()
+        holder.rollback()
+        queued.join(10)
+        pids = (holder.info.backend_pid, second.info.backend_pid, third.info.backend_pid)
+    holding = {b.pid for b in info.value.blockers if b.granted}
+    ahead = {b.pid for b in info.value.blockers if not b.granted}
+    assert holding == {pids[0], pids[1]}
+    assert ahead == {pids[2]}
+    message = str(info.value)
+    assert "waited for a lock on row (0,2) of rows" in message
+    assert "is queued ahead for the lock on row (0,2) of public.rows" in message
+
+
+def test_a_unique_check_wait_names_the_writers_of_the_table_as_candidates(
+        db: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("INSERT INTO rows VALUES (50, 50)")  # uncommitted: the key is taken
+    with safeddl.psycopg.connect(db, policy=ROW_POLICY) as conn:
+        with pytest.raises(safeddl.LockTimeout) as info:
+            conn.execute("INSERT INTO rows VALUES (50, 51)")
+        conn.rollback()
+    assert [(b.pid, b.certain) for b in info.value.blockers] == [
+        (holder.info.backend_pid, False)]
+    assert "may hold the row" in str(info.value)
+
+
+def test_under_sqlalchemy_with_the_applications_lock_timeout_a_row_wait_names_its_holder(
+        db: str, safeddl_db_url: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("DELETE FROM rows WHERE id = 3")
+    engine = create_engine(safeddl_db_url)
+    safeddl.install(engine)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SET lock_timeout = '200ms'"))
+            with pytest.raises(exc.OperationalError) as info:
+                conn.execute(text("UPDATE rows SET x = 0 WHERE id = 3"))
+            conn.rollback()
+    finally:
+        engine.dispose()
+    assert isinstance(info.value, safeddl.LockTimeout)
+    assert [b.pid for b in info.value.blockers] == [holder.info.backend_pid]
+
+
+def _ignore_errors(conn: psycopg.Connection[Any], *statements: str) -> None:
+    try:
+        for statement in statements:
+            conn.execute(statement)
+    except psycopg.Error:
+        pass
+
+
+def _wait_until_waiting(dsn: str, pid: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(500):
+            row = conn.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                               [pid]).fetchone()
+            if row is not None and row[0] == "Lock":
+                return
+            conn.execute("SELECT pg_sleep(0.01)")
+    raise AssertionError(f"pid {pid} never waited for a lock")

@@ -78,10 +78,12 @@ class LockTimeout(SafeDDLError):
 
     def __init__(self, statement: str, relation: str | None, mode: LockMode | None,
                  blockers: Sequence[Blocker] = (), *, lock_timeout_ms: int | None = None,
-                 orig: BaseException | None = None, note: str | None = None) -> None:
+                 orig: BaseException | None = None, note: str | None = None,
+                 row: str | None = None) -> None:
         self.statement = statement
         self.relation = relation
         self.mode = mode
+        self.row = row  # the ctid of the row it waited for; None: a table lock
         self.blockers: list[Blocker] = list(blockers)
         self.lock_timeout_ms = lock_timeout_ms
         self.orig = orig
@@ -90,11 +92,21 @@ class LockTimeout(SafeDDLError):
 
     def _compose(self) -> str:
         lines = [self._headline()]
-        if self.blockers:
-            lines.append("Sessions holding a conflicting lock:")
+        if self.blockers and self.row is not None and not all(
+                blocker.certain for blocker in self.blockers):
+            lines.append("The row's holder could not be read; sessions writing the table in "
+                         "an open transaction (one of them may hold the row):")
+            lines.extend("  " + blocker.describe() for blocker in self.blockers)
+        elif self.blockers and all(blocker.row is not None for blocker in self.blockers):
+            lines.append("Sessions holding, or queued ahead for, the rows it waited behind:")
+            lines.extend("  " + blocker.describe() for blocker in self.blockers)
+        elif self.blockers:
+            held = "the row" if self.row is not None else "a conflicting lock"
+            lines.append(f"Sessions holding {held}:")
             lines.extend("  " + blocker.describe() for blocker in self.blockers)
         else:
-            lines.append("No session holding a conflicting lock was found any more "
+            held = "the row" if self.row is not None else "a conflicting lock"
+            lines.append(f"No session holding {held} was found any more "
                          "(it may have finished meanwhile).")
         if self.note:
             lines.append(self.note)
@@ -105,7 +117,9 @@ class LockTimeout(SafeDDLError):
     def _headline(self) -> str:
         waited = f" after {self.lock_timeout_ms} ms" if self.lock_timeout_ms else ""
         target = ""
-        if self.mode is not None and self.relation is not None:
+        if self.row is not None:
+            target = f" for a lock on row {self.row} of {self.relation or 'a table'}"
+        elif self.mode is not None and self.relation is not None:
             target = f" for {self.mode.sql_name} on {self.relation}"
         elif self.relation is not None:
             target = f" for a lock on {self.relation}"
@@ -250,6 +264,16 @@ def server_detail(exc: BaseException | None) -> str | None:
         detail = getattr(getattr(error, "diag", None), "message_detail", None)
         if isinstance(detail, str) and detail:
             return detail
+    return None
+
+
+def server_context(exc: BaseException | None) -> str | None:
+    """The CONTEXT the server sent with the error (a row lock wait's names the row:
+    ``while updating tuple (0,1) in relation "t"``)."""
+    for error in driver_errors(exc):
+        context = getattr(getattr(error, "diag", None), "context", None)
+        if isinstance(context, str) and context:
+            return context
     return None
 
 
@@ -426,6 +450,7 @@ __all__ = [
     "is_retryable",
     "retry_reason",
     "rewrite_failure",
+    "server_context",
     "server_detail",
     "sqlstate_of",
 ]

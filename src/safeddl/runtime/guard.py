@@ -33,7 +33,8 @@ from safeddl.analysis import Statement, analyze_statement
 from safeddl.analysis.locktable import NEWEST, OLDEST
 from safeddl.locks import LockMode
 from safeddl.model import shorten
-from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers
+from safeddl.sql.names import local_name
+from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers, row_wait
 from safeddl.runtime.decision import (
     analyse,
     current_rewriter,
@@ -52,6 +53,7 @@ from safeddl.runtime.errors import (
     driver_state,
     is_lock_timeout,
     rewrite_failure,
+    server_context,
     sqlstate_of,
 )
 from safeddl.runtime.live_catalog import LiveCatalog, names_in
@@ -438,11 +440,23 @@ class Guard:
             facts = SessionFacts(self.version_for(state.server_version), True)
             statements = tuple(item[0] for item in analyse(text, facts))
         requests = lock_requests(statements, live)
-        blockers, note = report_blockers(state.conninfo(), requests, state.pid)
-        target = _waited_for(requests, {b.relation for b in blockers})
-        timeout = LockTimeout(text, target.relation if target else None,
-                              target.mode if target else None, blockers,
-                              lock_timeout_ms=waited_ms, orig=error, note=note)
+        wait = row_wait(server_context(error))  # a row's lock, not a table's
+        blockers, note = report_blockers(state.conninfo(), requests, state.pid, wait)
+        if wait is not None:
+            written = next((r.relation for r in requests if local_name(r.relation)
+                            == wait.relation), wait.relation)
+            timeout = LockTimeout(text, written, None, blockers, lock_timeout_ms=waited_ms,
+                                  orig=error, note=note, row=wait.ctid)
+        elif blockers and all(b.row is not None for b in blockers):  # queued for a row
+            target = requests[0] if requests else None
+            ctid = blockers[0].row if all(b.certain for b in blockers) else None
+            timeout = LockTimeout(text, target.relation if target else None, None, blockers,
+                                  lock_timeout_ms=waited_ms, orig=error, note=note, row=ctid)
+        else:
+            target = _waited_for(requests, {b.relation for b in blockers})
+            timeout = LockTimeout(text, target.relation if target else None,
+                                  target.mode if target else None, blockers,
+                                  lock_timeout_ms=waited_ms, orig=error, note=note)
         timeout.__cause__ = error
         if not isinstance(error, SafeDDLError):  # caught by handlers for the driver's error
             as_driver_error(timeout, LockTimeout, (type(error),), driver_state(error))
