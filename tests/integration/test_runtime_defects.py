@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, exc, text
 import safeddl
 import safeddl.psycopg
 from safeddl import Policy
+from safeddl.runtime.errors import is_retryable
 from safeddl.runtime.policy import PG_TIMEOUT_MAX_MS
 
 pytestmark = [pytest.mark.timeout(120)]
@@ -456,3 +457,32 @@ def _wait_until_waiting(dsn: str, pid: int) -> None:
                 return
             conn.execute("SELECT pg_sleep(0.01)")
     raise AssertionError(f"pid {pid} never waited for a lock")
+
+
+def test_retries_exhausted_by_lock_timeouts_is_still_the_drivers_lock_timeout(
+        db: str, safeddl_db_url: str, holder: psycopg.Connection[Any]) -> None:
+    holder.execute("SELECT count(*) FROM big")
+    policy = Policy(lock_timeout="50ms")
+
+    def migrate(conn: Any) -> None:
+        statement = "ALTER TABLE big ADD COLUMN c int"
+        conn.execute(text(statement) if hasattr(conn, "exec_driver_sql") else statement)
+
+    with psycopg.connect(db, autocommit=True) as conn:
+        safeddl.psycopg.install(conn, policy)
+        with pytest.raises(psycopg.errors.LockNotAvailable) as info:
+            safeddl.run_transaction(conn, migrate, attempts=2, backoff="1ms")
+    assert isinstance(info.value, safeddl.RetriesExhausted)
+    assert info.value.sqlstate == "55P03" and len(info.value.failures) == 2
+    assert str(info.value).startswith("safeddl: gave up on")
+    assert not is_retryable(info.value)  # an outer retry does not multiply the attempts
+
+    engine = create_engine(safeddl_db_url)
+    safeddl.install(engine, policy)
+    try:
+        with pytest.raises(exc.OperationalError) as sa_info:
+            safeddl.run_transaction(engine, migrate, attempts=2, backoff="1ms")
+    finally:
+        engine.dispose()
+    assert isinstance(sa_info.value, safeddl.RetriesExhausted)
+    assert getattr(sa_info.value.orig, "sqlstate", None) == "55P03"

@@ -82,7 +82,13 @@ from tenacity import (
 )
 
 from safeddl.model import shorten
-from safeddl.runtime.errors import AttemptFailure, ConfigError, RetriesExhausted, is_retryable
+from safeddl.runtime.errors import (
+    AttemptFailure,
+    ConfigError,
+    RetriesExhausted,
+    carry_driver_error,
+    is_retryable,
+)
 from safeddl.runtime.policy import Duration, milliseconds, parse_duration, parse_timeout
 
 if TYPE_CHECKING:
@@ -563,7 +569,10 @@ class _Run:
                      f"{self.policy.max_seconds:g} s")
         error = RetriesExhausted(self.unit, self.failures, seconds, limit,
                                  transactional=not self.autocommit)
-        raise error from (self.failures[-1].error if self.failures else None)
+        last = self.failures[-1].error if self.failures else None
+        if last is not None:  # still caught by handlers for the last attempt's error
+            carry_driver_error(error, RetriesExhausted, last)
+        raise error from last
 
 
 def attempts(target: Any, *, autocommit: bool = False, name: str | None = None,

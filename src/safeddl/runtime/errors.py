@@ -191,6 +191,33 @@ def driver_state(error: BaseException) -> dict[str, object]:
     return dict(getattr(error, "__dict__", {}))
 
 
+_SAFEDDL_FIELDS = frozenset({"relation", "mode", "row", "blockers", "lock_timeout_ms", "note",
+                             "step", "rule", "safe_alternative", "message", "findings"})
+
+
+def driver_classes_of(error: BaseException) -> tuple[type[Any], ...]:
+    """The driver's classes an error is an instance of: its own class for a driver's
+    error, the driver's bases of a safeddl error made one by :func:`as_driver_error`,
+    none for any other safeddl error."""
+    cls = type(error)
+    if "_safeddl_base" in cls.__dict__:
+        return cls.__bases__[1:]
+    return () if isinstance(error, SafeDDLError) else (cls,)
+
+
+def carry_driver_error(error: E, base: type[E], last: BaseException) -> E:
+    """``error`` (raised because of the driver's error ``last``, e.g. after the last
+    retry) made an instance of ``last``'s driver classes too, with the state those
+    classes read (psycopg's diagnostics, SQLAlchemy's statement and ``orig``)."""
+    classes = driver_classes_of(last)
+    if not classes:
+        return error
+    own = set(vars(error)) | _SAFEDDL_FIELDS
+    state = {name: value for name, value in vars(last).items()
+             if name not in own and not hasattr(base, name)}
+    return as_driver_error(error, base, classes, state)
+
+
 def driver_class_for(error: BaseException, sqlstate: str) -> type[BaseException] | None:
     """The class the driver of ``error`` raises for ``sqlstate`` (psycopg's
     ``psycopg.errors.lookup``), or None for an error of no known driver."""
@@ -254,7 +281,11 @@ def retry_reason(exc: BaseException | None) -> str | None:
 
 
 def is_retryable(exc: BaseException | None) -> bool:
-    """A lock timeout (55P03), deadlock (40P01) or serialization failure (40001)."""
+    """A lock timeout (55P03), deadlock (40P01) or serialization failure (40001); not a
+    unit of work that already gave up after its retries (RetriesExhausted keeps the
+    last error's class and SQLSTATE, so that the driver's handlers catch it)."""
+    if any(isinstance(error, RetriesExhausted) for error in driver_errors(exc)):
+        return False
     return retry_reason(exc) is not None
 
 
@@ -441,8 +472,10 @@ __all__ = [
     "SafeDDLError",
     "UnsafeStatement",
     "as_driver_error",
+    "carry_driver_error",
     "deadlock_pids",
     "driver_class_for",
+    "driver_classes_of",
     "driver_errors",
     "driver_state",
     "flavoured_class",
