@@ -179,7 +179,10 @@ def as_driver_error(error: Any, base: type[E], driver_classes: tuple[type[Any], 
     error, it is still caught by ``except`` clauses written for that error
     (``psycopg.errors.LockNotAvailable``, SQLAlchemy's ``OperationalError``) and by
     those written for safeddl's."""
-    error.__class__ = flavoured_class(base, driver_classes)
+    try:
+        error.__class__ = flavoured_class(base, driver_classes)
+    except TypeError:  # a driver class that cannot be combined (a C layout): leave it be
+        return error  # type: ignore[no-any-return]
     for name, value in attributes.items():
         setattr(error, name, value)
     return error  # type: ignore[no-any-return]
