@@ -92,17 +92,16 @@ class LockTimeout(SafeDDLError):
 
     def _compose(self) -> str:
         lines = [self._headline()]
-        if self.blockers and self.row is not None and not all(
-                blocker.certain for blocker in self.blockers):
-            lines.append("The row's holder could not be read; sessions writing the table in "
-                         "an open transaction (one of them may hold the row):")
-            lines.extend("  " + blocker.describe() for blocker in self.blockers)
-        elif self.blockers and all(blocker.row is not None for blocker in self.blockers):
-            lines.append("Sessions holding, or queued ahead for, the rows it waited behind:")
-            lines.extend("  " + blocker.describe() for blocker in self.blockers)
-        elif self.blockers:
-            held = "the row" if self.row is not None else "a conflicting lock"
-            lines.append(f"Sessions holding {held}:")
+        if self.blockers:
+            if all(b.row is None and not b.certain for b in self.blockers):
+                lines.append("It waited for a row (another transaction's uncommitted row "
+                             "with the same key, or a row version no longer there) whose "
+                             "holder could not be read; sessions writing the table in an "
+                             "open transaction:")
+            elif all(b.row is not None for b in self.blockers):
+                lines.append("Sessions holding the row it waited for, or queued ahead for it:")
+            else:
+                lines.append("Sessions holding a conflicting lock:")
             lines.extend("  " + blocker.describe() for blocker in self.blockers)
         else:
             held = "the row" if self.row is not None else "a conflicting lock"

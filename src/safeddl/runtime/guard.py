@@ -33,7 +33,6 @@ from safeddl.analysis import Statement, analyze_statement
 from safeddl.analysis.locktable import NEWEST, OLDEST
 from safeddl.locks import LockMode
 from safeddl.model import shorten
-from safeddl.sql.names import local_name
 from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers, row_wait
 from safeddl.runtime.decision import (
     analyse,
@@ -69,6 +68,7 @@ from safeddl.runtime.session import (
     restore_or_discard,
 )
 from safeddl.runtime.tracking import LockTracker, watch_commands
+from safeddl.sql.names import local_name
 
 logger = logging.getLogger("safeddl")
 
@@ -442,7 +442,11 @@ class Guard:
         requests = lock_requests(statements, live)
         wait = row_wait(server_context(error))  # a row's lock, not a table's
         blockers, note = report_blockers(state.conninfo(), requests, state.pid, wait)
-        if wait is not None:
+        if wait is not None and wait.own_row:  # a unique check waited for another inserter
+            target = requests[0] if requests else None
+            timeout = LockTimeout(text, target.relation if target else None, None, blockers,
+                                  lock_timeout_ms=waited_ms, orig=error, note=note)
+        elif wait is not None:
             written = next((r.relation for r in requests if local_name(r.relation)
                             == wait.relation), wait.relation)
             timeout = LockTimeout(text, written, None, blockers, lock_timeout_ms=waited_ms,
