@@ -486,3 +486,25 @@ def test_retries_exhausted_by_lock_timeouts_is_still_the_drivers_lock_timeout(
         engine.dispose()
     assert isinstance(sa_info.value, safeddl.RetriesExhausted)
     assert getattr(sa_info.value.orig, "sqlstate", None) == "55P03"
+
+
+def test_under_sqlalchemy_a_rewritten_statement_that_times_out_is_an_operational_error(
+        db: str, safeddl_db_url: str, holder: psycopg.Connection[Any]) -> None:
+    """The concurrent build a CREATE INDEX is rewritten into waits for the writer's open
+    transaction until the lock timeout."""
+    holder.execute("INSERT INTO big (id) VALUES (-1)")  # ROW EXCLUSIVE, open
+    engine = create_engine(safeddl_db_url, isolation_level="AUTOCOMMIT")
+    safeddl.install(engine, Policy(small_table_rows=0, lock_timeout="200ms"))
+    try:
+        with engine.connect() as conn:
+            with pytest.raises(exc.OperationalError) as info:
+                conn.execute(text("CREATE INDEX big_x ON big (x)"))
+            with pytest.raises(exc.OperationalError) as step_info:  # its first step waits
+                conn.execute(text("ALTER TABLE big ALTER COLUMN x SET NOT NULL"))
+    finally:
+        engine.dispose()
+    for caught in (info.value, step_info.value):
+        assert isinstance(caught, safeddl.LockTimeout)
+        assert getattr(caught.orig, "sqlstate", None) == "55P03"
+    assert isinstance(step_info.value, safeddl.LockTimeout)
+    assert "NOT VALID" in step_info.value.statement  # the step that timed out
