@@ -266,11 +266,7 @@ def read_row_blockers(run: Run, wait: RowWait, requests: Sequence[LockRequest],
     relid, name, table_oid = relation
     blockers: list[Blocker] = []
     if not wait.own_row and relid == table_oid:
-        xids = _row_xids(run, name, wait.ctid)
-        params = {"limit": QUERY_LIMIT, "xids": xids, "relid": relid, "page": wait.page,
-                  "tuple": wait.tuple, "me": exclude_pid}
-        blockers = [_activity_blocker(row, name, ctid=wait.ctid)
-                    for row in run(_ROW_HOLDERS_SQL, params)]
+        blockers = _row_holders(run, name, relid, wait.ctid, exclude_pid)
     if not blockers:
         params = {"limit": QUERY_LIMIT, "relid": table_oid, "me": exclude_pid}
         blockers = [_activity_blocker(row, name, certain=False)
@@ -312,23 +308,48 @@ def _resolve(run: Run, wait: RowWait, requests: Sequence[LockRequest],
     return int(relid), f"{quote_ident(schema)}.{quote_ident(relname)}", int(table_oid)
 
 
-def _row_xids(run: Run, table: str, ctid: str) -> list[str]:
-    """The transactions that may hold the row version at ``ctid``: its xmin and xmax,
-    and the members of xmax when it is a multixact (shared row locks)."""
-    rows = run(f"SELECT xmin::text, xmax::text FROM ONLY {table} WHERE ctid = %(ctid)s::tid",
-               {"ctid": ctid})
-    if not rows:
-        return []
-    xmin, xmax = rows[0]
+def _row_holders(run: Run, table: str, relid: int, ctid: str, exclude_pid: int,
+                 certain: bool = True) -> list[Blocker]:
+    """The transactions holding the row version at ``ctid`` of ``table`` (its xmax, or
+    xmin; the members of xmax when that is a multixact of shared row locks, asked only
+    when xmax is no running transaction), then the sessions queued for its tuple lock."""
+    page, number = (int(part) for part in ctid.strip("()").split(","))
+
+    def holders(xids: list[str]) -> list[Blocker]:
+        params = {"limit": QUERY_LIMIT, "xids": xids, "relid": relid, "page": page,
+                  "tuple": number, "me": exclude_pid}
+        return [_activity_blocker(row, table, ctid=ctid, certain=certain)
+                for row in run(_ROW_HOLDERS_SQL, params)]
+
+    xmin, xmax = _row_version(run, table, ctid)
     xids = [xid for xid in (xmax, xmin) if xid and xid != "0"]
-    if xmax and xmax != "0":
-        try:
-            members = run("SELECT xid::text FROM pg_get_multixact_members(%(xmax)s::xid)",
-                          {"xmax": xmax})
-        except Exception:  # noqa: BLE001 - xmax is a plain transaction id, not a multixact
-            members = []
-        xids.extend(str(member[0]) for member in members)
-    return xids
+    found = holders(xids)
+    if xmax and xmax != "0" and not any(blocker.granted for blocker in found):
+        members = _multixact_members(run, xmax)
+        if members:
+            found = holders(xids + members)
+    return found
+
+
+def _row_version(run: Run, table: str, ctid: str) -> tuple[str | None, str | None]:
+    """xmin and xmax of the row version at ``ctid`` (None, None when it cannot be read:
+    gone, hidden by row-level security, no privilege)."""
+    try:
+        rows = run(f"SELECT xmin::text, xmax::text FROM ONLY {table} "
+                   "WHERE ctid = %(ctid)s::tid", {"ctid": ctid})
+    except Exception:  # noqa: BLE001 - the report goes on without the row
+        logger.debug("safeddl: could not read row %s of %s", ctid, table, exc_info=True)
+        return None, None
+    return (str(rows[0][0]), str(rows[0][1])) if rows else (None, None)
+
+
+def _multixact_members(run: Run, xmax: str) -> list[str]:
+    try:
+        members = run("SELECT xid::text FROM pg_get_multixact_members(%(xmax)s::xid)",
+                      {"xmax": xmax})
+    except Exception:  # noqa: BLE001 - xmax is a plain transaction id, not a multixact
+        return []
+    return [str(member[0]) for member in members]
 
 
 _QUEUED_FOR_ROWS_SQL = f"""
@@ -375,13 +396,9 @@ def read_queued_row_blockers(run: Run, requests: Sequence[LockRequest],
             names[relid] = f"{quote_ident(found[0][1])}.{quote_ident(found[0][2])}"
     blockers: list[Blocker] = []
     for relid, ctid in waits:  # every holder of the row, also the members of a multixact
-        if relid not in names:
-            continue
-        page, tuple_number = (int(part) for part in ctid.strip("()").split(","))
-        holders = {"limit": QUERY_LIMIT, "xids": _row_xids(run, names[relid], ctid),
-                   "relid": relid, "page": page, "tuple": tuple_number, "me": exclude_pid}
-        blockers.extend(_activity_blocker(row, names[relid], ctid=ctid, certain=certain)
-                        for row in run(_ROW_HOLDERS_SQL, holders) if row[-1])
+        if relid in names:
+            blockers.extend(blocker for blocker in _row_holders(
+                run, names[relid], relid, ctid, exclude_pid, certain) if blocker.granted)
     for (pid, user, application, state, xact_age, query_age, wait_type, wait_event, query,
          relid, ctid, holds) in rows:
         blockers.append(Blocker(pid, user, application, state, names.get(relid, str(relid)),
