@@ -50,6 +50,15 @@ def test_durations_beyond_postgresqls_range_fail_at_start_up(value: object) -> N
         Policy(statement_timeout={"create-index": value})
 
 
+@pytest.mark.parametrize(("key", "value"), [("small_table_rows", "1" * 5000),
+                                            ("pg_version", "9" * 5000),
+                                            ("long_lock_threshold", "9" * 400 + "d")])
+def test_numbers_too_large_for_python_fail_at_start_up_naming_the_key(key: str,
+                                                                      value: str) -> None:
+    with pytest.raises(safeddl.ConfigError, match=key):
+        Policy.from_strings({key: value}, "URL")
+
+
 @pytest.mark.parametrize("value", ["30d", "1" + "0" * 24])
 def test_a_url_key_beyond_the_range_fails_when_the_engine_is_created(safeddl_db_url: str,
                                                                      value: str) -> None:

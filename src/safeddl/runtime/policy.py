@@ -363,7 +363,10 @@ def parse_int(value: object, key: str, *, minimum: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and re.fullmatch(r"\s*-?\d[\d_]*\s*", value):
-        number = int(value.strip().replace("_", ""))
+        try:
+            number = int(value.strip().replace("_", ""))
+        except ValueError:  # more digits than Python converts
+            raise ConfigError(_bad(key, value, "is too large a number")) from None
     if number is None or number < minimum:
         raise ConfigError(_bad(key, value, f"expected a whole number >= {minimum}"))
     return number
