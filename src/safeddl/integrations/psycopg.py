@@ -99,7 +99,13 @@ class _Call:
         self.guard = guard
         self.text = text
         self.session = PsycopgSession(conn)
-        self.ticket: Ticket | None = guard.before(text, self.session, params, many)
+        idle = conn.pgconn.transaction_status == _IDLE
+        try:
+            self.ticket: Ticket | None = guard.before(text, self.session, params, many)
+        except BaseException:
+            if idle:
+                _back_to_idle(conn)
+            raise
 
     def query(self, original: Any) -> Any:
         ticket = self.ticket
@@ -114,6 +120,18 @@ class _Call:
         replacement = self.guard.failed(self.ticket, self.text, self.session, error)
         if replacement is not None:
             raise replacement from error
+
+
+def _back_to_idle(conn: psycopg.Connection[Any]) -> None:
+    """The statement was not sent (refused, or a pre-flight gave up): a transaction that
+    only safeddl's own catalog reads opened is rolled back, so the connection is exactly
+    as it was (e.g. ``conn.autocommit = True`` can follow)."""
+    if conn.closed or conn.pgconn.transaction_status == _IDLE:
+        return
+    try:
+        conn.rollback()
+    except psycopg.Error:  # the refusal is what the caller must see
+        pass
 
 
 def _prepare(cursor: Any, query: Any, params: Any = None, many: bool = False) -> _Call | None:

@@ -38,6 +38,7 @@ import psycopg
 from sqlalchemy.engine import URL, Connection, CreateEnginePlugin, Engine
 from sqlalchemy.engine.default import DefaultDialect
 
+from safeddl.runtime.errors import LockTimeout, PreflightBlocked, SafeDDLError, as_driver_error
 from safeddl.runtime.guard import Guard, Ticket, state_of
 from safeddl.runtime.policy import Policy, Settings, default_policy, read_tool_table
 from safeddl.runtime.scope import current_scopes, scoped_guard
@@ -197,7 +198,10 @@ class EngineHook:
             self.server_version = session.state.server_version
         ticket = None
         if not guard.passes(statement, self.server_version):
-            ticket = guard.before(statement, session, parameters, many)
+            try:
+                ticket = guard.before(statement, session, parameters, many)
+            except LockTimeout as timeout:  # a rewrite step timed out
+                raise as_sqlalchemy_error(timeout, parameters, many) from timeout.__cause__
         try:
             run(ticket.replacement if ticket is not None and ticket.replacement else statement)
         except Exception as exc:
@@ -215,11 +219,28 @@ class EngineHook:
             session = self._session(context)
         replacement = guard.failed(ticket, statement, session, error)
         if replacement is not None:
-            raise replacement from error
+            raise as_sqlalchemy_error(replacement, getattr(context, "parameters", None)) \
+                from error
 
     @staticmethod
     def _session(context: Any) -> SqlaSession:
         return SqlaSession.of(context.root_connection)
+
+
+def as_sqlalchemy_error(error: SafeDDLError, parameters: Any = None,
+                        many: bool = False) -> SafeDDLError:
+    """A LockTimeout raised instead of the driver's 55P03 is also the
+    ``sqlalchemy.exc.OperationalError`` SQLAlchemy would have raised for it (``.orig``:
+    the driver's error, ``.orig.sqlstate == "55P03"``), so an application's own
+    ``except OperationalError`` keeps working; it is not wrapped again."""
+    if not isinstance(error, LockTimeout) or isinstance(error, PreflightBlocked) \
+            or error.orig is None:
+        return error
+    from sqlalchemy.exc import DontWrapMixin, OperationalError
+
+    return as_driver_error(error, LockTimeout, (OperationalError, DontWrapMixin), {
+        "params": parameters, "ismulti": many, "hide_parameters": False, "detail": [],
+        "connection_invalidated": False})
 
 
 def _overridden(dialect: Any, name: str) -> Callable[..., Any] | None:

@@ -30,7 +30,8 @@ from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
-from safeddl.runtime.policy import Duration, milliseconds, parse_duration
+from safeddl.jobs.arguments import relation_name, sql_text, whole_number
+from safeddl.runtime.policy import Duration, milliseconds, parse_duration, parse_timeout
 
 logger = logging.getLogger("safeddl")
 
@@ -56,14 +57,19 @@ def backfill(conn: psycopg.Connection[Any], table: str, assignments: str, pendin
 
     ``table`` is written as in SQL (``"app.orders"``); ``assignments`` (``"total =
     price * quantity"``) and ``pending`` (``"total IS NULL"``) are SQL from the caller,
-    used as given. ``pause`` sleeps between batches (lets replicas and vacuum keep
+    run as given (they are meant to be: the caller's own SQL, never built from untrusted
+    input). ``pause`` sleeps between batches (lets replicas and vacuum keep
     up). ``conn`` must be outside a transaction block; its statements run unguarded.
     """
-    if batch_size < 1:
-        raise ValueError("batch_size must be at least 1")
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
-    wait = parse_duration(lock_timeout, "lock_timeout")
+    helper = "safeddl.backfill"
+    relation_name(helper, "table", table)
+    sql_text(helper, "assignments", assignments)
+    sql_text(helper, "pending", pending)
+    whole_number(helper, "batch_size", batch_size, minimum=1)
+    whole_number(helper, "attempts", attempts, minimum=1, maximum=1000)
+    if max_batches is not None:
+        whole_number(helper, "max_batches", max_batches, minimum=0)
+    wait = parse_timeout(lock_timeout, "lock_timeout")
     sleep_s = parse_duration(pause, "pause", allow_zero=True).total_seconds()
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise SafeDDLError("safeddl.backfill needs a connection outside a transaction block "

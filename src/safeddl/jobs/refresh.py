@@ -46,8 +46,15 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
-from safeddl.runtime.policy import Duration, as_timedelta, milliseconds, parse_duration
+from safeddl.jobs.arguments import relation_name, sql_text, whole_number
+from safeddl.runtime.errors import ConfigError, SafeDDLError, is_lock_timeout
+from safeddl.runtime.policy import (
+    Duration,
+    as_timedelta,
+    milliseconds,
+    parse_duration,
+    parse_timeout,
+)
 
 logger = logging.getLogger("safeddl")
 
@@ -92,7 +99,9 @@ def swap_in(conn: psycopg.Connection[Any], table: str, load: Loader, *,
             backoff_initial: Duration = timedelta(milliseconds=100),
             backoff_max: Duration = timedelta(seconds=5)) -> SwapResult:
     """Replace the contents of ``table`` (as written in SQL, e.g. ``"app.rates"``) with
-    what ``load`` puts into a fresh copy, swapped in under a short lock.
+    what ``load`` puts into a fresh copy, swapped in under a short lock. ``load`` (a
+    SELECT, or a callable given the connection and the new table's name) is the
+    caller's own SQL, run as given.
 
     ``conn`` is a psycopg connection outside a transaction block (its statements run
     unguarded: safeddl's own rules would warn about the renames). Raises
@@ -100,9 +109,17 @@ def swap_in(conn: psycopg.Connection[Any], table: str, load: Loader, *,
     and the driver's lock-timeout error when every attempt timed out (the new table is
     dropped again, the old one kept).
     """
-    wait = parse_duration(lock_timeout, "lock_timeout")
-    if attempts < 1:
-        raise ValueError("attempts must be at least 1")
+    helper = "safeddl.swap_in"
+    relation_name(helper, "table", table)
+    if isinstance(load, str):
+        sql_text(helper, "load", load)
+    elif not callable(load):
+        raise ConfigError(f"{helper}: load={load!r} must be a SELECT (SQL text, run as "
+                          "given) or a callable(conn, new_table_name)")
+    whole_number(helper, "attempts", attempts, minimum=1, maximum=1000)
+    wait = parse_timeout(lock_timeout, "lock_timeout")
+    parse_duration(backoff_initial, "backoff_initial", allow_zero=True)
+    parse_duration(backoff_max, "backoff_max", allow_zero=True)
     if conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
         raise SafeDDLError("safeddl.jobs.refresh.swap_in needs a connection outside a "
                            "transaction block (commit or roll back first)")

@@ -389,11 +389,11 @@ def run_command(dsn: str, file: str, script: str, *, output: str, pg_version: in
     import click
 
     from safeddl.runtime.errors import ConfigError
-    from safeddl.runtime.policy import as_timedelta, parse_duration
+    from safeddl.runtime.policy import as_timedelta, parse_timeout
 
     try:
-        lock_wait = as_timedelta(parse_duration(lock_timeout, "--lock-timeout")).total_seconds()
-        run_limit = as_timedelta(parse_duration(statement_timeout, "--statement-timeout")
+        lock_wait = as_timedelta(parse_timeout(lock_timeout, "--lock-timeout")).total_seconds()
+        run_limit = as_timedelta(parse_timeout(statement_timeout, "--statement-timeout")
                                  ).total_seconds()
     except ConfigError as exc:
         raise click.BadParameter(str(exc)) from None

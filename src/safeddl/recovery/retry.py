@@ -82,8 +82,14 @@ from tenacity import (
 )
 
 from safeddl.model import shorten
-from safeddl.runtime.errors import AttemptFailure, ConfigError, RetriesExhausted, is_retryable
-from safeddl.runtime.policy import Duration, milliseconds, parse_duration
+from safeddl.runtime.errors import (
+    AttemptFailure,
+    ConfigError,
+    RetriesExhausted,
+    carry_driver_error,
+    is_retryable,
+)
+from safeddl.runtime.policy import Duration, milliseconds, parse_duration, parse_timeout
 
 if TYPE_CHECKING:
     from safeddl.runtime.guard import Guard
@@ -127,8 +133,8 @@ class RetryPolicy:
             if value is None:
                 continue
             try:
-                object.__setattr__(self, name, parse_duration(value, name,
-                                                              allow_zero=name == "backoff"))
+                parse = parse_timeout if name.startswith("lock_timeout") else parse_duration
+                object.__setattr__(self, name, parse(value, name, allow_zero=name == "backoff"))
             except ConfigError as exc:
                 problems.extend(exc.problems)
         if isinstance(self.attempts, bool) or not isinstance(self.attempts, int) \
@@ -563,7 +569,10 @@ class _Run:
                      f"{self.policy.max_seconds:g} s")
         error = RetriesExhausted(self.unit, self.failures, seconds, limit,
                                  transactional=not self.autocommit)
-        raise error from (self.failures[-1].error if self.failures else None)
+        last = self.failures[-1].error if self.failures else None
+        if last is not None:  # still caught by handlers for the last attempt's error
+            carry_driver_error(error, RetriesExhausted, last)
+        raise error from last
 
 
 def attempts(target: Any, *, autocommit: bool = False, name: str | None = None,

@@ -42,7 +42,7 @@ from safeddl.ordering import LockOrder
 from safeddl.runtime.errors import ConfigError
 from safeddl.runtime.policy import Policy, default_policy
 from safeddl.runtime.scope import allow
-from safeddl.sql.names import fold, quote_ident, split_name
+from safeddl.sql.names import fold, quote_ident, split_relation_name
 
 _MODES = ", ".join(mode.sql_name for mode in LockMode)
 _WHY = "safeddl.transaction() takes its declared locks up front, in the canonical order"
@@ -56,6 +56,8 @@ def transaction(target: Any, tables: Mapping[str, str | LockMode], *,
     EXCLUSIVE"``) in the canonical order; yields the connection to use. ``policy``:
     default the one installed on ``target``, else ``[tool.safeddl]`` / ``SAFEDDL_*``.
     A bad table name or mode raises ConfigError before anything is sent."""
+    if policy is not None and not isinstance(policy, Policy):
+        raise ConfigError(f"safeddl.transaction(): policy={policy!r} is not a safeddl.Policy")
     active = policy if policy is not None else _installed_policy(target) or default_policy()
     statements = lock_statements(tables, LockOrder(active.lock_order))
     library = (type(target).__module__ or "").split(".", 1)[0]
@@ -109,10 +111,11 @@ def lock_mode(table: str, value: object) -> LockMode:
 
 
 def _table_sql(table: object) -> str:
-    parts = split_name(table) if isinstance(table, str) else []
+    parts = split_relation_name(table) if isinstance(table, str) else None
     if not parts or len(parts) > 2 or any(not part for part, _quoted in parts):
         raise ConfigError(f"safeddl.transaction(): {table!r} is not a table name "
-                          "(table or schema.table)")
+                          '(table or schema.table, as in SQL: "my table" in double quotes '
+                          "for a name with a space or capitals)")
     return ".".join(quote_ident(fold(part, quoted)) for part, quoted in parts)
 
 

@@ -6,9 +6,10 @@ Importing this module is cheap: it imports neither psycopg nor SQLAlchemy.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+import threading
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from safeddl.model import shorten
 
@@ -21,6 +22,8 @@ LOCK_NOT_AVAILABLE = "55P03"
 DEADLOCK_DETECTED = "40P01"
 SERIALIZATION_FAILURE = "40001"
 QUERY_CANCELED = "57014"
+NOT_NULL_VIOLATION = "23502"
+CHECK_VIOLATION = "23514"
 
 RETRY_REASONS = {
     LOCK_NOT_AVAILABLE: "lock timeout",
@@ -35,6 +38,10 @@ _BLOCKED_BY = re.compile(r"\bblocked by process (\d+)")
 
 class SafeDDLError(Exception):
     """Base class of every error safeddl raises."""
+
+    # Also when a driver's class comes later in the MRO (see as_driver_error): the
+    # message is safeddl's own, not SQLAlchemy's rendering of a statement error.
+    __str__ = BaseException.__str__
 
 
 class ConfigError(SafeDDLError, ValueError):
@@ -71,10 +78,12 @@ class LockTimeout(SafeDDLError):
 
     def __init__(self, statement: str, relation: str | None, mode: LockMode | None,
                  blockers: Sequence[Blocker] = (), *, lock_timeout_ms: int | None = None,
-                 orig: BaseException | None = None, note: str | None = None) -> None:
+                 orig: BaseException | None = None, note: str | None = None,
+                 row: str | None = None) -> None:
         self.statement = statement
         self.relation = relation
         self.mode = mode
+        self.row = row  # the ctid of the row it waited for; None: a table lock
         self.blockers: list[Blocker] = list(blockers)
         self.lock_timeout_ms = lock_timeout_ms
         self.orig = orig
@@ -84,10 +93,19 @@ class LockTimeout(SafeDDLError):
     def _compose(self) -> str:
         lines = [self._headline()]
         if self.blockers:
-            lines.append("Sessions holding a conflicting lock:")
+            if all(b.row is None and not b.certain for b in self.blockers):
+                lines.append("It waited for a row (another transaction's uncommitted row "
+                             "with the same key, or a row version no longer there) whose "
+                             "holder could not be read; sessions writing the table in an "
+                             "open transaction:")
+            elif all(b.row is not None for b in self.blockers):
+                lines.append("Sessions holding the row it waited for, or queued ahead for it:")
+            else:
+                lines.append("Sessions holding a conflicting lock:")
             lines.extend("  " + blocker.describe() for blocker in self.blockers)
         else:
-            lines.append("No session holding a conflicting lock was found any more "
+            held = "the row" if self.row is not None else "a conflicting lock"
+            lines.append(f"No session holding {held} was found any more "
                          "(it may have finished meanwhile).")
         if self.note:
             lines.append(self.note)
@@ -98,7 +116,9 @@ class LockTimeout(SafeDDLError):
     def _headline(self) -> str:
         waited = f" after {self.lock_timeout_ms} ms" if self.lock_timeout_ms else ""
         target = ""
-        if self.mode is not None and self.relation is not None:
+        if self.row is not None:
+            target = f" for a lock on row {self.row} of {self.relation or 'a table'}"
+        elif self.mode is not None and self.relation is not None:
             target = f" for {self.mode.sql_name} on {self.relation}"
         elif self.relation is not None:
             target = f" for a lock on {self.relation}"
@@ -115,6 +135,117 @@ class PreflightBlocked(LockTimeout):
         return (f"safeddl: pre-flight: `{shorten(self.statement)}` needs{target}, and other "
                 "sessions have held a conflicting lock for too long; it was not sent, so it "
                 "did not join the lock queue behind them.")
+
+
+class RewriteFailed(SafeDDLError):
+    """A step of a rewrite failed where the original statement would have failed: raised
+    as the driver's error of the original statement (same SQLSTATE, an instance of the
+    driver's class for it, the original's message first), so the handlers written for
+    that error keep working. ``statement`` is the original statement, ``step`` the step
+    that failed, ``orig`` the step's own error (also ``__cause__``)."""
+
+    statement: str
+    step: str
+    orig: BaseException | None
+
+
+E = TypeVar("E", bound=SafeDDLError)
+_FLAVOURS: dict[tuple[type[Any], tuple[type[Any], ...]], type[Any]] = {}
+_FLAVOURS_LOCK = threading.Lock()
+
+
+def flavoured_class(base: type[E], driver_classes: tuple[type[Any], ...]) -> type[E]:
+    """A subclass of safeddl's ``base`` and of ``driver_classes`` (named like ``base``),
+    made once per combination."""
+    base = getattr(base, "_safeddl_base", base)
+    key = (base, driver_classes)
+    flavoured = _FLAVOURS.get(key)
+    if flavoured is None:
+        with _FLAVOURS_LOCK:
+            flavoured = _FLAVOURS.get(key)
+            if flavoured is None:
+                flavoured = type(base.__name__, (base, *driver_classes), {
+                    "__module__": base.__module__, "__qualname__": base.__qualname__,
+                    "__doc__": base.__doc__, "_safeddl_base": base})
+                _FLAVOURS[key] = flavoured
+    return flavoured
+
+
+def as_driver_error(error: Any, base: type[E], driver_classes: tuple[type[Any], ...],
+                    attributes: Mapping[str, object]) -> E:
+    """Make ``error`` (in place) an instance of safeddl's ``base`` and of the driver's
+    ``driver_classes`` at once, with ``attributes`` set: raised instead of a driver's
+    error, it is still caught by ``except`` clauses written for that error
+    (``psycopg.errors.LockNotAvailable``, SQLAlchemy's ``OperationalError``) and by
+    those written for safeddl's."""
+    try:
+        error.__class__ = flavoured_class(base, driver_classes)
+    except TypeError:  # a driver class that cannot be combined (a C layout): leave it be
+        return error  # type: ignore[no-any-return]
+    for name, value in attributes.items():
+        setattr(error, name, value)
+    return error  # type: ignore[no-any-return]
+
+
+def driver_state(error: BaseException) -> dict[str, object]:
+    """The instance attributes of a driver's error (psycopg: its diagnostics), to carry
+    over onto the safeddl error raised instead of it."""
+    return dict(getattr(error, "__dict__", {}))
+
+
+_SAFEDDL_FIELDS = frozenset({"relation", "mode", "row", "blockers", "lock_timeout_ms", "note",
+                             "step", "rule", "safe_alternative", "message", "findings"})
+
+
+def driver_classes_of(error: BaseException) -> tuple[type[Any], ...]:
+    """The driver's classes an error is an instance of: its own class for a driver's
+    error, the driver's bases of a safeddl error made one by :func:`as_driver_error`,
+    none for any other safeddl error."""
+    cls = type(error)
+    if "_safeddl_base" in cls.__dict__:
+        return cls.__bases__[1:]
+    return () if isinstance(error, SafeDDLError) else (cls,)
+
+
+def carry_driver_error(error: E, base: type[E], last: BaseException) -> E:
+    """``error`` (raised because of the driver's error ``last``, e.g. after the last
+    retry) made an instance of ``last``'s driver classes too, with the state those
+    classes read (psycopg's diagnostics, SQLAlchemy's statement and ``orig``)."""
+    classes = driver_classes_of(last)
+    if not classes:
+        return error
+    own = set(vars(error)) | _SAFEDDL_FIELDS
+    state = {name: value for name, value in vars(last).items()
+             if name not in own and not hasattr(base, name)}
+    return as_driver_error(error, base, classes, state)
+
+
+def driver_class_for(error: BaseException, sqlstate: str) -> type[BaseException] | None:
+    """The class the driver of ``error`` raises for ``sqlstate`` (psycopg's
+    ``psycopg.errors.lookup``), or None for an error of no known driver."""
+    if (type(error).__module__ or "").split(".", 1)[0] != "psycopg":
+        return None
+    import psycopg.errors
+
+    try:
+        return psycopg.errors.lookup(sqlstate)
+    except KeyError:
+        return None
+
+
+def rewrite_failure(error: BaseException, sqlstate: str, message: str, statement: str,
+                    step: str) -> RewriteFailed | None:
+    """The error the original ``statement`` fails with (``sqlstate``, ``message``), as
+    the driver's own class for it, when its rewrite's ``step`` failed with ``error``."""
+    driver_class = driver_class_for(error, sqlstate)
+    if driver_class is None:
+        return None
+    text = (f"{message}\n(safeddl ran the safe form of `{shorten(statement)}`; its step "
+            f"`{shorten(step)}` found this; the steps before it were undone, as if the "
+            "original statement had failed)")
+    failure = driver_class(text)
+    return as_driver_error(failure, RewriteFailed, (driver_class,),
+                           {"statement": statement, "step": step, "orig": error})
 
 
 def driver_errors(exc: BaseException | None) -> list[BaseException]:
@@ -152,7 +283,11 @@ def retry_reason(exc: BaseException | None) -> str | None:
 
 
 def is_retryable(exc: BaseException | None) -> bool:
-    """A lock timeout (55P03), deadlock (40P01) or serialization failure (40001)."""
+    """A lock timeout (55P03), deadlock (40P01) or serialization failure (40001); not a
+    unit of work that already gave up after its retries (RetriesExhausted keeps the
+    last error's class and SQLSTATE, so that the driver's handlers catch it)."""
+    if any(isinstance(error, RetriesExhausted) for error in driver_errors(exc)):
+        return False
     return retry_reason(exc) is not None
 
 
@@ -162,6 +297,16 @@ def server_detail(exc: BaseException | None) -> str | None:
         detail = getattr(getattr(error, "diag", None), "message_detail", None)
         if isinstance(detail, str) and detail:
             return detail
+    return None
+
+
+def server_context(exc: BaseException | None) -> str | None:
+    """The CONTEXT the server sent with the error (a row lock wait's names the row:
+    ``while updating tuple (0,1) in relation "t"``)."""
+    for error in driver_errors(exc):
+        context = getattr(getattr(error, "diag", None), "context", None)
+        if isinstance(context, str) and context:
+            return context
     return None
 
 
@@ -313,8 +458,10 @@ class RetriesExhausted(SafeDDLError):
 
 
 __all__ = [
+    "CHECK_VIOLATION",
     "DEADLOCK_DETECTED",
     "LOCK_NOT_AVAILABLE",
+    "NOT_NULL_VIOLATION",
     "QUERY_CANCELED",
     "RETRY_REASONS",
     "SERIALIZATION_FAILURE",
@@ -323,13 +470,22 @@ __all__ = [
     "LockTimeout",
     "PreflightBlocked",
     "RetriesExhausted",
+    "RewriteFailed",
     "SafeDDLError",
     "UnsafeStatement",
+    "as_driver_error",
+    "carry_driver_error",
     "deadlock_pids",
+    "driver_class_for",
+    "driver_classes_of",
     "driver_errors",
+    "driver_state",
+    "flavoured_class",
     "is_lock_timeout",
     "is_retryable",
     "retry_reason",
+    "rewrite_failure",
+    "server_context",
     "server_detail",
     "sqlstate_of",
 ]

@@ -33,17 +33,31 @@ from safeddl.analysis import Statement, analyze_statement
 from safeddl.analysis.locktable import NEWEST, OLDEST
 from safeddl.locks import LockMode
 from safeddl.model import shorten
-from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers
-from safeddl.runtime.decision import analyse, current_rewriter, decide, needs_catalog, use_rewriter
+from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers, row_wait
+from safeddl.runtime.decision import (
+    analyse,
+    current_rewriter,
+    decide,
+    looks_like_dml,
+    needs_catalog,
+    use_rewriter,
+)
 from safeddl.runtime.errors import (
+    CHECK_VIOLATION,
     LockTimeout,
     PreflightBlocked,
     SafeDDLError,
+    UnsafeStatement,
+    as_driver_error,
+    driver_state,
     is_lock_timeout,
+    rewrite_failure,
+    server_context,
+    sqlstate_of,
 )
 from safeddl.runtime.live_catalog import LiveCatalog, names_in
 from safeddl.runtime.plan import Decision, PlanStep, Rewriter, SessionFacts
-from safeddl.runtime.policy import Policy, RuleAction, as_timedelta
+from safeddl.runtime.policy import UNPARSED_RULE, Policy, RuleAction, as_timedelta
 from safeddl.runtime.scope import ALLOWANCES, Allowances
 from safeddl.runtime.session import (
     ConnectionState,
@@ -54,6 +68,7 @@ from safeddl.runtime.session import (
     restore_or_discard,
 )
 from safeddl.runtime.tracking import LockTracker, watch_commands
+from safeddl.sql.names import local_name
 
 logger = logging.getLogger("safeddl")
 
@@ -133,7 +148,49 @@ class Guard:
                many: bool = False) -> Ticket | None:
         """Decide and prepare; raises UnsafeStatement / PreflightBlocked. Returns None
         when nothing needs undoing afterwards. ``params`` (a list of parameter sets when
-        ``many``) give the keys of the rows the statement locks."""
+        ``many``) give the keys of the rows the statement locks.
+
+        An internal failure of safeddl (a bug: never a driver's or server's error) does
+        not reach the caller as such: it is logged with the statement and the statement
+        is treated as one safeddl cannot read (``unparsed_ddl`` / ``unparsed_dml``)."""
+        try:
+            return self._before(text, session, params, many)
+        except SafeDDLError:
+            raise
+        except Exception as exc:
+            if _from_the_driver(exc):
+                raise
+            self._internal_failure(text, exc)
+            return None
+
+    def _internal_failure(self, text: str, error: Exception) -> None:
+        """Follow the policy for statements safeddl cannot read: refuse (DDL, by
+        default) with an UnsafeStatement naming the reason, or let it pass."""
+        allowed = dict(ALLOWANCES.get())
+        action = (RuleAction.ALLOW if UNPARSED_RULE in allowed
+                  else self.policy.unparsed_action(looks_like_dml(text)))
+        kind = "DML" if looks_like_dml(text) else "DDL"
+        setting = "unparsed_dml" if kind == "DML" else "unparsed_ddl"
+        what = f"{type(error).__name__}: {error}"
+        level = logging.ERROR if _first_failure(text, error) else logging.DEBUG
+        logger.log(level, "safeddl: internal error while checking `%s` (%s); this is a bug "
+                   "in safeddl, please report it with the statement. The statement is "
+                   "treated as one safeddl cannot read (%s = %s).", shorten(text, 400), what,
+                   setting, action.value, exc_info=level == logging.ERROR)
+        if action is not RuleAction.REFUSE:
+            return
+        message = (
+            f"safeddl refused this statement (it was not sent):\n{UNPARSED_RULE}: safeddl "
+            f"failed internally while checking `{shorten(text)}` ({what}), so it cannot tell "
+            "which locks the statement takes or for how long. This is a bug in safeddl: "
+            "please report it with the statement.\nStatements safeddl cannot read are "
+            f"refused when they are {kind} ({setting} = \"refuse\"). Run it under "
+            f"safeddl.allow(\"{UNPARSED_RULE}\", reason=...) once you have checked its "
+            f"locks by hand, or set {setting} = \"warn\" to let such statements through.")
+        raise UnsafeStatement(UNPARSED_RULE, text, None, message) from error
+
+    def _before(self, text: str, session: Session, params: Params,
+                many: bool) -> Ticket | None:
         state = session.state
         known = self.tracked.get(state.server_version)
         statements = known.get(text) if known is not None else None
@@ -173,9 +230,17 @@ class Guard:
     def track(self, state: ConnectionState, statements: Sequence[Statement], text: str,
               params: Params = None, many: bool = False) -> None:
         """A statement in an open transaction that needs nothing but the lock ledger
-        (see :attr:`tracked`): check its lock order, record its locks."""
-        self.tracker.before(state, statements, text, params, many, ALLOWANCES.get(),
-                            self.version_for(state.server_version))
+        (see :attr:`tracked`): check its lock order, record its locks. An internal
+        failure is logged with the statement, which goes on (plain DML passes)."""
+        try:
+            self.tracker.before(state, statements, text, params, many, ALLOWANCES.get(),
+                                self.version_for(state.server_version))
+        except SafeDDLError:
+            raise
+        except Exception as exc:
+            if _from_the_driver(exc):
+                raise
+            self._internal_failure(text, exc)
 
     def after(self, ticket: Ticket, session: Session) -> None:
         """The statement succeeded: restore what was changed for it."""
@@ -279,6 +344,10 @@ class Guard:
                 self._undo_plan(ticket, session, step)
                 if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
                     raise self._lock_timeout(ticket, step.sql, session.state, exc) from exc
+                if step.fails_like is not None and sqlstate_of(exc) == CHECK_VIOLATION:
+                    failure = rewrite_failure(exc, *step.fails_like, ticket.text, step.sql)
+                    if failure is not None:
+                        raise failure from exc
                 raise
             ticket.steps_done += 1
         if plan.steps:
@@ -371,12 +440,30 @@ class Guard:
             facts = SessionFacts(self.version_for(state.server_version), True)
             statements = tuple(item[0] for item in analyse(text, facts))
         requests = lock_requests(statements, live)
-        blockers, note = report_blockers(state.conninfo(), requests, state.pid)
-        target = _waited_for(requests, {b.relation for b in blockers})
-        timeout = LockTimeout(text, target.relation if target else None,
-                              target.mode if target else None, blockers,
-                              lock_timeout_ms=waited_ms, orig=error, note=note)
+        wait = row_wait(server_context(error))  # a row's lock, not a table's
+        blockers, note = report_blockers(state.conninfo(), requests, state.pid, wait)
+        if wait is not None and wait.own_row:  # a unique check waited for another inserter
+            target = requests[0] if requests else None
+            timeout = LockTimeout(text, target.relation if target else None, None, blockers,
+                                  lock_timeout_ms=waited_ms, orig=error, note=note)
+        elif wait is not None:
+            written = next((r.relation for r in requests if local_name(r.relation)
+                            == wait.relation), wait.relation)
+            timeout = LockTimeout(text, written, None, blockers, lock_timeout_ms=waited_ms,
+                                  orig=error, note=note, row=wait.ctid)
+        elif blockers and all(b.row is not None for b in blockers):  # queued for a row
+            target = requests[0] if requests else None
+            ctid = blockers[0].row if all(b.certain for b in blockers) else None
+            timeout = LockTimeout(text, target.relation if target else None, None, blockers,
+                                  lock_timeout_ms=waited_ms, orig=error, note=note, row=ctid)
+        else:
+            target = _waited_for(requests, {b.relation for b in blockers})
+            timeout = LockTimeout(text, target.relation if target else None,
+                                  target.mode if target else None, blockers,
+                                  lock_timeout_ms=waited_ms, orig=error, note=note)
         timeout.__cause__ = error
+        if not isinstance(error, SafeDDLError):  # caught by handlers for the driver's error
+            as_driver_error(timeout, LockTimeout, (type(error),), driver_state(error))
         logger.info("%s", timeout)
         return timeout
 
@@ -412,6 +499,33 @@ def _waited_for(requests: list[LockRequest], blocked: set[str]) -> LockRequest |
         if request.relation in blocked:
             return request
     return requests[0] if requests else None
+
+
+def _from_the_driver(error: BaseException) -> bool:
+    """An error of the driver or the server (it has a SQLSTATE, or comes from psycopg or
+    SQLAlchemy): the caller's to see, not an internal failure of safeddl."""
+    if sqlstate_of(error) is not None:
+        return True
+    root = (type(error).__module__ or "").split(".", 1)[0]
+    return root in ("psycopg", "psycopg2", "sqlalchemy")
+
+
+_FAILURES_LIMIT = 1_000
+_failures: dict[tuple[str, str], None] = {}
+_failures_lock = threading.Lock()
+
+
+def _first_failure(text: str, error: BaseException) -> bool:
+    """The first internal failure of this kind on this statement text (later ones are
+    logged at DEBUG only, so a statement run in a loop does not flood the log)."""
+    key = (type(error).__name__, text)
+    with _failures_lock:
+        if key in _failures:
+            return False
+        if len(_failures) >= _FAILURES_LIMIT:
+            _failures.clear()
+        _failures[key] = None
+        return True
 
 
 def _index_is_invalid(session: Session, index: str) -> bool:

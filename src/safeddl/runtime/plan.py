@@ -31,6 +31,10 @@ class PlanStep:
     # When this very step fails: this index, left INVALID by a failed concurrent build,
     # is dropped concurrently.
     leftover_index: str | None = None
+    # When this very step fails with a check violation (23514): the SQLSTATE and message
+    # the original statement fails with in that case (raised instead, as the driver's
+    # error for that SQLSTATE).
+    fails_like: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True)

@@ -274,13 +274,30 @@ def default_statement_timeouts() -> dict[str, Duration | None]:
     return {CONCURRENTLY: NO_LIMIT, "validate-constraint": NO_LIMIT, DEFAULT: None}
 
 
-def parse_duration(value: object, key: str, *, allow_zero: bool = False) -> timedelta:
-    """``"3s"``, ``"500ms"``, ``1500`` (ms), ``timedelta(...)`` -> timedelta."""
+PG_TIMEOUT_MAX_MS = 2_147_483_647
+"""The largest ``lock_timeout`` / ``statement_timeout`` PostgreSQL accepts (INT_MAX
+milliseconds, about 24.8 days); a larger value fails every statement that sets it."""
+
+
+def parse_duration(value: object, key: str, *, allow_zero: bool = False,
+                   maximum_ms: int | None = None) -> timedelta:
+    """``"3s"``, ``"500ms"``, ``1500`` (ms), ``timedelta(...)`` -> timedelta; at most
+    ``maximum_ms`` milliseconds (rounded up as :func:`milliseconds` does) when given."""
     delta = _to_timedelta(value, key)
     if delta < timedelta(0) or (delta == timedelta(0) and not allow_zero):
         need = "zero or more" if allow_zero else "a positive duration"
         raise ConfigError(_bad(key, value, f"must be {need}, such as '3s' or '500ms'"))
+    if maximum_ms is not None and milliseconds(delta) > maximum_ms:
+        raise ConfigError(_bad(key, value, f"is {milliseconds(delta):,} ms; PostgreSQL "
+                               f"accepts at most {maximum_ms:,} ms (about "
+                               f"{maximum_ms // 86_400_000} days) for it"))
     return delta
+
+
+def parse_timeout(value: object, key: str, *, allow_zero: bool = False) -> timedelta:
+    """A duration safeddl sends to the server as ``lock_timeout`` or
+    ``statement_timeout``: within PostgreSQL's range (:data:`PG_TIMEOUT_MAX_MS`)."""
+    return parse_duration(value, key, allow_zero=allow_zero, maximum_ms=PG_TIMEOUT_MAX_MS)
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|sec|min|h|d)?\s*$", re.IGNORECASE)
@@ -289,6 +306,15 @@ _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "sec": 1000.0, "min": 60_000.0,
 
 
 def _to_timedelta(value: object, key: str) -> timedelta:
+    try:
+        return _read_timedelta(value, key)
+    except (OverflowError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(_bad(key, value, "is too large for a duration")) from None
+
+
+def _read_timedelta(value: object, key: str) -> timedelta:
     if isinstance(value, timedelta):
         return value
     if isinstance(value, bool):
@@ -315,7 +341,7 @@ def parse_statement_timeout(value: object, key: str) -> timedelta | None:
         return None
     if isinstance(value, str) and value.strip().lower() in ("off", "none", "unlimited"):
         return NO_LIMIT
-    return parse_duration(value, key, allow_zero=True)
+    return parse_timeout(value, key, allow_zero=True)
 
 
 def parse_bool(value: object, key: str) -> bool:
@@ -337,7 +363,10 @@ def parse_int(value: object, key: str, *, minimum: int) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         number = value
     elif isinstance(value, str) and re.fullmatch(r"\s*-?\d[\d_]*\s*", value):
-        number = int(value.strip().replace("_", ""))
+        try:
+            number = int(value.strip().replace("_", ""))
+        except ValueError:  # more digits than Python converts
+            raise ConfigError(_bad(key, value, "is too large a number")) from None
     if number is None or number < minimum:
         raise ConfigError(_bad(key, value, f"expected a whole number >= {minimum}"))
     return number
@@ -466,7 +495,7 @@ def _timeout_keys(statement: Statement) -> list[str]:
 
 
 _NORMALIZERS: tuple[tuple[str, Any], ...] = (
-    ("lock_timeout", lambda v: parse_duration(v, "lock_timeout")),
+    ("lock_timeout", lambda v: parse_timeout(v, "lock_timeout")),
     ("statement_timeout", _normalize_statement_timeout),
     ("actions", _normalize_actions),
     ("unparsed_ddl", lambda v: RuleAction.parse(v, "unparsed_ddl")),
@@ -688,6 +717,7 @@ __all__ = [
     "DEFAULT",
     "INHERIT",
     "NO_LIMIT",
+    "PG_TIMEOUT_MAX_MS",
     "Duration",
     "FrozenMap",
     "Policy",
@@ -697,5 +727,6 @@ __all__ = [
     "find_pyproject",
     "known_rules",
     "parse_duration",
+    "parse_timeout",
     "read_tool_table",
 ]

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from safeddl.analysis import Action, Catalog, ConstraintType, Statement, Step
 from safeddl.analysis.catalog import Relation
 from safeddl.rules.support import beside, first_group, group_columns, split_commas
+from safeddl.runtime.errors import NOT_NULL_VIOLATION
 from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
 from safeddl.sql import local_name, quote_ident
 from safeddl.sql.tokens import SqlTokenError, tokenize
@@ -252,7 +253,9 @@ def not_null_steps(table: str, column: str, relation: Relation) -> list[PlanStep
                  purpose="new rows must not be NULL (brief)",
                  undo=(PlanStep(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {proof}"),)),
         PlanStep(f"ALTER TABLE {table} VALIDATE CONSTRAINT {proof}", needs_autocommit=True,
-                 purpose="check the existing rows under SHARE UPDATE EXCLUSIVE"),
+                 purpose="check the existing rows under SHARE UPDATE EXCLUSIVE",
+                 fails_like=(NOT_NULL_VIOLATION, f'column "{local_name(column)}" of relation '
+                             f'"{relation.key.split(".", 1)[1]}" contains null values')),
         PlanStep(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL",
                  needs_autocommit=True, purpose="no scan: the valid CHECK proves it",
                  undo=(PlanStep(f"ALTER TABLE {table} ALTER COLUMN {column} DROP NOT NULL"),)),

@@ -58,6 +58,20 @@ def split_name(written: str) -> list[tuple[str, bool]]:
     return parts
 
 
+_IDENT_PART = r'(?:[^\W\d][\w$]*|"(?:[^"]|"")+")'
+_RELATION_NAME = re.compile(rf"\s*{_IDENT_PART}(?:\s*\.\s*{_IDENT_PART}){{0,2}}\s*")
+
+
+def split_relation_name(written: str) -> list[tuple[str, bool]] | None:
+    """``app."Orders"`` -> ``[("app", False), ("Orders", True)]``, or None when the text
+    is not one (at most database.schema.name) relation name as SQL would read it: a
+    space inside an unquoted name, a stray quote or an empty part are not names (where
+    :func:`split_name` would read ``victim x`` as ``victim.x``)."""
+    if not isinstance(written, str) or not _RELATION_NAME.fullmatch(written):
+        return None
+    return split_name(written)
+
+
 def fold(part: str, quoted: bool) -> str:
     """PostgreSQL's case folding: unquoted identifiers are lower-cased."""
     return part if quoted else part.lower()
