@@ -135,3 +135,17 @@ print(demo.exit_code, demo.output)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("1 "), result.stdout
     assert "safeddl demo needs sqlalchemy and rich: pip install 'safeddl[demo]'" in result.stdout
+
+
+@pytest.mark.parametrize("code", [
+    "from click.testing import CliRunner; from safeddl.cli.main import main; "
+    "r = CliRunner().invoke(main, ['lint', '--format', 'sarif', 'examples/migration.sql']); "
+    "assert r.exit_code == 1",
+    "import safeddl.testing.pytest_plugin",
+], ids=["lint", "pytest-plugin"])
+def test_psycopg_is_not_loaded_where_no_connection_is_made(code: str) -> None:
+    """`import psycopg` fails without libpq when no binary build is installed: the linter
+    (a pre-commit hook) and the pytest plugin (loaded by every test run) must not need it."""
+    result = fresh_interpreter(f"{code}\nimport sys; print('psycopg' in sys.modules)")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
