@@ -93,6 +93,25 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class ReadSample:
+    """One read of the table, as a dashboard or a report measured it."""
+
+    at: float  # seconds from the start of the phase to the start of the query
+    latency_ms: float
+    rows: int  # rows the query counted
+    report: bool  # by a REPEATABLE READ report (else a dashboard)
+
+
+@dataclass(frozen=True)
+class Span:
+    """A refresh or a slow query: from ``start`` to ``end`` (seconds into the phase)."""
+
+    start: float
+    end: float
+    outcome: str  # completed | abandoned | failed (refreshes); completed (slow queries)
+
+
+@dataclass(frozen=True)
 class PhaseResult:
     """What one phase measured."""
 
@@ -113,6 +132,9 @@ class PhaseResult:
     slowest_refresh_ms: float
     slow_queries: int
     errors: tuple[str, ...] = ()  # the first few distinct errors, for the curious
+    reads: tuple[ReadSample, ...] = ()  # every read, in the order they started
+    refreshes: tuple[Span, ...] = ()  # every refresh the pipeline started
+    slow_query_spans: tuple[Span, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -260,7 +282,11 @@ class _Tally:
     """What the threads of one phase measured (guarded by ``lock``)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
+    start: float = field(default_factory=time.monotonic)  # the phase's start (monotonic)
     latencies_ms: list[float] = field(default_factory=list)
+    samples: list[ReadSample] = field(default_factory=list)
+    refreshes: list[Span] = field(default_factory=list)
+    slow_query_spans: list[Span] = field(default_factory=list)
     min_rows: int | None = None
     empty_reads: int = 0
     report_reads: int = 0
@@ -272,9 +298,13 @@ class _Tally:
     slow_queries: int = 0
     errors: list[str] = field(default_factory=list)
 
-    def read(self, latency_ms: float, rows: int, *, report: bool = False) -> None:
+    def read(self, latency_ms: float, rows: int, *, report: bool = False,
+             began: float | None = None) -> None:
+        """Count one read; ``began`` is when it started (``time.monotonic()``)."""
+        at = (time.monotonic() - latency_ms / 1000 if began is None else began) - self.start
         with self.lock:
             self.latencies_ms.append(latency_ms)
+            self.samples.append(ReadSample(at, latency_ms, rows, report))
             self.report_reads += report
             self.min_rows = rows if self.min_rows is None else min(self.min_rows, rows)
             if rows == 0:
@@ -298,7 +328,7 @@ def run_phase(engine: Engine, dsn: str, settings: DemoSettings, *, guarded: bool
     refreshes through ``engine`` (guarded or not)."""
     tally = _Tally()
     stop = threading.Event()
-    start = time.monotonic()
+    start = tally.start
     end = start + settings.seconds
     threads = [threading.Thread(target=_reader, args=(dsn, settings, tally, stop),
                                 name=f"safeddl-demo-reader-{i}", daemon=True)
@@ -355,6 +385,9 @@ def _result(tally: _Tally, settings: DemoSettings, guarded: bool, seconds: float
         slowest_refresh_ms=tally.slowest_refresh_ms,
         slow_queries=tally.slow_queries,
         errors=tuple(tally.errors),
+        reads=tuple(sorted(tally.samples, key=lambda sample: sample.at)),
+        refreshes=tuple(tally.refreshes),
+        slow_query_spans=tuple(tally.slow_query_spans),
     )
 
 
@@ -384,9 +417,10 @@ def _reader(dsn: str, settings: DemoSettings, tally: _Tally, stop: threading.Eve
     try:
         with psycopg.connect(dsn, autocommit=True, options=options) as conn:
             while not stop.is_set():
-                began = time.perf_counter()
+                started, began = time.monotonic(), time.perf_counter()
                 row = conn.execute(f"SELECT count(*), max(rate) FROM {TABLE}").fetchone()
-                tally.read((time.perf_counter() - began) * 1000, int(row[0]) if row else 0)
+                tally.read((time.perf_counter() - began) * 1000, int(row[0]) if row else 0,
+                           began=started)
                 stop.wait(settings.reader_pause)
     except Exception as exc:  # noqa: BLE001 - reported in the result
         tally.error(exc)
@@ -401,10 +435,10 @@ def _report(dsn: str, settings: DemoSettings, tally: _Tally, stop: threading.Eve
             while not stop.is_set():
                 conn.execute(f"SELECT count(*) FROM {CURRENCIES}")  # the snapshot is taken
                 stop.wait(settings.report_gap)
-                began = time.perf_counter()
+                started, began = time.monotonic(), time.perf_counter()
                 row = conn.execute(f"SELECT count(*), max(rate) FROM {TABLE}").fetchone()
                 tally.read((time.perf_counter() - began) * 1000, int(row[0]) if row else 0,
-                           report=True)
+                           report=True, began=started)
                 conn.commit()
                 stop.wait(settings.reader_pause)
     except Exception as exc:  # noqa: BLE001 - reported in the result
@@ -420,10 +454,14 @@ def _slow_queries(dsn: str, settings: DemoSettings, tally: _Tally, start: float,
             at = start + settings.slow_query_first
             while at + settings.slow_query_seconds <= end:
                 _sleep_until(at)
+                began = time.monotonic()
                 conn.execute(f"SELECT count(*), avg(rate), pg_sleep(%(s)s) FROM {TABLE}",
                              {"s": settings.slow_query_seconds})
                 with tally.lock:
                     tally.slow_queries += 1
+                    tally.slow_query_spans.append(Span(began - tally.start,
+                                                       time.monotonic() - tally.start,
+                                                       "completed"))
                 at += settings.slow_query_every
     except Exception as exc:  # noqa: BLE001 - reported in the result
         tally.error(exc)
@@ -438,8 +476,10 @@ def _pipeline(engine: Engine, settings: DemoSettings, tally: _Tally, end: float,
         began = time.monotonic()
         outcome = _refresh_guarded(engine, settings, tally) if guarded else (
             _refresh_plain(engine, settings, tally))
-        took = (time.monotonic() - began) * 1000
+        ended = time.monotonic()
+        took = (ended - began) * 1000
         with tally.lock:
+            tally.refreshes.append(Span(began - tally.start, ended - tally.start, outcome))
             tally.slowest_refresh_ms = max(tally.slowest_refresh_ms, took)
             if outcome == "completed":
                 tally.completed += 1
@@ -603,6 +643,8 @@ __all__ = [
     "DemoSettings",
     "PhaseProgress",
     "PhaseResult",
+    "ReadSample",
+    "Span",
     "describe_scenario",
     "guarded_policy",
     "lock_taken_by_truncate",

@@ -284,16 +284,30 @@ def replay(dsn: str | None, alembic: bool, output: str, pg_version: int | None,
 @click.option("--no-rewrite", is_flag=True,
               help="Guarded run: keep the TRUNCATE, bound its lock wait and retry, instead "
                    "of rewriting it to DELETE.")
-def demo(dsn: str | None, seconds: float, no_rewrite: bool) -> None:
+@click.option("--plot", "plot_path", metavar="FILE", default=None,
+              help="Also draw the readers' latency over time in both runs, the refreshes "
+                   "marked, into FILE (.png or .svg; needs matplotlib: "
+                   "pip install 'safeddl[plot]').")
+def demo(dsn: str | None, seconds: float, no_rewrite: bool, plot_path: str | None) -> None:
     """Run the full-refresh-versus-dashboards scenario without, then with, safeddl, and
     print what was measured side by side (under a minute with the defaults)."""
     import logging
 
+    missing = [name for name in ("sqlalchemy", "rich") if not module_available(name)]
+    if missing:
+        raise click.ClickException(f"safeddl demo needs {' and '.join(missing)}: "
+                                   "pip install 'safeddl[demo]'")
     from rich.console import Console
 
     from safeddl.cli.demo import DemoError, DemoSettings, print_result, run_with_progress
+    from safeddl.cli.plot import PlotError, check_plot_path, write_plot
     from safeddl.testing.server import ServerError
 
+    if plot_path is not None:
+        try:
+            check_plot_path(plot_path)
+        except PlotError as exc:
+            raise click.BadParameter(str(exc), param_hint="--plot") from None
     logging.getLogger("safeddl").addHandler(logging.NullHandler())  # retries are counted
     console = Console()
     settings = DemoSettings(seconds=seconds, rewrite_truncate=not no_rewrite)
@@ -305,6 +319,23 @@ def demo(dsn: str | None, seconds: float, no_rewrite: bool) -> None:
     except DemoError as exc:
         raise click.ClickException(str(exc)) from None
     print_result(result, console)
+    if plot_path is not None:
+        try:
+            written = write_plot(result, plot_path)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the plot to {plot_path}: "
+                                       f"{exc.strerror}") from None
+        console.print(f"plot written to {written}", highlight=False)
+
+
+def module_available(name: str) -> bool:
+    """Whether ``name`` can be imported (an optional dependency is installed)."""
+    from importlib.util import find_spec
+
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
 
 
 if __name__ == "__main__":  # pragma: no cover
