@@ -96,10 +96,13 @@ class LockBlocker:
             #: the relation locked, "schema.name" (unquoted)
             self.relation = f"{schema}.{name}"
             self.relkind = relkind
-            self.pid: int = conn.info.backend_pid
+            conn.execute("BEGIN")
+            # the server backend's pid (behind a pooler info.backend_pid is the pooler's
+            # key); the transaction keeps this server connection until release()
+            pid_row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            self.pid: int = int(pid_row[0]) if pid_row else conn.info.backend_pid
             with _ACTIVE_LOCK:
                 _ACTIVE.add(self.pid)
-            conn.execute("BEGIN")
             conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
                 pgsql.Literal(_seconds_setting(wait))))
             conn.execute(pgsql.SQL("LOCK TABLE {} IN {} MODE").format(
@@ -120,7 +123,7 @@ class LockBlocker:
         if conn is None:
             return
         with _ACTIVE_LOCK:
-            _ACTIVE.discard(conn.info.backend_pid)
+            _ACTIVE.discard(self.pid)
         with contextlib.suppress(psycopg.Error):
             if conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")

@@ -3,10 +3,16 @@
 After a lock timeout the waiter no longer waits, so ``pg_blocking_pids()`` of it is
 empty; what is asked instead is "which sessions hold a lock on this relation that
 conflicts with the mode it asked for" (the conflict matrix of :mod:`safeddl.locks`).
-After a 55P03 the waiter's transaction is aborted and cannot run a query: the report
-is read from a new, short-lived connection to the same server (:func:`report_blockers`).
-The pre-flight check reads the same view from the guarded session itself
-(:func:`read_blockers`), before the statement joins any queue.
+After a 55P03 the waiter's transaction is aborted and cannot run a query: the guard
+sets a savepoint before the statement (or, in autocommit, opens the statement's own
+short transaction) and reads the report on the same server connection after rolling
+back to it (:func:`read_blockers`), so the report never needs a second connection,
+which a full pool would make wait. Only a statement the guard did not bound, failing in
+a transaction on a direct connection, is reported from a new, short-lived connection
+(:func:`report_blockers`). The pre-flight check reads the same view from the guarded
+session itself, before the statement joins any queue. The own backend is always
+``pg_backend_pid()`` of the server connection running the query, never the client
+library's key (a pooler's). On Citus: :mod:`safeddl.runtime.citus`.
 """
 
 from __future__ import annotations
@@ -57,9 +63,18 @@ class Blocker:
     wait_event_type: str | None
     wait_event: str | None
     query: str | None
+    # On Citus: the node the lock is held on ("host:port"), the global pid of the
+    # distributed transaction, and the shard (the lock's relation on that node).
+    node: str | None = None
+    global_pid: int | None = None
+    shard: str | None = None
 
     def describe(self) -> str:
         who = f"pid {self.pid}"
+        if self.node is not None:
+            who += f" on node {self.node}"
+            if self.global_pid is not None:
+                who += f" (global pid {self.global_pid})"
         details = []
         if self.application_name:
             details.append(f"application {self.application_name!r}")
@@ -68,7 +83,8 @@ class Blocker:
         if details:
             who += " (" + ", ".join(details) + ")"
         holds = "holds" if self.granted else "is queued for"
-        parts = [f"{who}: {holds} {self.mode} on {self.relation}"]
+        shard = f" (shard {self.shard})" if self.shard and self.shard != self.relation else ""
+        parts = [f"{who}: {holds} {self.mode} on {self.relation}{shard}"]
         parts.append(f"state {self.state or 'unknown'}")
         if self.xact_age is not None:
             parts.append(f"transaction open for {_seconds(self.xact_age)}")
@@ -101,15 +117,16 @@ JOIN pg_locks l
 JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.granted
-  AND l.pid <> %(me)s
+  AND l.pid <> coalesce(%(me)s, pg_backend_pid())
   AND (%(min_age)s::interval IS NULL OR a.xact_start <= clock_timestamp() - %(min_age)s::interval)
 ORDER BY l.granted DESC, a.xact_start NULLS LAST, a.pid
 """
 
 
-def read_blockers(run: Run, requests: Sequence[LockRequest], exclude_pid: int,
+def read_blockers(run: Run, requests: Sequence[LockRequest], exclude_pid: int | None = None,
                   min_age: timedelta | None = None) -> list[Blocker]:
-    """Sessions other than ``exclude_pid`` holding a lock that conflicts with one of
+    """Sessions other than ``exclude_pid`` (None: the server backend running the query,
+    ``pg_backend_pid()``, the right one also behind a pooler) holding a lock that conflicts with one of
     ``requests`` (with a transaction open for at least ``min_age``). Sessions still
     waiting are left out: after a timeout nobody can tell whether they queued ahead of
     the statement or behind it."""

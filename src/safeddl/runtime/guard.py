@@ -26,19 +26,22 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from safeddl.analysis import Statement, analyze_statement
+from safeddl.analysis import Action, Statement, analyze_statement
 from safeddl.analysis.locktable import NEWEST, OLDEST
 from safeddl.locks import LockMode
 from safeddl.model import shorten
-from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers
+from safeddl.runtime.blockers import Blocker, LockRequest, read_blockers, report_blockers
+from safeddl.runtime.citus import add_citus_facts, read_citus_blockers
 from safeddl.runtime.decision import analyse, current_rewriter, decide, needs_catalog, use_rewriter
 from safeddl.runtime.errors import (
     LockTimeout,
     PreflightBlocked,
     SafeDDLError,
+    UnsafeStatement,
     is_lock_timeout,
 )
 from safeddl.runtime.live_catalog import LiveCatalog, names_in
@@ -50,9 +53,11 @@ from safeddl.runtime.session import (
     Params,
     Session,
     apply_settings,
+    detect_topology,
     remember_settings,
     restore_or_discard,
 )
+from safeddl.runtime.topology import SAVEPOINT
 from safeddl.runtime.tracking import LockTracker, watch_commands
 
 logger = logging.getLogger("safeddl")
@@ -60,6 +65,11 @@ logger = logging.getLogger("safeddl")
 _PLAIN_LIMIT = 20_000
 _DECISION_LIMIT = 4_096
 _NOWAIT = re.compile(r"(?i)\bNOWAIT\b")
+_REPORT_STATEMENT_TIMEOUT = "2000ms"  # bounds the blocker report (Citus asks every node)
+_ABORT_AGAIN = ("DO $safeddl$BEGIN RAISE EXCEPTION USING ERRCODE = 'lock_not_available', "
+                "MESSAGE = 'safeddl: a lock wait timed out in this transaction, which is "
+                "aborted: roll it back'; END$safeddl$")
+Report = tuple[list[Blocker], str | None]
 
 
 def set_rewriter(rewriter: Rewriter | None) -> None:
@@ -99,6 +109,8 @@ class Ticket:
     live: LiveCatalog | None = None
     steps_done: int = 0  # plan steps run before the statement
     statement_timeout_ms: int | None = None  # the statement_timeout set now (None: session's)
+    wrapped: bool = False  # autocommit: safeddl opened a transaction for the statement
+    savepoint: bool = False  # in a transaction block: SAVEPOINT before the statement
 
 
 # =========================================================================== the guard
@@ -116,6 +128,7 @@ class Guard:
         self.tracker = LockTracker(policy)  # lock order and the ledger of transactions
         # server version -> texts needing nothing but the ledger -> their statements
         self.tracked: dict[int, dict[str, tuple[Statement, ...]]] = {}
+        self._unbounded_warned: set[str] = set()
 
     @classmethod
     def for_policy(cls, policy: Policy) -> Guard:
@@ -158,6 +171,7 @@ class Guard:
         if not decision.set_lock_timeout and decision.plan is None:
             return None
         ticket = Ticket(self, decision, text, live=live)
+        detect_topology(session)
         if self.policy.preflight.enabled:
             self._preflight(ticket, session)
         self._bound_waits(ticket, session)
@@ -165,8 +179,7 @@ class Guard:
             try:
                 self._run_plan(ticket, session)
             except BaseException:
-                if ticket.restore:
-                    restore_or_discard(session)
+                self._abandon(ticket, session)
                 raise
         return ticket
 
@@ -178,21 +191,67 @@ class Guard:
                             self.version_for(state.server_version))
 
     def after(self, ticket: Ticket, session: Session) -> None:
-        """The statement succeeded: restore what was changed for it."""
-        if ticket.restore:
-            restore_or_discard(session)
+        """The statement succeeded: commit the transaction safeddl opened for it (in
+        autocommit), release its savepoint, restore what was changed for it."""
+        try:
+            if ticket.wrapped:
+                ticket.wrapped = False
+                session.run("COMMIT")
+            elif ticket.savepoint:
+                ticket.savepoint = False
+                session.run(f"RELEASE SAVEPOINT {SAVEPOINT}")
+        finally:
+            if ticket.restore:
+                restore_or_discard(session)
 
     def failed(self, ticket: Ticket | None, text: str, session: Session,
                error: BaseException) -> SafeDDLError | None:
-        """The statement failed: restore, and turn a lock timeout into LockTimeout
-        (with the blocking sessions). Returns the exception to raise instead, if any."""
+        """The statement failed: roll back what safeddl opened, read the blockers on the
+        same server connection, restore, and turn a lock timeout into LockTimeout (with
+        the blocking sessions). Returns the exception to raise instead, if any."""
+        lock = (is_lock_timeout(error) and not isinstance(error, SafeDDLError)
+                and not _NOWAIT.search(text))
+        report: Report | None = None
+        if ticket is not None and (ticket.wrapped or ticket.savepoint):
+            report = self._close_failed(ticket, session, lock)
         if ticket is not None and ticket.decision.plan is not None:
             self._undo_plan(ticket, session, ticket.decision.plan.steps[-1])
         if ticket is not None and ticket.restore:
             restore_or_discard(session)
-        if not is_lock_timeout(error) or isinstance(error, SafeDDLError) or _NOWAIT.search(text):
+        if not lock:
             return None
-        return self._lock_timeout(ticket, text, session.state, error)
+        return self._lock_timeout(ticket, text, session, error, report)
+
+    def _close_failed(self, ticket: Ticket, session: Session, lock: bool) -> Report | None:
+        """After the guarded statement failed in the transaction safeddl opened (roll it
+        back) or behind safeddl's savepoint: on a lock timeout, read who was in the way
+        on this very server connection (no second connection, which a full pool would
+        make wait), then leave the user's transaction aborted as the server had it."""
+        wrapped, ticket.wrapped, ticket.savepoint = ticket.wrapped, False, False
+        requests = lock_requests(ticket.decision.statements, ticket.live)
+        try:
+            if wrapped:
+                session.run("ROLLBACK")
+                return self._read_report(session, requests, own_transaction=True) if lock \
+                    else None
+            if not lock:
+                return None
+            session.run(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            try:
+                return self._read_report(session, requests, own_transaction=False)
+            finally:
+                _abort_again(session)
+        except Exception as exc:  # noqa: BLE001 - must not hide the statement's own error
+            logger.warning("safeddl: could not read the sessions blocking the lock: %s", exc)
+            return [], f"(safeddl could not read the blocking sessions: {exc})"
+
+    def _abandon(self, ticket: Ticket, session: Session) -> None:
+        """The statement will not be sent: end what was opened for it."""
+        if ticket.wrapped:
+            ticket.wrapped = False
+            _rollback_quietly(session)
+        if ticket.restore:
+            restore_or_discard(session)
 
     # -- deciding -------------------------------------------------------------------------
     def _decision(self, text: str, session: Session) -> tuple[Decision, LiveCatalog | None]:
@@ -211,7 +270,11 @@ class Guard:
             decision = decide(text, facts, self.policy, allowed, rewriter)
             self._remember(key, decision, state.server_version)
             return decision, None
-        live = state.catalogs.get(names_in(statements), session.run)
+        enrich = None
+        if detect_topology(session).citus:
+            def enrich(live: LiveCatalog) -> None:
+                add_citus_facts(live, session.run, in_transaction=in_transaction)
+        live = state.catalogs.get(names_in(statements), session.run, enrich)
         facts = SessionFacts(version, in_transaction, live.catalog, live=True)
         return decide(text, facts, self.policy, allowed, rewriter), live
 
@@ -238,22 +301,75 @@ class Guard:
 
     # -- bounding the wait ----------------------------------------------------------------
     def _bound_waits(self, ticket: Ticket, session: Session) -> None:
+        """Settings that live and die with one transaction: in a transaction block,
+        ``SET LOCAL`` and a savepoint; in autocommit, a transactional statement is sent
+        in a short transaction of its own (``BEGIN; SET LOCAL ...; statement; COMMIT``).
+        A rewrite plan in autocommit bounds each step on its own (:meth:`_run_step`)."""
         decision = ticket.decision
         if not decision.set_lock_timeout:
             return
-        values = {"lock_timeout": f"{decision.lock_timeout_ms}ms"}
-        if decision.statement_timeout_ms is not None:
-            values["statement_timeout"] = f"{decision.statement_timeout_ms}ms"
+        values = _bound_values(decision, None)
+        if not decision.session_level:  # in a transaction block
+            session.run("; ".join((*_set_local(session, values), f"SAVEPOINT {SAVEPOINT}")))
+            ticket.savepoint = True
+            ticket.statement_timeout_ms = decision.statement_timeout_ms
+        elif decision.plan is None:
+            self._bound_autocommit(ticket, session, decision.statements, values)
+            ticket.statement_timeout_ms = decision.statement_timeout_ms
+
+    def _bound_autocommit(self, ticket: Ticket, session: Session,
+                          statements: Sequence[Statement], values: dict[str, str]) -> None:
+        """Outside a transaction block: a transaction of its own when the statements can
+        run in one, else a session setting only where the session is pinned."""
+        if all(s.transactional and s.kind is not Action.TRANSACTION_CONTROL
+               for s in statements):
+            session.run("; ".join(("BEGIN", *_set_local(session, values))))
+            ticket.wrapped = True
+            return
+        self._bound_outside(ticket, session, statements, values)
+
+    def _bound_outside(self, ticket: Ticket, session: Session,
+                       statements: Sequence[Statement], values: dict[str, str]) -> None:
+        """A statement that cannot run in a transaction block. On a connection pinned to
+        one server session (direct, or ``pool_mode = "session"``): a session setting,
+        restored afterwards. Elsewhere no setting at all (it would stay on a pooled
+        server connection for other clients): one that takes at most SHARE UPDATE
+        EXCLUSIVE (reads and writes go on) runs with an unbounded wait, a warning says
+        so; a stronger one is refused."""
+        topology = detect_topology(session)
+        if not topology.pinned(self.policy.pool_mode):
+            strongest = max((lock.mode for s in statements for lock in s.locks),
+                            default=LockMode.ACCESS_SHARE)
+            sql = "; ".join(s.sql for s in statements)
+            if strongest.conflicts_with(LockMode.ROW_EXCLUSIVE):
+                raise _unbounded_refusal(sql, strongest)
+            self._warn_unbounded(sql, strongest)
+            return
+        state = session.state
+        if "statement_timeout" not in values and "statement_timeout" in state.dirty:
+            saved = state.saved.get("statement_timeout")
+            if saved is not None:
+                values = {**values, "statement_timeout": saved[0]}  # back to the session's
         names = tuple(values)
-        if decision.plan is not None and "statement_timeout" not in names and any(
-                step.statement_timeout_ms is not None for step in decision.plan.steps):
-            names += ("statement_timeout",)  # plan steps set their own
-        if decision.session_level:
-            remember_settings(session, names)
-            ticket.restore = names
-            session.state.dirty = tuple(sorted(set(session.state.dirty) | set(names)))
-        apply_settings(session, values, local=not decision.session_level)
-        ticket.statement_timeout_ms = decision.statement_timeout_ms
+        remember_settings(session, names)
+        ticket.restore = tuple(sorted(set(ticket.restore) | set(names)))
+        state.dirty = tuple(sorted(set(state.dirty) | set(names)))
+        apply_settings(session, values, local=False)
+
+    def _warn_unbounded(self, sql: str, mode: LockMode) -> None:
+        if sql in self._unbounded_warned:
+            return
+        if len(self._unbounded_warned) >= _DECISION_LIMIT:
+            self._unbounded_warned.clear()
+        self._unbounded_warned.add(sql)
+        logger.warning(
+            "safeddl: `%s` cannot run in a transaction block, and this connection is not "
+            "pinned to one server session (it goes through a pooler; see pool_mode), so a "
+            "session-level lock_timeout could stay on a pooled server connection for other "
+            "clients: it runs with no lock_timeout. It takes %s, which does not block reads "
+            "or writes while it waits. To bound it, send it on a direct connection or through "
+            "a session-pooling pooler with pool_mode = \"session\".",
+            shorten(sql, 80), mode.sql_name)
 
     # -- rewrite plans --------------------------------------------------------------------
     def _run_plan(self, ticket: Ticket, session: Session) -> None:
@@ -273,17 +389,59 @@ class Guard:
                 continue
             logger.info("safeddl: rewrite step: %s", shorten(step.sql))
             try:
-                self._step_timeout(ticket, session, step)
-                session.run(step.sql)
+                self._run_step(ticket, session, step)
             except Exception as exc:
                 self._undo_plan(ticket, session, step)
                 if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
-                    raise self._lock_timeout(ticket, step.sql, session.state, exc) from exc
+                    raise self._lock_timeout(ticket, step.sql, session, exc) from exc
                 raise
             ticket.steps_done += 1
         if plan.steps:
-            self._step_timeout(ticket, session, plan.steps[-1])
+            self._bound_final(ticket, session, plan.steps[-1])
             ticket.replacement = plan.steps[-1].sql
+
+    def _run_step(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
+        """Run one step of a plan (or an undo step). In autocommit a transactional step
+        runs in a short transaction of its own with ``SET LOCAL``; on a lock timeout the
+        blockers are read on the same connection and LockTimeout is raised."""
+        decision = ticket.decision
+        if not (decision.set_lock_timeout and decision.session_level):
+            self._step_timeout(ticket, session, step)
+            session.run(step.sql)
+            return
+        statement = self._step_statement(step, session)
+        values = _bound_values(decision, step)
+        if not statement.transactional:
+            self._bound_outside(ticket, session, (statement,), values)
+            session.run(step.sql)
+            return
+        session.run("; ".join(("BEGIN", *_set_local(session, values))))
+        try:
+            session.run(step.sql)
+        except Exception as exc:
+            _rollback_quietly(session)
+            if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
+                report = self._read_report(session, lock_requests((statement,), ticket.live),
+                                           own_transaction=True)
+                raise self._lock_timeout(ticket, step.sql, session, exc, report) from exc
+            raise
+        except BaseException:
+            _rollback_quietly(session)
+            raise
+        session.run("COMMIT")
+
+    def _bound_final(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
+        """Bound the plan's last step, which the integration sends instead of the
+        statement."""
+        decision = ticket.decision
+        if not (decision.set_lock_timeout and decision.session_level):
+            self._step_timeout(ticket, session, step)
+            return
+        self._bound_autocommit(ticket, session, (self._step_statement(step, session),),
+                               _bound_values(decision, step))
+
+    def _step_statement(self, step: PlanStep, session: Session) -> Statement:
+        return _analyzed(step.sql, self.version_for(session.state.server_version))
 
     def _step_timeout(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
         """The step's own statement_timeout (a concurrent build: none), else the one the
@@ -333,9 +491,8 @@ class Guard:
                 if action.only_if_invalid_index and not _index_is_invalid(
                         session, action.only_if_invalid_index):
                     continue
-                self._step_timeout(ticket, session, action)
                 logger.info("safeddl: undoing a rewrite step: %s", shorten(action.sql))
-                session.run(action.sql)
+                self._run_step(ticket, session, action)
             except Exception as exc:  # noqa: BLE001 - the original error is what matters
                 logger.warning("safeddl: could not undo a step of the rewrite (%s); run it "
                                "yourself: %s;", exc, action.sql)
@@ -350,7 +507,7 @@ class Guard:
         deadline = time.monotonic() + options.wait_seconds
         min_age = as_timedelta(options.min_age)
         while True:
-            blockers = read_blockers(session.run, requests, session.state.pid, min_age=min_age)
+            blockers = self._read_blockers(session, requests, min_age)
             if not blockers:
                 return
             if time.monotonic() + options.poll_seconds > deadline:
@@ -359,8 +516,56 @@ class Guard:
             time.sleep(options.poll_seconds)
 
     # -- lock timeouts --------------------------------------------------------------------
-    def _lock_timeout(self, ticket: Ticket | None, text: str, state: ConnectionState,
-                      error: BaseException) -> LockTimeout:
+    def _read_blockers(self, session: Session, requests: Sequence[LockRequest],
+                       min_age: timedelta | None = None) -> list[Blocker]:
+        """The blockers, read on the session itself (its own server backend left out
+        through ``pg_backend_pid()``); on Citus from every node of the cluster."""
+        if session.state.citus:
+            return read_citus_blockers(session.run, requests, min_age=min_age)
+        return read_blockers(session.run, requests, None, min_age=min_age)
+
+    def _read_report(self, session: Session, requests: Sequence[LockRequest], *,
+                     own_transaction: bool) -> Report:
+        """Read the blockers on this connection, with a short statement_timeout that dies
+        with the transaction (``own_transaction``: the connection is outside one, open a
+        short one; else the caller's transaction is usable, behind a savepoint)."""
+        try:
+            prefix = ("BEGIN",) if own_transaction else ()
+            session.run("; ".join((*prefix, *_set_local(
+                session, {"statement_timeout": _REPORT_STATEMENT_TIMEOUT}))))
+            try:
+                blockers = self._read_blockers(session, requests)
+            finally:
+                if own_transaction:
+                    _rollback_quietly(session)
+            return blockers, None
+        except Exception as exc:  # noqa: BLE001 - a report must never hide the lock timeout
+            logger.warning("safeddl: could not read the sessions blocking the lock: %s", exc)
+            return [], f"(safeddl could not read the blocking sessions: {exc})"
+
+    def _report_elsewhere(self, session: Session, requests: Sequence[LockRequest]) -> Report:
+        """No savepoint was set (a statement safeddl did not bound failed): read on the
+        session when it is outside a transaction, from a second connection only when
+        the connection is direct (through a pool it could wait for a free server
+        connection, PgBouncer's query_wait_timeout)."""
+        state = session.state
+        try:
+            in_transaction = session.in_transaction()
+        except Exception:  # noqa: BLE001 - a broken connection: try a second one below
+            in_transaction = True
+        if not in_transaction:
+            return self._read_report(session, requests, own_transaction=True)
+        topology = state.topology
+        if topology is None or topology.direct:
+            exclude = topology.server_pid if topology is not None else state.client_key
+            return report_blockers(state.conninfo(), requests, exclude)
+        return [], ("(safeddl did not read the blocking sessions: the transaction is aborted, "
+                    "and a second connection through the pooler could wait for a free server "
+                    "connection)")
+
+    def _lock_timeout(self, ticket: Ticket | None, text: str, session: Session,
+                      error: BaseException, report: Report | None = None) -> LockTimeout:
+        state = session.state
         live: LiveCatalog | None = None
         waited_ms: int | None = None
         if ticket is not None:
@@ -371,7 +576,8 @@ class Guard:
             facts = SessionFacts(self.version_for(state.server_version), True)
             statements = tuple(item[0] for item in analyse(text, facts))
         requests = lock_requests(statements, live)
-        blockers, note = report_blockers(state.conninfo(), requests, state.pid)
+        blockers, note = report if report is not None else self._report_elsewhere(session,
+                                                                                   requests)
         target = _waited_for(requests, {b.relation for b in blockers})
         timeout = LockTimeout(text, target.relation if target else None,
                               target.mode if target else None, blockers,
@@ -412,6 +618,61 @@ def _waited_for(requests: list[LockRequest], blocked: set[str]) -> LockRequest |
         if request.relation in blocked:
             return request
     return requests[0] if requests else None
+
+
+def _bound_values(decision: Decision, step: PlanStep | None) -> dict[str, str]:
+    """lock_timeout, and the statement_timeout of the step (or the statement)."""
+    values = {"lock_timeout": f"{decision.lock_timeout_ms}ms"}
+    wanted = decision.statement_timeout_ms
+    if step is not None and step.statement_timeout_ms is not None:
+        wanted = step.statement_timeout_ms
+    if wanted is not None:
+        values["statement_timeout"] = f"{wanted}ms"
+    return values
+
+
+def _set_local(session: Session, values: dict[str, str]) -> list[str]:
+    from safeddl.runtime.topology import set_local_sql
+
+    return set_local_sql(values, citus=session.state.citus)
+
+
+@lru_cache(maxsize=256)
+def _analyzed(sql: str, version: int) -> Statement:
+    return analyze_statement(sql, version=version)
+
+
+def _rollback_quietly(session: Session) -> None:
+    try:
+        session.run("ROLLBACK")
+    except Exception as exc:  # noqa: BLE001 - already failing: the first error matters
+        logger.warning("safeddl: ROLLBACK after a failed statement failed too: %s", exc)
+
+
+def _abort_again(session: Session) -> None:
+    """Put the user's transaction back into the aborted state the lock timeout left it
+    in (rolling back to safeddl's savepoint had made it usable for the report)."""
+    try:
+        session.run(_ABORT_AGAIN)
+    except Exception:  # noqa: BLE001, S110 - the error is the point
+        return
+    logger.warning("safeddl: could not abort the transaction after a lock timeout")
+
+
+def _unbounded_refusal(sql: str, mode: LockMode) -> UnsafeStatement:
+    rule = "unbounded-lock-wait"
+    message = (
+        f"safeddl refused this statement (it was not sent):\n{rule}: `{shorten(sql, 80)}` "
+        "cannot run in a transaction block, so its lock wait can only be bounded with a "
+        "session-level lock_timeout; this connection is not pinned to one server session (it "
+        "goes through a pooler), where such a setting would stay on a pooled server "
+        f"connection for other clients. Unbounded, its wait for {mode.sql_name} would block "
+        "every query queued behind it.\n"
+        "Safe alternative: run it on a direct connection to the server, or through a "
+        "session-pooling pooler with pool_mode = \"session\" in the safeddl policy.\n"
+        "To accept the risk: pool_mode = \"session\" makes safeddl treat the connection as "
+        "pinned.")
+    return UnsafeStatement(rule, sql, "run it on a direct connection", message)
 
 
 def _index_is_invalid(session: Session, index: str) -> bool:
