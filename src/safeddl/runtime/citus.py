@@ -102,16 +102,26 @@ def _blocker(row: tuple[Any, ...]) -> Blocker:
 
 
 _DISTRIBUTED_SQL = """
+WITH shards AS (
+    SELECT s.logicalrelid, s.shardid, shard_name(s.logicalrelid, s.shardid) AS name
+    FROM pg_dist_shard s WHERE s.logicalrelid = ANY (%(oids)s::oid[])
+), command AS (
+    SELECT 'SELECT coalesce(json_object_agg(w.shardid, greatest(greatest(c.reltuples, 0)'
+           || '::bigint, pg_stat_get_live_tuples(c.oid))), ''{}'') FROM (VALUES '
+           || string_agg(format('(%%s, %%L)', shardid, name), ', ')
+           || ') AS w(shardid, name) JOIN pg_class c ON c.oid = to_regclass(w.name)' AS sql
+    FROM shards
+), per_node AS (
+    SELECT r.result::json AS counts
+    FROM command, run_command_on_all_nodes(command.sql) AS r
+    WHERE command.sql IS NOT NULL AND r.success
+), per_shard AS (
+    SELECT e.key::bigint AS shardid, max(e.value::text::numeric) AS n
+    FROM per_node, json_each(per_node.counts) AS e GROUP BY 1
+)
 SELECT p.logicalrelid::oid,
-       (SELECT sum(m) FROM (
-            SELECT max(r.result::numeric) AS m
-            FROM run_command_on_placements(
-                p.logicalrelid,
-                $cmd$SELECT greatest(greatest(c.reltuples, 0)::bigint,
-                                     pg_stat_get_live_tuples(c.oid))
-                     FROM pg_class c WHERE c.oid = to_regclass('%s')$cmd$) AS r
-            WHERE r.success AND r.result ~ '^[0-9]+$'
-            GROUP BY r.shardid) AS per_shard)
+       (SELECT sum(ps.n) FROM shards s JOIN per_shard ps USING (shardid)
+        WHERE s.logicalrelid = p.logicalrelid)
 FROM pg_dist_partition p
 WHERE p.logicalrelid = ANY (%(oids)s::oid[])
 """
