@@ -1,9 +1,11 @@
 """What the guard does differently on a Citus coordinator.
 
 - **Blockers cluster-wide** (:func:`read_citus_blockers`): a session holding a lock on
-  a worker is not in the coordinator's ``pg_locks``. ``citus_locks`` (every node's
-  ``pg_locks``, with the global pid) joined with ``citus_stat_activity`` names the node,
-  the global pid, the shard and the table the shard belongs to. The own distributed
+  a worker is not in the coordinator's ``pg_locks``. Every node's ``pg_locks`` joined
+  with its ``pg_stat_activity`` and the global pids (what ``citus_locks`` and
+  ``citus_stat_activity`` show, read in one round over the nodes with
+  ``run_command_on_all_nodes``) names the node, the global pid, the shard and the table
+  the shard belongs to. The own distributed
   transaction is left out by its global pid (``citus_backend_gpid()``), which its worker
   backends share.
 - **Sizes from the shards** (:func:`add_citus_facts`): on the coordinator a distributed
@@ -33,6 +35,21 @@ from safeddl.runtime.live_catalog import LiveCatalog
 
 logger = logging.getLogger("safeddl")
 
+# One round over the nodes: each node's granted relation locks with its activity and
+# the global pid of each backend (what citus_locks and citus_stat_activity show, in one
+# fan-out instead of two).
+_NODE_LOCKS = (
+    "SELECT coalesce(jsonb_agg(jsonb_build_array("
+    "l.pid, a.usename, a.application_name, a.state, l.relation::regclass::text, l.mode, "
+    "extract(epoch FROM clock_timestamp() - a.xact_start), "
+    "extract(epoch FROM clock_timestamp() - a.query_start), "
+    "a.wait_event_type, a.wait_event, left(a.query, 200), t.global_pid)), '[]') "
+    "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "LEFT JOIN get_all_active_transactions() t ON t.process_id = l.pid "
+    "WHERE l.locktype = 'relation' AND l.granted AND a.backend_type = 'client backend' "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
+
 _CITUS_BLOCKERS_SQL = """
 WITH wanted AS (
     SELECT w.name, coalesce(w.relid, to_regclass(w.name)::oid) AS relid, w.modes
@@ -47,24 +64,23 @@ WITH wanted AS (
     FROM wanted w JOIN pg_class c ON c.oid = w.relid JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_dist_shard s ON s.logicalrelid = w.relid
 ), locks AS (
-    SELECT * FROM citus_locks
-    WHERE locktype = 'relation' AND granted
-      AND global_pid IS DISTINCT FROM citus_backend_gpid()
-), activity AS (
-    SELECT * FROM citus_stat_activity
+    SELECT r.nodeid, e.value AS v
+    FROM run_command_on_all_nodes(%(node_locks)s) AS r,
+         jsonb_array_elements(r.result::jsonb) AS e
+    WHERE r.success
 )
-SELECT l.pid, a.usename::text, a.application_name, a.state, t.name, l.mode, l.granted,
-       clock_timestamp() - a.xact_start, clock_timestamp() - a.query_start,
-       a.wait_event_type, a.wait_event, left(a.query, %(limit)s),
+SELECT (v->>0)::int, v->>1, v->>2, v->>3, t.name, v->>5, true,
+       make_interval(secs => (v->>6)::float8), make_interval(secs => (v->>7)::float8),
+       v->>8, v->>9, left(v->>10, %(limit)s),
        citus_nodename_for_nodeid(l.nodeid) || ':' || citus_nodeport_for_nodeid(l.nodeid),
-       l.global_pid, l.relation_name
+       (v->>11)::bigint, v->>4
 FROM locks l
-JOIN targets t ON l.relation_name IN (t.bare, t.qualified)
-             AND l.mode = ANY (string_to_array(t.modes, ','))
-LEFT JOIN activity a ON a.nodeid = l.nodeid AND a.pid = l.pid
-WHERE coalesce(a.backend_type, 'client backend') = 'client backend'
-  AND (%(min_age)s::interval IS NULL OR a.xact_start <= clock_timestamp() - %(min_age)s::interval)
-ORDER BY a.xact_start NULLS LAST, l.global_pid, l.nodeid, l.pid
+JOIN targets t ON l.v->>4 IN (t.bare, t.qualified)
+             AND l.v->>5 = ANY (string_to_array(t.modes, ','))
+WHERE (v->>11)::bigint IS DISTINCT FROM citus_backend_gpid()
+  AND (%(min_age)s::interval IS NULL
+       OR make_interval(secs => (v->>6)::float8) >= %(min_age)s::interval)
+ORDER BY (v->>6)::float8 DESC NULLS LAST, (v->>11)::bigint, l.nodeid, (v->>0)::int
 """
 
 
@@ -81,6 +97,7 @@ def read_citus_blockers(run: Run, requests: Sequence[LockRequest],
         "names": [request.relation for request in requests],
         "modes": [",".join(conflicting_modes(request.mode)) for request in requests],
         "min_age": min_age,
+        "node_locks": _NODE_LOCKS,
     }
     seen: set[tuple[int, str, str, str]] = set()
     out = []
