@@ -310,8 +310,13 @@ class Guard:
             return
         values = _bound_values(decision, None)
         if not decision.session_level:  # in a transaction block
-            session.run("; ".join((*_set_local(session, values), f"SAVEPOINT {SAVEPOINT}")))
-            ticket.savepoint = True
+            if any(s.kind is Action.TRANSACTION_CONTROL for s in decision.statements):
+                # the text ends or rolls back transactions itself: no savepoint to release
+                session.run("; ".join(_set_local(session, values)))
+            else:
+                session.run("; ".join((*_set_local(session, values),
+                                       f"SAVEPOINT {SAVEPOINT}")))
+                ticket.savepoint = True
             ticket.statement_timeout_ms = decision.statement_timeout_ms
         elif decision.plan is None:
             self._bound_autocommit(ticket, session, decision.statements, values)
