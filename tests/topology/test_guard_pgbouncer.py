@@ -313,3 +313,26 @@ def test_no_setting_leaks_to_other_clients_of_a_transaction_pool(
         print(f"session SET/RESET: {leaks} leaked of {observations} observations, "
               f"{statements} DDL statements")
         assert leaks > 0
+
+
+def test_rewrites_converge_through_the_pooler_and_leave_nothing_set(
+        dsn: str, bouncer: PgBouncer) -> None:
+    """The default policy on a 20,000-row table, in autocommit: every step that can run
+    in a transaction runs in one of its own with SET LOCAL; the end state is the one
+    the original statements would have left; no server connection keeps a setting."""
+    with _guarded(dsn, policy=Policy(lock_timeout="2s"), autocommit=True) as conn:
+        conn.execute("CREATE INDEX orders_total_idx ON orders (total)")
+        conn.execute("ALTER TABLE orders ADD CONSTRAINT orders_total_positive "
+                     "CHECK (total > 0)")
+        conn.execute("ALTER TABLE orders ALTER COLUMN total SET NOT NULL")
+    with _client(dsn, autocommit=True) as conn:
+        assert _value(conn, "SELECT indisvalid FROM pg_index WHERE indexrelid = "
+                            "'orders_total_idx'::regclass")
+        assert conn.execute("SELECT conname, convalidated FROM pg_constraint WHERE "
+                            "conrelid = 'orders'::regclass AND contype = 'c'").fetchall() \
+            == [("orders_total_positive", True)]
+        assert _value(conn, "SELECT attnotnull FROM pg_attribute WHERE attrelid = "
+                            "'orders'::regclass AND attname = 'total'")
+        seen = {(_value(conn, "SHOW lock_timeout"), _value(conn, "SHOW statement_timeout"))
+                for _ in range(20)}
+    assert seen == {("0", "0")}
