@@ -206,6 +206,7 @@ def test_a_strong_statement_outside_a_transaction_block_is_refused_through_a_tra
                 conn.execute("VACUUM FULL orders")
             assert caught.value.rule == "unbounded-lock-wait"
             assert "pool_mode" in str(caught.value)
+            assert _value(conn, "SHOW lock_timeout") == "0"
 
 
 # --------------------------------------------------------------------------- leaks

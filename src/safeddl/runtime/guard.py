@@ -664,8 +664,11 @@ def _abort_again(session: Session) -> None:
     logger.warning("safeddl: could not abort the transaction after a lock timeout")
 
 
+_UNBOUNDED_RULE = "unbounded-lock-wait"
+
+
 def _unbounded_refusal(sql: str, mode: LockMode) -> UnsafeStatement:
-    rule = "unbounded-lock-wait"
+    rule = _UNBOUNDED_RULE
     message = (
         f"safeddl refused this statement (it was not sent):\n{rule}: `{shorten(sql, 80)}` "
         "cannot run in a transaction block, so its lock wait can only be bounded with a "
@@ -675,8 +678,9 @@ def _unbounded_refusal(sql: str, mode: LockMode) -> UnsafeStatement:
         "every query queued behind it.\n"
         "Safe alternative: run it on a direct connection to the server, or through a "
         "session-pooling pooler with pool_mode = \"session\" in the safeddl policy.\n"
-        "To accept the risk: pool_mode = \"session\" makes safeddl treat the connection as "
-        "pinned.")
+        "To accept the risk: send it on a connection safeddl does not guard (it then waits "
+        "with no lock_timeout); if the pooler pins sessions (session pooling), set "
+        "pool_mode = \"session\".")
     return UnsafeStatement(rule, sql, "run it on a direct connection", message)
 
 
