@@ -110,6 +110,7 @@ class Ticket:
     steps_done: int = 0  # plan steps run before the statement
     statement_timeout_ms: int | None = None  # the statement_timeout set now (None: session's)
     wrapped: bool = False  # autocommit: safeddl opened a transaction for the statement
+    ledger_mark: bool = False  # the lock ledger has a savepoint before the statement
     savepoint: bool = False  # in a transaction block: SAVEPOINT before the statement
 
 
@@ -163,18 +164,30 @@ class Guard:
             refusal = decision.refusal()
             logger.info("safeddl: refused %s: %s", refusal.rule, refusal)
             raise refusal
+        marked = False
         if self.tracker.enabled and session.in_transaction():
             version = self.version_for(state.server_version)
-            self.tracker.before(state, _sent_statements(decision, version), text, params, many,
-                                ALLOWANCES.get(), version)
+            marked = _mark_ledger(state, decision)
+            try:
+                self.tracker.before(state, _sent_statements(decision, version), text, params,
+                                    many, ALLOWANCES.get(), version)
+            except BaseException:
+                _unmark_ledger(state, marked, forget=True)
+                raise
         _log(decision)
         if not decision.set_lock_timeout and decision.plan is None:
+            _unmark_ledger(state, marked, forget=False)
             return None
-        ticket = Ticket(self, decision, text, live=live)
-        detect_topology(session)
-        if self.policy.preflight.enabled:
-            self._preflight(ticket, session)
-        self._bound_waits(ticket, session)
+        ticket = Ticket(self, decision, text, live=live, ledger_mark=marked)
+        try:
+            detect_topology(session)
+            if self.policy.preflight.enabled:
+                self._preflight(ticket, session)
+            self._bound_waits(ticket, session)
+        except BaseException:
+            _unmark_ledger(state, marked, forget=True)  # it was not sent
+            self._abandon(ticket, session)
+            raise
         if decision.plan is not None:
             try:
                 self._run_plan(ticket, session)
@@ -193,6 +206,8 @@ class Guard:
     def after(self, ticket: Ticket, session: Session) -> None:
         """The statement succeeded: commit the transaction safeddl opened for it (in
         autocommit), release its savepoint, restore what was changed for it."""
+        _unmark_ledger(session.state, ticket.ledger_mark, forget=False)
+        ticket.ledger_mark = False
         try:
             if ticket.wrapped:
                 ticket.wrapped = False
@@ -212,6 +227,9 @@ class Guard:
         lock = (is_lock_timeout(error) and not isinstance(error, SafeDDLError)
                 and not _NOWAIT.search(text))
         report: Report | None = None
+        if ticket is not None:  # rolled back to the savepoint: those locks are gone
+            _unmark_ledger(session.state, ticket.ledger_mark, forget=lock and ticket.savepoint)
+            ticket.ledger_mark = False
         if ticket is not None and (ticket.wrapped or ticket.savepoint):
             report = self._close_failed(ticket, session, lock)
         if ticket is not None and ticket.decision.plan is not None:
@@ -247,6 +265,8 @@ class Guard:
 
     def _abandon(self, ticket: Ticket, session: Session) -> None:
         """The statement will not be sent: end what was opened for it."""
+        _unmark_ledger(session.state, ticket.ledger_mark, forget=True)
+        ticket.ledger_mark = False
         if ticket.wrapped:
             ticket.wrapped = False
             _rollback_quietly(session)
@@ -623,6 +643,30 @@ def _waited_for(requests: list[LockRequest], blocked: set[str]) -> LockRequest |
         if request.relation in blocked:
             return request
     return requests[0] if requests else None
+
+
+_LEDGER_MARK = "\x00safeddl-bounded-statement"
+
+
+def _mark_ledger(state: ConnectionState, decision: Decision) -> bool:
+    """Before a bounded statement in a transaction, a savepoint of the ledger only: if
+    the statement fails (a lock timeout: it never got its lock), what it would have
+    taken is forgotten, so no long-held lock is reported for it at ROLLBACK."""
+    if not decision.set_lock_timeout or decision.session_level:
+        return False
+    ledger = state.ledger
+    if ledger and state.transaction_idle():
+        ledger.clear()  # the last transaction ended unseen (as the tracker does)
+    ledger.savepoint(_LEDGER_MARK)
+    return True
+
+
+def _unmark_ledger(state: ConnectionState, marked: bool, *, forget: bool) -> None:
+    if not marked:
+        return
+    if forget:
+        state.ledger.rollback_to(_LEDGER_MARK)
+    state.ledger.release(_LEDGER_MARK)
 
 
 def _bound_values(decision: Decision, step: PlanStep | None) -> dict[str, str]:
