@@ -4,8 +4,12 @@ The pure decision for one statement text is :func:`safeddl.runtime.decision.deci
 :class:`Guard` applies decisions to a live session through the small
 :class:`~safeddl.runtime.session.Session` port that each
 integration (SQLAlchemy events, psycopg cursors) implements: bounded lock waits
-(``SET LOCAL`` in a transaction, a session setting restored afterwards outside one),
-refusal before anything is sent, pre-flight, and the lock-timeout report.
+(literal ``SET LOCAL`` and a savepoint in a transaction; in autocommit a transactional
+statement gets a short transaction of its own; only a statement that cannot run in a
+transaction block, on a connection pinned to one server session, gets a session
+setting, restored afterwards: see :mod:`safeddl.runtime.topology`), refusal before
+anything is sent, pre-flight, and the lock-timeout report, read on the same server
+connection.
 
 Hot path: a statement whose decision is "nothing to do" (plain DML) is remembered by
 its text; later executions cost one set lookup (:meth:`Guard.passes`). Decisions that
