@@ -129,8 +129,21 @@ def test_session_mode_pins_the_server_backend(
     pgbouncer_session: PgBouncer, bouncer_database: BouncerDatabase
 ) -> None:
     with bouncer_database(pgbouncer_session) as dsn:
-        client = _through_bouncer(dsn, autocommit=True)
-        with _through_bouncer(dsn, autocommit=False) as other:
+        dbname = str(conninfo_to_dict(dsn)["dbname"])
+        # One client, one server connection: its SET goes when the client goes (PgBouncer
+        # runs DISCARD ALL on release), though the next client gets the same connection.
+        with _through_bouncer(dsn, autocommit=True) as first:
+            default = _value(first, "SHOW lock_timeout")
+            first.execute("SET lock_timeout = '4321ms'")
+            setter = _backend_pid(first)
+        _wait_until_reset(pgbouncer_session, dbname)
+        with _through_bouncer(dsn, autocommit=True) as second:
+            assert _backend_pid(second) == setter
+            assert _value(second, "SHOW lock_timeout") == default
+
+        # Two clients: each keeps its own server connection, whatever the other does.
+        with _through_bouncer(dsn, autocommit=True) as client, \
+                _through_bouncer(dsn, autocommit=False) as other:
             pinned = _backend_pid(client)
             for _ in range(3):
                 assert _backend_pid(other) != pinned
@@ -139,14 +152,8 @@ def test_session_mode_pins_the_server_backend(
                 assert _backend_pid(client) == pinned
             client.execute("SET lock_timeout = '4321ms'")
             assert _value(client, "SHOW lock_timeout") == "4321ms"
-            assert _value(other, "SHOW lock_timeout") != "4321ms"
-            other.commit()
-        client.close()  # released last: the next client gets its server connection
-        _wait_until_reset(pgbouncer_session, str(conninfo_to_dict(dsn)["dbname"]))
-        # On release PgBouncer resets the server connection (DISCARD ALL): no leak.
-        with _through_bouncer(dsn, autocommit=True) as later:
-            assert _backend_pid(later) == pinned
-            assert _value(later, "SHOW lock_timeout") != "4321ms"
+            assert _value(other, "SHOW lock_timeout") == default
+            assert _backend_pid(client) == pinned
 
 
 def _wait_until_reset(bouncer: PgBouncer, dbname: str) -> None:
@@ -283,14 +290,15 @@ def test_citus_propagated_lock_timeout_bounds_a_lock_wait_on_a_worker(
 # --------------------------------------------------------------------------- lifecycle
 
 
-def test_pgbouncer_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch,
-                                                   safeddl_server: Any) -> None:
-    from safeddl.testing import PgBouncerNotFound, ServerError
+def test_pgbouncer_missing_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from safeddl.testing import ExternalServer, PgBouncerNotFound, ServerError
     from safeddl.testing import pgbouncer as pgbouncer_module
 
     monkeypatch.setattr(pgbouncer_module, "find_pgbouncer", lambda: None)
+    nowhere = ExternalServer(dsn="host=/nonexistent user=u dbname=d", sqlalchemy_url="",
+                             version=15)
     with pytest.raises(PgBouncerNotFound, match="apt-get install pgbouncer") as caught:
-        PgBouncer(safeddl_server).start()
+        PgBouncer(nowhere).start()
     assert isinstance(caught.value, ServerError)
 
 

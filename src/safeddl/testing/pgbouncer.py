@@ -353,16 +353,18 @@ class PgBouncer:
             os.chown(directory, self._run_as.uid, self._run_as.gid)
         return directory
 
-    def _backend_line(self) -> str:
-        """The ``[databases]`` entry: every name goes to the server of the handle's DSN."""
-        backend = {k: v for k, v in conninfo_to_dict(self._server.dsn).items() if v}
-        parts = {name: str(backend[name]) for name in ("host", "port") if name in backend}
-        return " ".join(f"{name}={_ini_value(value)}" for name, value in parts.items())
+    def _backend(self) -> tuple[str, int, str]:
+        """Host (or socket directory), port and password libpq uses for the server's DSN
+        (defaults and PG* variables resolved; it also checks the server is up)."""
+        try:
+            with psycopg.connect(self._server.dsn, autocommit=True) as conn:
+                return conn.info.host, conn.info.port, conn.info.password or ""
+        except psycopg.Error as exc:
+            raise PgBouncerStartError(f"cannot connect to the backend server: {exc}") from exc
 
-    def _auth_lines(self) -> str:
+    def _auth_lines(self, password: str) -> str:
         """The auth file: user names (and the server's password, which PgBouncer then sends
         to the server; clients are trusted)."""
-        password = str(conninfo_to_dict(self._server.dsn).get("password") or "")
         users = dict.fromkeys((self._user, *self._users), "")
         users[self._user] = password
         return "".join(f"{_quoted(name)} {_quoted(secret)}\n" for name, secret in users.items())
@@ -370,6 +372,7 @@ class PgBouncer:
     def _write_files(self) -> None:
         directory = self._require_directory()
         auth_file = directory / "users.txt"
+        host, port, password = self._backend()
         settings: dict[str, str] = {
             "listen_addr": LOOPBACK,
             "listen_port": str(self.port),
@@ -393,11 +396,11 @@ class PgBouncer:
         ini = (
             "; written by safeddl.testing\n"
             "[databases]\n"
-            f"* = {self._backend_line()}\n\n"
+            f"* = host={_ini_value(host)} port={port}\n\n"
             "[pgbouncer]\n" + "".join(f"{name} = {value}\n" for name, value in settings.items())
         )
         (directory / "pgbouncer.ini").write_text(ini, encoding="utf-8")
-        auth_file.write_text(self._auth_lines(), encoding="utf-8")
+        auth_file.write_text(self._auth_lines(password), encoding="utf-8")
         auth_file.chmod(0o600)
         if self._run_as is not None:
             for path in directory.iterdir():
