@@ -337,3 +337,31 @@ def test_rewrites_converge_through_the_pooler_and_leave_nothing_set(
         seen = {(_value(conn, "SHOW lock_timeout"), _value(conn, "SHOW statement_timeout"))
                 for _ in range(20)}
     assert seen == {("0", "0")}
+
+
+def test_a_retried_autocommit_unit_sets_nothing_at_session_level_behind_a_transaction_pool(
+        pgbouncer_transaction: PgBouncer, bouncer_database: BouncerDatabase) -> None:
+    """The retry's own lock_timeout in autocommit: a session setting only where the
+    session is pinned; behind a transaction pool the guard bounds each statement."""
+    with bouncer_database(pgbouncer_transaction) as dsn:
+        with _client(dsn, autocommit=True) as setup:
+            setup.execute("CREATE TABLE orders (id int PRIMARY KEY, total int)")
+        seen: list[str] = []
+
+        def unit(conn: Conn) -> None:
+            seen.append(str(_value(conn, "SHOW lock_timeout")))
+            conn.execute("ALTER TABLE orders ADD COLUMN note text")
+
+        holder = Holder(dsn)
+        try:
+            with _guarded(dsn, autocommit=True) as conn:
+                start = time.monotonic()
+                with pytest.raises(safeddl.RetriesExhausted) as caught:
+                    safeddl.run_transaction(conn, unit, autocommit=True, attempts=2,
+                                            lock_timeout="250ms", backoff="10ms",
+                                            max_backoff="20ms")
+                assert time.monotonic() - start < 2 * BOUND_S
+                assert all(holder.pid in f.blocking_pids for f in caught.value.failures)
+        finally:
+            holder.release()
+        assert seen == ["0", "0"]
