@@ -1,7 +1,7 @@
 """Run every benchmark and print the tables the README shows, one after the other.
 
     python benchmarks/run_all.py            # all of them (several minutes)
-    python benchmarks/run_all.py hot-path   # just some: analysis, hot-path, seed-scenario, deadlocks
+    python benchmarks/run_all.py hot-path   # just some: analysis, hot-path, seed-scenario, deadlocks, topologies
 
 Each benchmark runs in its own process (so one's imports and caches do not colour the
 next) and starts its own throwaway PostgreSQL unless ``SAFEDDL_TEST_DSN`` is set.
@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "hot-path": [sys.executable, str(HERE / "bench_hot_path.py")],
     "seed-scenario": [sys.executable, "-m", "safeddl", "demo"],
     "deadlocks": [sys.executable, str(HERE / "bench_deadlocks.py")],
+    "topologies": [sys.executable, str(HERE / "bench_topologies.py")],
 }
 
 

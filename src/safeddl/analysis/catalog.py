@@ -56,6 +56,9 @@ class Relation:
     row_security: bool = False  # ENABLE ROW LEVEL SECURITY (from a live connection)
     tablespace: str = "pg_default"
     access_method: str = "heap"
+    # A Citus distributed or reference table (from a live connection): its rows live in
+    # shards on the workers, and some statements lock the coordinator's table harder.
+    distributed: bool = False
 
     @property
     def has_storage(self) -> bool:

@@ -424,7 +424,11 @@ def _add_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
     scan = Holds.BRIEF if step.not_valid else Holds.SCAN
     if kind is ConstraintType.FOREIGN_KEY:
         extra = (Take(step.references, SRE, scan),) if step.references else ()
-        return _on(step, SRE, scan, catalog, extra=extra)
+        # Citus takes EXCLUSIVE on a distributed table's coordinator relation (SHARE ROW
+        # EXCLUSIVE on its shards), which also blocks SELECT ... FOR UPDATE there.
+        info = catalog.get(step.table)
+        mode = E if info is not None and info.distributed else SRE
+        return _on(step, mode, scan, catalog, extra=extra)
     if kind in (ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY):
         if step.using_index:
             # A primary key makes its columns NOT NULL: a scan unless already proven.

@@ -83,12 +83,11 @@ class LockBlocker:
                  application_name: str = APPLICATION_NAME) -> None:
         self.mode = parse_lock_mode(mode)
         self.relation_written = relation
+        self.pid: int = 0  # the server backend's, once the transaction is open
         self._conn: psycopg.Connection[Any] | None = psycopg.connect(
             dsn, autocommit=True, application_name=application_name)
         try:
             conn = self._conn
-            conn.execute(pgsql.SQL("SET idle_in_transaction_session_timeout = {}").format(
-                pgsql.Literal(_seconds_setting(max_hold))))
             row = conn.execute(_RESOLVE_SQL, [relation]).fetchone()
             if row is None:
                 raise ValueError(f"lock_blocker: relation {relation!r} does not exist")
@@ -96,10 +95,16 @@ class LockBlocker:
             #: the relation locked, "schema.name" (unquoted)
             self.relation = f"{schema}.{name}"
             self.relkind = relkind
-            self.pid: int = conn.info.backend_pid
+            conn.execute("BEGIN")
+            # the server backend's pid (behind a pooler info.backend_pid is the pooler's
+            # key); the transaction keeps this server connection until release()
+            pid_row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            self.pid = int(pid_row[0]) if pid_row else 0
             with _ACTIVE_LOCK:
                 _ACTIVE.add(self.pid)
-            conn.execute("BEGIN")
+            # settings of this transaction only (nothing stays on a pooled connection)
+            conn.execute(pgsql.SQL("SET LOCAL idle_in_transaction_session_timeout = {}").format(
+                pgsql.Literal(_seconds_setting(max_hold))))
             conn.execute(pgsql.SQL("SET LOCAL lock_timeout = {}").format(
                 pgsql.Literal(_seconds_setting(wait))))
             conn.execute(pgsql.SQL("LOCK TABLE {} IN {} MODE").format(
@@ -120,7 +125,7 @@ class LockBlocker:
         if conn is None:
             return
         with _ACTIVE_LOCK:
-            _ACTIVE.discard(conn.info.backend_pid)
+            _ACTIVE.discard(self.pid)
         with contextlib.suppress(psycopg.Error):
             if conn.info.transaction_status != TransactionStatus.IDLE:
                 conn.execute("ROLLBACK")

@@ -217,12 +217,38 @@ class _Target:
         """The safeddl guard in force on the attempt's connection, if any."""
         return None
 
+    def client_key(self, conn: Any) -> int | None:
+        """What the driver calls the backend pid (a pooler's key behind a pooler)."""
+        return None
+
+    def pinned(self, conn: Any) -> bool:
+        """The connection runs every statement on one server session (a direct
+        connection, or the policy's ``pool_mode = "session"``): only then may a session
+        setting be made, since behind a transaction-pooling pooler the SET and its
+        RESET can land on different server connections and stay there for others."""
+        guard = self.guard_of(conn)
+        mode = guard.policy.pool_mode if guard is not None else "auto"
+        if mode != "auto":
+            return mode == "session"
+        key = self.client_key(conn)
+        if key is None:
+            return True  # a driver that does not say: as before
+        rows = self.read(conn, "SELECT pg_backend_pid()")
+        return bool(rows) and rows[0][0] == key
+
     def bound_lock_waits(self, conn: Any, stack: ExitStack, wait_ms: int,
                          autocommit: bool) -> None:
         """``lock_timeout`` for this attempt: SET LOCAL in a transaction; in autocommit
-        a session setting put back when the attempt ends. A guard on the connection
-        bounds the attempt's statements by the same value."""
-        if autocommit:
+        a session setting put back when the attempt ends, on a pinned connection only
+        (behind a pooler the guard's own per-statement bound is all there is). A guard on
+        the connection bounds the attempt's statements by the same value."""
+        if autocommit and not self.pinned(conn):
+            logger.info("safeddl: the attempt runs in autocommit behind a pooler: no "
+                        "session-level lock_timeout (it could reach other clients); %s",
+                        "the guard bounds each statement in a transaction of its own"
+                        if self.guard_of(conn) is not None else
+                        "the connection is not guarded, so its statements wait unbounded")
+        elif autocommit:
             rows = self.read(conn, "SELECT current_setting('lock_timeout'), source "
                                    "FROM pg_settings WHERE name = 'lock_timeout'")
             before, source = rows[0] if rows else ("0", "default")
@@ -252,6 +278,11 @@ class _SqlaTarget(_Target):
 
     def guard_of(self, conn: Any) -> Guard | None:
         return _sqla_guard(conn)
+
+    def client_key(self, conn: Any) -> int | None:
+        driver = getattr(getattr(conn, "connection", None), "driver_connection", None)
+        key = getattr(getattr(driver, "info", None), "backend_pid", None)
+        return key if isinstance(key, int) else None
 
 
 class _SqlaEngine(_SqlaTarget):
@@ -350,6 +381,10 @@ class _PsycopgConnection(_Target):
 
     def guard_of(self, conn: Any) -> Guard | None:
         return _psycopg_guard(conn)
+
+    def client_key(self, conn: Any) -> int | None:
+        key = getattr(getattr(conn, "info", None), "backend_pid", None)
+        return key if isinstance(key, int) else None
 
 
 class _PsycopgFactory(_PsycopgConnection):

@@ -11,10 +11,16 @@ of a multixact for shared row locks), found in ``pg_locks`` as the holder of tha
 After a lock timeout the waiter no longer waits, so ``pg_blocking_pids()`` of it is
 empty; what is asked instead is "which sessions hold a lock on this relation that
 conflicts with the mode it asked for" (the conflict matrix of :mod:`safeddl.locks`).
-After a 55P03 the waiter's transaction is aborted and cannot run a query: the report
-is read from a new, short-lived connection to the same server (:func:`report_blockers`).
-The pre-flight check reads the same view from the guarded session itself
-(:func:`read_blockers`), before the statement joins any queue.
+After a 55P03 the waiter's transaction is aborted and cannot run a query: the guard
+sets a savepoint before the statement (or, in autocommit, opens the statement's own
+short transaction) and reads the report on the same server connection after rolling
+back to it (:func:`read_blockers`), so the report never needs a second connection,
+which a full pool would make wait. Only a statement the guard did not bound, failing in
+a transaction on a direct connection, is reported from a new, short-lived connection
+(:func:`report_blockers`). The pre-flight check reads the same view from the guarded
+session itself, before the statement joins any queue. The own backend is always
+``pg_backend_pid()`` of the server connection running the query, never the client
+library's key (a pooler's). On Citus: :mod:`safeddl.runtime.citus`.
 """
 
 from __future__ import annotations
@@ -72,9 +78,18 @@ class Blocker:
     # False: a session that writes the table in an open transaction, reported because
     # the row's holder could not be read (it may hold the row, or not).
     certain: bool = True
+    # On Citus: the node the lock is held on ("host:port"), the global pid of the
+    # distributed transaction, and the shard (the lock's relation on that node).
+    node: str | None = None
+    global_pid: int | None = None
+    shard: str | None = None
 
     def describe(self) -> str:
         who = f"pid {self.pid}"
+        if self.node is not None:
+            who += f" on node {self.node}"
+            if self.global_pid is not None:
+                who += f" (global pid {self.global_pid})"
         details = []
         if self.application_name:
             details.append(f"application {self.application_name!r}")
@@ -97,7 +112,8 @@ class Blocker:
             parts = [f"{who}: holds {self.mode} on {self.relation} and may hold the row "
                      "(its holder could not be read)"]
         else:
-            parts = [f"{who}: {holds} {self.mode} on {self.relation}"]
+            shard = f" (shard {self.shard})" if self.shard and self.shard != self.relation else ""
+            parts = [f"{who}: {holds} {self.mode} on {self.relation}{shard}"]
         parts.append(f"state {self.state or 'unknown'}")
         if self.xact_age is not None:
             parts.append(f"transaction open for {_seconds(self.xact_age)}")
@@ -130,15 +146,16 @@ JOIN pg_locks l
 JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
   AND l.granted
-  AND l.pid <> %(me)s
+  AND l.pid <> coalesce(%(me)s, pg_backend_pid())
   AND (%(min_age)s::interval IS NULL OR a.xact_start <= clock_timestamp() - %(min_age)s::interval)
 ORDER BY l.granted DESC, a.xact_start NULLS LAST, a.pid
 """
 
 
-def read_blockers(run: Run, requests: Sequence[LockRequest], exclude_pid: int,
+def read_blockers(run: Run, requests: Sequence[LockRequest], exclude_pid: int | None = None,
                   min_age: timedelta | None = None) -> list[Blocker]:
-    """Sessions other than ``exclude_pid`` holding a lock that conflicts with one of
+    """Sessions other than ``exclude_pid`` (None: the server backend running the query,
+    ``pg_backend_pid()``, the right one also behind a pooler) holding a lock that conflicts with one of
     ``requests`` (with a transaction open for at least ``min_age``). Sessions still
     waiting are left out: after a timeout nobody can tell whether they queued ahead of
     the statement or behind it."""
@@ -239,7 +256,7 @@ FROM (
     AND l.page = %(page)s AND l.tuple = %(tuple)s
 ) h
 JOIN pg_stat_activity a ON a.pid = h.pid
-WHERE h.pid <> %(me)s
+WHERE h.pid <> coalesce(%(me)s, pg_backend_pid())
 ORDER BY h.rank, a.xact_start NULLS LAST, a.pid
 """
 
@@ -247,14 +264,14 @@ _TABLE_WRITERS_SQL = f"""
 SELECT {_ACTIVITY}, l.mode, true
 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'relation' AND l.relation = %(relid)s::oid AND l.granted
-  AND l.mode IN ('RowExclusiveLock', 'RowShareLock') AND l.pid <> %(me)s
+  AND l.mode IN ('RowExclusiveLock', 'RowShareLock') AND l.pid <> coalesce(%(me)s, pg_backend_pid())
   AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
 ORDER BY a.xact_start NULLS LAST, a.pid
 """
 
 
 def read_row_blockers(run: Run, wait: RowWait, requests: Sequence[LockRequest],
-                      exclude_pid: int) -> list[Blocker]:
+                      exclude_pid: int | None) -> list[Blocker]:
     """The sessions in the way of a row wait: the transaction holding the row (from the
     row version's xmin/xmax in ``pg_locks``, the members of a multixact for shared
     locks), then the sessions queued ahead for it. When the row cannot be read (the
@@ -308,7 +325,7 @@ def _resolve(run: Run, wait: RowWait, requests: Sequence[LockRequest],
     return int(relid), f"{quote_ident(schema)}.{quote_ident(relname)}", int(table_oid)
 
 
-def _row_holders(run: Run, table: str, relid: int, ctid: str, exclude_pid: int,
+def _row_holders(run: Run, table: str, relid: int, ctid: str, exclude_pid: int | None,
                  certain: bool = True) -> list[Blocker]:
     """The transactions holding the row version at ``ctid`` of ``table`` (its xmax, or
     xmin; the members of xmax when that is a multixact of shared row locks, asked only
@@ -356,14 +373,14 @@ _QUEUED_FOR_ROWS_SQL = f"""
 WITH ahead AS (
   SELECT l.pid, l.relation, l.page, l.tuple
   FROM pg_locks l
-  WHERE l.locktype = 'tuple' AND l.granted AND l.pid <> %(me)s
+  WHERE l.locktype = 'tuple' AND l.granted AND l.pid <> coalesce(%(me)s, pg_backend_pid())
     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
     AND l.relation = ANY (SELECT coalesce(w.relid, to_regclass(w.name)::oid)
                           FROM unnest(%(oids)s::oid[], %(names)s::text[]) AS w(relid, name))
 ), holders AS (
   SELECT DISTINCT b.pid, q.relation, q.page, q.tuple
   FROM ahead q CROSS JOIN LATERAL unnest(pg_blocking_pids(q.pid)) AS b(pid)
-  WHERE b.pid <> %(me)s
+  WHERE b.pid <> coalesce(%(me)s, pg_backend_pid())
 )
 SELECT {_ACTIVITY}, x.relation, '(' || x.page || ',' || x.tuple || ')', x.holds
 FROM (SELECT pid, relation, page, tuple, true AS holds, 0 AS rank FROM holders
@@ -375,7 +392,7 @@ ORDER BY x.rank, a.xact_start NULLS LAST, a.pid
 
 
 def read_queued_row_blockers(run: Run, requests: Sequence[LockRequest],
-                             exclude_pid: int) -> list[Blocker]:
+                             exclude_pid: int | None) -> list[Blocker]:
     """A statement queued behind another waiter for a row gives up without naming the
     row (the server sets no CONTEXT for a wait on a ``tuple`` lock): the sessions that
     hold a ``tuple`` lock on the statement's tables (queued ahead for a row), and those
@@ -407,7 +424,7 @@ def read_queued_row_blockers(run: Run, requests: Sequence[LockRequest],
     return _unique(sorted(blockers, key=lambda b: not b.granted))
 
 
-def read_all_blockers(run: Run, requests: Sequence[LockRequest], exclude_pid: int,
+def read_all_blockers(run: Run, requests: Sequence[LockRequest], exclude_pid: int | None,
                       wait: RowWait | None = None) -> list[Blocker]:
     """The sessions in the way of a statement that gave up waiting: for a row wait, its
     holder (:func:`read_row_blockers`); for a table lock, the holders of conflicting
@@ -439,7 +456,7 @@ def conninfo_of(info: ConnectionInfoLike) -> str:
     return make_conninfo("", **params)
 
 
-def report_blockers(conninfo: str, requests: Sequence[LockRequest], exclude_pid: int,
+def report_blockers(conninfo: str, requests: Sequence[LockRequest], exclude_pid: int | None,
                     wait: RowWait | None = None) -> tuple[list[Blocker], str | None]:
     """Read the blockers from a new, short-lived connection (the waiter's own
     transaction is aborted). Returns the blockers and, when that failed, why."""

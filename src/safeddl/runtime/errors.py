@@ -327,6 +327,14 @@ def deadlock_pids(detail: str | None) -> tuple[int, ...]:
     return tuple(pids)
 
 
+def is_distributed_deadlock(exc: BaseException | None) -> bool:
+    """A deadlock Citus found across nodes ("... involved in a distributed deadlock"):
+    SQLSTATE 40P01 without the DETAIL a local deadlock carries."""
+    if sqlstate_of(exc) != DEADLOCK_DETECTED or server_detail(exc):
+        return False
+    return any("distributed deadlock" in str(error) for error in driver_errors(exc))
+
+
 def _first_line(error: BaseException) -> str:
     """The error's own message: the driver's for an SQLAlchemy wrapper (whose text
     repeats the statement and adds a link)."""
@@ -390,7 +398,18 @@ class AttemptFailure:
             text += " (" + " ".join(self.detail.split()) + ")"
         elif self.sqlstate == LOCK_NOT_AVAILABLE:
             text += " (no report of the blocking sessions: the connection is not guarded by safeddl)"
+        elif self.distributed_deadlock:
+            text += (" (a distributed deadlock: Citus cancelled this transaction to break a "
+                     "cycle of lock waits across nodes, and names no processes; see "
+                     "citus_lock_waits on the coordinator while it happens)")
         return text
+
+    @property
+    def distributed_deadlock(self) -> bool:
+        """Citus broke a lock cycle across nodes (40P01, no DETAIL, "distributed
+        deadlock" in the message)."""
+        return (self.sqlstate == DEADLOCK_DETECTED and not self.detail
+                and is_distributed_deadlock(self.error))
 
     def describe(self) -> str:
         waited = f", lock_timeout {self.lock_timeout_ms}ms" if self.lock_timeout_ms else ""
@@ -481,6 +500,7 @@ __all__ = [
     "driver_errors",
     "driver_state",
     "flavoured_class",
+    "is_distributed_deadlock",
     "is_lock_timeout",
     "is_retryable",
     "retry_reason",

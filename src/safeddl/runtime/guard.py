@@ -4,8 +4,12 @@ The pure decision for one statement text is :func:`safeddl.runtime.decision.deci
 :class:`Guard` applies decisions to a live session through the small
 :class:`~safeddl.runtime.session.Session` port that each
 integration (SQLAlchemy events, psycopg cursors) implements: bounded lock waits
-(``SET LOCAL`` in a transaction, a session setting restored afterwards outside one),
-refusal before anything is sent, pre-flight, and the lock-timeout report.
+(literal ``SET LOCAL`` and a savepoint in a transaction; in autocommit a transactional
+statement gets a short transaction of its own; only a statement that cannot run in a
+transaction block, on a connection pinned to one server session, gets a session
+setting, restored afterwards: see :mod:`safeddl.runtime.topology`), refusal before
+anything is sent, pre-flight, and the lock-timeout report, read on the same server
+connection.
 
 Hot path: a statement whose decision is "nothing to do" (plain DML) is remembered by
 its text; later executions cost one set lookup (:meth:`Guard.passes`). Decisions that
@@ -26,14 +30,24 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import lru_cache
 from typing import Any
 
-from safeddl.analysis import Statement, analyze_statement
+from safeddl.analysis import Action, Statement, analyze_statement
 from safeddl.analysis.locktable import NEWEST, OLDEST
 from safeddl.locks import LockMode
 from safeddl.model import shorten
-from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers, row_wait
+from safeddl.runtime.blockers import (
+    Blocker,
+    LockRequest,
+    RowWait,
+    read_all_blockers,
+    read_blockers,
+    report_blockers,
+    row_wait,
+)
+from safeddl.runtime.citus import add_citus_facts, read_citus_blockers
 from safeddl.runtime.decision import (
     analyse,
     current_rewriter,
@@ -64,9 +78,11 @@ from safeddl.runtime.session import (
     Params,
     Session,
     apply_settings,
+    detect_topology,
     remember_settings,
     restore_or_discard,
 )
+from safeddl.runtime.topology import SAVEPOINT
 from safeddl.runtime.tracking import LockTracker, watch_commands
 from safeddl.sql.names import local_name
 
@@ -75,6 +91,11 @@ logger = logging.getLogger("safeddl")
 _PLAIN_LIMIT = 20_000
 _DECISION_LIMIT = 4_096
 _NOWAIT = re.compile(r"(?i)\bNOWAIT\b")
+_REPORT_STATEMENT_TIMEOUT = "2000ms"  # bounds the blocker report (Citus asks every node)
+_ABORT_AGAIN = ("DO $safeddl$BEGIN RAISE EXCEPTION USING ERRCODE = 'lock_not_available', "
+                "MESSAGE = 'safeddl: a lock wait timed out in this transaction, which is "
+                "aborted: roll it back'; END$safeddl$")
+Report = tuple[list[Blocker], str | None]
 
 
 def set_rewriter(rewriter: Rewriter | None) -> None:
@@ -114,6 +135,9 @@ class Ticket:
     live: LiveCatalog | None = None
     steps_done: int = 0  # plan steps run before the statement
     statement_timeout_ms: int | None = None  # the statement_timeout set now (None: session's)
+    wrapped: bool = False  # autocommit: safeddl opened a transaction for the statement
+    ledger_mark: bool = False  # the lock ledger has a savepoint before the statement
+    savepoint: bool = False  # in a transaction block: SAVEPOINT before the statement
 
 
 # =========================================================================== the guard
@@ -131,6 +155,7 @@ class Guard:
         self.tracker = LockTracker(policy)  # lock order and the ledger of transactions
         # server version -> texts needing nothing but the ledger -> their statements
         self.tracked: dict[int, dict[str, tuple[Statement, ...]]] = {}
+        self._unbounded_warned: set[str] = set()
 
     @classmethod
     def for_policy(cls, policy: Policy) -> Guard:
@@ -207,23 +232,35 @@ class Guard:
             refusal = decision.refusal()
             logger.info("safeddl: refused %s: %s", refusal.rule, refusal)
             raise refusal
+        marked = False
         if self.tracker.enabled and session.in_transaction():
             version = self.version_for(state.server_version)
-            self.tracker.before(state, _sent_statements(decision, version), text, params, many,
-                                ALLOWANCES.get(), version)
+            marked = _mark_ledger(state, decision)
+            try:
+                self.tracker.before(state, _sent_statements(decision, version), text, params,
+                                    many, ALLOWANCES.get(), version)
+            except BaseException:
+                _unmark_ledger(state, marked, forget=True)
+                raise
         _log(decision)
         if not decision.set_lock_timeout and decision.plan is None:
+            _unmark_ledger(state, marked, forget=False)
             return None
-        ticket = Ticket(self, decision, text, live=live)
-        if self.policy.preflight.enabled:
-            self._preflight(ticket, session)
-        self._bound_waits(ticket, session)
+        ticket = Ticket(self, decision, text, live=live, ledger_mark=marked)
+        try:
+            detect_topology(session)
+            if self.policy.preflight.enabled:
+                self._preflight(ticket, session)
+            self._bound_waits(ticket, session)
+        except BaseException:
+            _unmark_ledger(state, marked, forget=True)  # it was not sent
+            self._abandon(ticket, session)
+            raise
         if decision.plan is not None:
             try:
                 self._run_plan(ticket, session)
             except BaseException:
-                if ticket.restore:
-                    restore_or_discard(session)
+                self._abandon(ticket, session)
                 raise
         return ticket
 
@@ -243,21 +280,76 @@ class Guard:
             self._internal_failure(text, exc)
 
     def after(self, ticket: Ticket, session: Session) -> None:
-        """The statement succeeded: restore what was changed for it."""
-        if ticket.restore:
-            restore_or_discard(session)
+        """The statement succeeded: commit the transaction safeddl opened for it (in
+        autocommit), release its savepoint, restore what was changed for it."""
+        _unmark_ledger(session.state, ticket.ledger_mark, forget=False)
+        ticket.ledger_mark = False
+        try:
+            if ticket.wrapped:
+                ticket.wrapped = False
+                session.run("COMMIT")
+            elif ticket.savepoint:
+                ticket.savepoint = False
+                session.run(f"RELEASE SAVEPOINT {SAVEPOINT}")
+        finally:
+            if ticket.restore:
+                restore_or_discard(session)
 
     def failed(self, ticket: Ticket | None, text: str, session: Session,
                error: BaseException) -> SafeDDLError | None:
-        """The statement failed: restore, and turn a lock timeout into LockTimeout
-        (with the blocking sessions). Returns the exception to raise instead, if any."""
+        """The statement failed: roll back what safeddl opened, read the blockers on the
+        same server connection, restore, and turn a lock timeout into LockTimeout (with
+        the blocking sessions). Returns the exception to raise instead, if any."""
+        lock = (is_lock_timeout(error) and not isinstance(error, SafeDDLError)
+                and not _NOWAIT.search(text))
+        report: Report | None = None
+        if ticket is not None:  # rolled back to the savepoint: those locks are gone
+            _unmark_ledger(session.state, ticket.ledger_mark, forget=lock and ticket.savepoint)
+            ticket.ledger_mark = False
+        wait = row_wait(server_context(error)) if lock else None  # a row's lock, or None
+        if ticket is not None and (ticket.wrapped or ticket.savepoint):
+            report = self._close_failed(ticket, session, lock, wait)
         if ticket is not None and ticket.decision.plan is not None:
             self._undo_plan(ticket, session, ticket.decision.plan.steps[-1])
         if ticket is not None and ticket.restore:
             restore_or_discard(session)
-        if not is_lock_timeout(error) or isinstance(error, SafeDDLError) or _NOWAIT.search(text):
+        if not lock:
             return None
-        return self._lock_timeout(ticket, text, session.state, error)
+        return self._lock_timeout(ticket, text, session, error, report)
+
+    def _close_failed(self, ticket: Ticket, session: Session, lock: bool,
+                      wait: RowWait | None) -> Report | None:
+        """After the guarded statement failed in the transaction safeddl opened (roll it
+        back) or behind safeddl's savepoint: on a lock timeout, read who was in the way
+        on this very server connection (no second connection, which a full pool would
+        make wait), then leave the user's transaction aborted as the server had it."""
+        wrapped, ticket.wrapped, ticket.savepoint = ticket.wrapped, False, False
+        requests = lock_requests(ticket.decision.statements, ticket.live)
+        try:
+            if wrapped:
+                session.run("ROLLBACK")
+                return self._read_report(session, requests, wait, own_transaction=True) \
+                    if lock else None
+            if not lock:
+                return None
+            session.run(f"ROLLBACK TO SAVEPOINT {SAVEPOINT}")
+            try:
+                return self._read_report(session, requests, wait, own_transaction=False)
+            finally:
+                _abort_again(session)
+        except Exception as exc:  # noqa: BLE001 - must not hide the statement's own error
+            logger.warning("safeddl: could not read the sessions blocking the lock: %s", exc)
+            return [], f"(safeddl could not read the blocking sessions: {exc})"
+
+    def _abandon(self, ticket: Ticket, session: Session) -> None:
+        """The statement will not be sent: end what was opened for it."""
+        _unmark_ledger(session.state, ticket.ledger_mark, forget=True)
+        ticket.ledger_mark = False
+        if ticket.wrapped:
+            ticket.wrapped = False
+            _rollback_quietly(session)
+        if ticket.restore:
+            restore_or_discard(session)
 
     # -- deciding -------------------------------------------------------------------------
     def _decision(self, text: str, session: Session) -> tuple[Decision, LiveCatalog | None]:
@@ -276,7 +368,11 @@ class Guard:
             decision = decide(text, facts, self.policy, allowed, rewriter)
             self._remember(key, decision, state.server_version)
             return decision, None
-        live = state.catalogs.get(names_in(statements), session.run)
+        enrich = None
+        if detect_topology(session).citus:
+            def enrich(live: LiveCatalog) -> None:
+                add_citus_facts(live, session.run, in_transaction=in_transaction)
+        live = state.catalogs.get(names_in(statements), session.run, enrich)
         facts = SessionFacts(version, in_transaction, live.catalog, live=True)
         return decide(text, facts, self.policy, allowed, rewriter), live
 
@@ -303,22 +399,80 @@ class Guard:
 
     # -- bounding the wait ----------------------------------------------------------------
     def _bound_waits(self, ticket: Ticket, session: Session) -> None:
+        """Settings that live and die with one transaction: in a transaction block,
+        ``SET LOCAL`` and a savepoint; in autocommit, a transactional statement is sent
+        in a short transaction of its own (``BEGIN; SET LOCAL ...; statement; COMMIT``).
+        A rewrite plan in autocommit bounds each step on its own (:meth:`_run_step`)."""
         decision = ticket.decision
         if not decision.set_lock_timeout:
             return
-        values = {"lock_timeout": f"{decision.lock_timeout_ms}ms"}
-        if decision.statement_timeout_ms is not None:
-            values["statement_timeout"] = f"{decision.statement_timeout_ms}ms"
+        values = _bound_values(decision, None)
+        if not decision.session_level:  # in a transaction block
+            if any(s.kind is Action.TRANSACTION_CONTROL for s in decision.statements):
+                # the text ends or rolls back transactions itself: no savepoint to release
+                session.run("; ".join(_set_local(session, values)))
+            else:
+                session.run("; ".join((*_set_local(session, values),
+                                       f"SAVEPOINT {SAVEPOINT}")))
+                ticket.savepoint = True
+            ticket.statement_timeout_ms = decision.statement_timeout_ms
+        elif decision.plan is None:
+            self._bound_autocommit(ticket, session, decision.statements, values)
+            ticket.statement_timeout_ms = decision.statement_timeout_ms
+
+    def _bound_autocommit(self, ticket: Ticket, session: Session,
+                          statements: Sequence[Statement], values: dict[str, str]) -> None:
+        """Outside a transaction block: a transaction of its own when the statements can
+        run in one, else a session setting only where the session is pinned."""
+        if all(s.transactional and s.kind is not Action.TRANSACTION_CONTROL
+               for s in statements):
+            session.run("; ".join(("BEGIN", *_set_local(session, values))))
+            ticket.wrapped = True
+            return
+        self._bound_outside(ticket, session, statements, values)
+
+    def _bound_outside(self, ticket: Ticket, session: Session,
+                       statements: Sequence[Statement], values: dict[str, str]) -> None:
+        """A statement that cannot run in a transaction block. On a connection pinned to
+        one server session (direct, or ``pool_mode = "session"``): a session setting,
+        restored afterwards. Elsewhere no setting at all (it would stay on a pooled
+        server connection for other clients): one that takes at most SHARE UPDATE
+        EXCLUSIVE (reads and writes go on) runs with an unbounded wait, a warning says
+        so; a stronger one is refused."""
+        topology = detect_topology(session)
+        if not topology.pinned(self.policy.pool_mode):
+            strongest = max((lock.mode for s in statements for lock in s.locks),
+                            default=LockMode.ACCESS_SHARE)
+            sql = "; ".join(s.sql for s in statements)
+            if strongest.conflicts_with(LockMode.ROW_EXCLUSIVE):
+                raise _unbounded_refusal(sql, strongest)
+            self._warn_unbounded(sql, strongest)
+            return
+        state = session.state
+        if "statement_timeout" not in values and "statement_timeout" in state.dirty:
+            saved = state.saved.get("statement_timeout")
+            if saved is not None:
+                values = {**values, "statement_timeout": saved[0]}  # back to the session's
         names = tuple(values)
-        if decision.plan is not None and "statement_timeout" not in names and any(
-                step.statement_timeout_ms is not None for step in decision.plan.steps):
-            names += ("statement_timeout",)  # plan steps set their own
-        if decision.session_level:
-            remember_settings(session, names)
-            ticket.restore = names
-            session.state.dirty = tuple(sorted(set(session.state.dirty) | set(names)))
-        apply_settings(session, values, local=not decision.session_level)
-        ticket.statement_timeout_ms = decision.statement_timeout_ms
+        remember_settings(session, names)
+        ticket.restore = tuple(sorted(set(ticket.restore) | set(names)))
+        state.dirty = tuple(sorted(set(state.dirty) | set(names)))
+        apply_settings(session, values, local=False)
+
+    def _warn_unbounded(self, sql: str, mode: LockMode) -> None:
+        if sql in self._unbounded_warned:
+            return
+        if len(self._unbounded_warned) >= _DECISION_LIMIT:
+            self._unbounded_warned.clear()
+        self._unbounded_warned.add(sql)
+        logger.warning(
+            "safeddl: `%s` cannot run in a transaction block, and this connection is not "
+            "pinned to one server session (it goes through a pooler; see pool_mode), so a "
+            "session-level lock_timeout could stay on a pooled server connection for other "
+            "clients: it runs with no lock_timeout. It takes %s, which does not block reads "
+            "or writes while it waits. To bound it, send it on a direct connection or through "
+            "a session-pooling pooler with pool_mode = \"session\".",
+            shorten(sql, 80), mode.sql_name)
 
     # -- rewrite plans --------------------------------------------------------------------
     def _run_plan(self, ticket: Ticket, session: Session) -> None:
@@ -338,12 +492,11 @@ class Guard:
                 continue
             logger.info("safeddl: rewrite step: %s", shorten(step.sql))
             try:
-                self._step_timeout(ticket, session, step)
-                session.run(step.sql)
+                self._run_step(ticket, session, step)
             except Exception as exc:
                 self._undo_plan(ticket, session, step)
                 if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
-                    raise self._lock_timeout(ticket, step.sql, session.state, exc) from exc
+                    raise self._lock_timeout(ticket, step.sql, session, exc) from exc
                 if step.fails_like is not None and sqlstate_of(exc) == CHECK_VIOLATION:
                     failure = rewrite_failure(exc, *step.fails_like, ticket.text, step.sql)
                     if failure is not None:
@@ -351,8 +504,51 @@ class Guard:
                 raise
             ticket.steps_done += 1
         if plan.steps:
-            self._step_timeout(ticket, session, plan.steps[-1])
+            self._bound_final(ticket, session, plan.steps[-1])
             ticket.replacement = plan.steps[-1].sql
+
+    def _run_step(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
+        """Run one step of a plan (or an undo step). In autocommit a transactional step
+        runs in a short transaction of its own with ``SET LOCAL``; on a lock timeout the
+        blockers are read on the same connection and LockTimeout is raised."""
+        decision = ticket.decision
+        if not (decision.set_lock_timeout and decision.session_level):
+            self._step_timeout(ticket, session, step)
+            session.run(step.sql)
+            return
+        statement = self._step_statement(step, session)
+        values = _bound_values(decision, step)
+        if not statement.transactional:
+            self._bound_outside(ticket, session, (statement,), values)
+            session.run(step.sql)
+            return
+        session.run("; ".join(("BEGIN", *_set_local(session, values))))
+        try:
+            session.run(step.sql)
+        except Exception as exc:
+            _rollback_quietly(session)
+            if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
+                report = self._read_report(session, lock_requests((statement,), ticket.live),
+                                           row_wait(server_context(exc)), own_transaction=True)
+                raise self._lock_timeout(ticket, step.sql, session, exc, report) from exc
+            raise
+        except BaseException:
+            _rollback_quietly(session)
+            raise
+        session.run("COMMIT")
+
+    def _bound_final(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
+        """Bound the plan's last step, which the integration sends instead of the
+        statement."""
+        decision = ticket.decision
+        if not (decision.set_lock_timeout and decision.session_level):
+            self._step_timeout(ticket, session, step)
+            return
+        self._bound_autocommit(ticket, session, (self._step_statement(step, session),),
+                               _bound_values(decision, step))
+
+    def _step_statement(self, step: PlanStep, session: Session) -> Statement:
+        return _analyzed(step.sql, self.version_for(session.state.server_version))
 
     def _step_timeout(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
         """The step's own statement_timeout (a concurrent build: none), else the one the
@@ -402,9 +598,8 @@ class Guard:
                 if action.only_if_invalid_index and not _index_is_invalid(
                         session, action.only_if_invalid_index):
                     continue
-                self._step_timeout(ticket, session, action)
                 logger.info("safeddl: undoing a rewrite step: %s", shorten(action.sql))
-                session.run(action.sql)
+                self._run_step(ticket, session, action)
             except Exception as exc:  # noqa: BLE001 - the original error is what matters
                 logger.warning("safeddl: could not undo a step of the rewrite (%s); run it "
                                "yourself: %s;", exc, action.sql)
@@ -419,7 +614,7 @@ class Guard:
         deadline = time.monotonic() + options.wait_seconds
         min_age = as_timedelta(options.min_age)
         while True:
-            blockers = read_blockers(session.run, requests, session.state.pid, min_age=min_age)
+            blockers = self._read_blockers(session, requests, min_age)
             if not blockers:
                 return
             if time.monotonic() + options.poll_seconds > deadline:
@@ -428,8 +623,66 @@ class Guard:
             time.sleep(options.poll_seconds)
 
     # -- lock timeouts --------------------------------------------------------------------
-    def _lock_timeout(self, ticket: Ticket | None, text: str, state: ConnectionState,
-                      error: BaseException) -> LockTimeout:
+    def _read_blockers(self, session: Session, requests: Sequence[LockRequest],
+                       min_age: timedelta | None = None) -> list[Blocker]:
+        """The blockers, read on the session itself (its own server backend left out
+        through ``pg_backend_pid()``); on Citus from every node of the cluster."""
+        if session.state.citus:
+            return read_citus_blockers(session.run, requests, min_age=min_age)
+        return read_blockers(session.run, requests, None, min_age=min_age)
+
+    def _read_in_the_way(self, session: Session, requests: Sequence[LockRequest],
+                         wait: RowWait | None) -> list[Blocker]:
+        """After a lock timeout, on the session itself: the holders of the row it waited
+        for (``wait``), or of conflicting table locks, or the sessions queued ahead for
+        rows of its tables; on Citus, the table locks on every node of the cluster."""
+        if session.state.citus:
+            return read_citus_blockers(session.run, requests)
+        return read_all_blockers(session.run, requests, None, wait)
+
+    def _read_report(self, session: Session, requests: Sequence[LockRequest],
+                     wait: RowWait | None, *, own_transaction: bool) -> Report:
+        """Read the blockers on this connection, with a short statement_timeout that dies
+        with the transaction (``own_transaction``: the connection is outside one, open a
+        short one; else the caller's transaction is usable, behind a savepoint)."""
+        try:
+            prefix = ("BEGIN",) if own_transaction else ()
+            session.run("; ".join((*prefix, *_set_local(
+                session, {"statement_timeout": _REPORT_STATEMENT_TIMEOUT}))))
+            try:
+                blockers = self._read_in_the_way(session, requests, wait)
+            finally:
+                if own_transaction:
+                    _rollback_quietly(session)
+            return blockers, None
+        except Exception as exc:  # noqa: BLE001 - a report must never hide the lock timeout
+            logger.warning("safeddl: could not read the sessions blocking the lock: %s", exc)
+            return [], f"(safeddl could not read the blocking sessions: {exc})"
+
+    def _report_elsewhere(self, session: Session, requests: Sequence[LockRequest],
+                          wait: RowWait | None) -> Report:
+        """No savepoint was set (a statement safeddl did not bound failed): read on the
+        session when it is outside a transaction, from a second connection only when
+        the connection is direct (through a pool it could wait for a free server
+        connection, PgBouncer's query_wait_timeout)."""
+        state = session.state
+        try:
+            in_transaction = session.in_transaction()
+        except Exception:  # noqa: BLE001 - a broken connection: try a second one below
+            in_transaction = True
+        if not in_transaction:
+            return self._read_report(session, requests, wait, own_transaction=True)
+        topology = state.topology
+        if topology is None or topology.direct:
+            exclude = topology.server_pid if topology is not None else state.client_key
+            return report_blockers(state.conninfo(), requests, exclude, wait)
+        return [], ("(safeddl did not read the blocking sessions: the transaction is aborted, "
+                    "and a second connection through the pooler could wait for a free server "
+                    "connection)")
+
+    def _lock_timeout(self, ticket: Ticket | None, text: str, session: Session,
+                      error: BaseException, report: Report | None = None) -> LockTimeout:
+        state = session.state
         live: LiveCatalog | None = None
         waited_ms: int | None = None
         if ticket is not None:
@@ -441,7 +694,8 @@ class Guard:
             statements = tuple(item[0] for item in analyse(text, facts))
         requests = lock_requests(statements, live)
         wait = row_wait(server_context(error))  # a row's lock, not a table's
-        blockers, note = report_blockers(state.conninfo(), requests, state.pid, wait)
+        blockers, note = report if report is not None else self._report_elsewhere(
+            session, requests, wait)
         if wait is not None and wait.own_row:  # a unique check waited for another inserter
             target = requests[0] if requests else None
             timeout = LockTimeout(text, target.relation if target else None, None, blockers,
@@ -526,6 +780,89 @@ def _first_failure(text: str, error: BaseException) -> bool:
             _failures.clear()
         _failures[key] = None
         return True
+
+
+_LEDGER_MARK = "\x00safeddl-bounded-statement"
+
+
+def _mark_ledger(state: ConnectionState, decision: Decision) -> bool:
+    """Before a bounded statement in a transaction, a savepoint of the ledger only: if
+    the statement fails (a lock timeout: it never got its lock), what it would have
+    taken is forgotten, so no long-held lock is reported for it at ROLLBACK."""
+    if not decision.set_lock_timeout or decision.session_level:
+        return False
+    ledger = state.ledger
+    if ledger and state.transaction_idle():
+        ledger.clear()  # the last transaction ended unseen (as the tracker does)
+    ledger.savepoint(_LEDGER_MARK)
+    return True
+
+
+def _unmark_ledger(state: ConnectionState, marked: bool, *, forget: bool) -> None:
+    if not marked:
+        return
+    if forget:
+        state.ledger.rollback_to(_LEDGER_MARK)
+    state.ledger.release(_LEDGER_MARK)
+
+
+def _bound_values(decision: Decision, step: PlanStep | None) -> dict[str, str]:
+    """lock_timeout, and the statement_timeout of the step (or the statement)."""
+    values = {"lock_timeout": f"{decision.lock_timeout_ms}ms"}
+    wanted = decision.statement_timeout_ms
+    if step is not None and step.statement_timeout_ms is not None:
+        wanted = step.statement_timeout_ms
+    if wanted is not None:
+        values["statement_timeout"] = f"{wanted}ms"
+    return values
+
+
+def _set_local(session: Session, values: dict[str, str]) -> list[str]:
+    from safeddl.runtime.topology import set_local_sql
+
+    return set_local_sql(values, citus=session.state.citus)
+
+
+@lru_cache(maxsize=256)
+def _analyzed(sql: str, version: int) -> Statement:
+    return analyze_statement(sql, version=version)
+
+
+def _rollback_quietly(session: Session) -> None:
+    try:
+        session.run("ROLLBACK")
+    except Exception as exc:  # noqa: BLE001 - already failing: the first error matters
+        logger.warning("safeddl: ROLLBACK after a failed statement failed too: %s", exc)
+
+
+def _abort_again(session: Session) -> None:
+    """Put the user's transaction back into the aborted state the lock timeout left it
+    in (rolling back to safeddl's savepoint had made it usable for the report)."""
+    try:
+        session.run(_ABORT_AGAIN)
+    except Exception:  # noqa: BLE001, S110 - the error is the point
+        return
+    logger.warning("safeddl: could not abort the transaction after a lock timeout")
+
+
+_UNBOUNDED_RULE = "unbounded-lock-wait"
+
+
+def _unbounded_refusal(sql: str, mode: LockMode) -> UnsafeStatement:
+    rule = _UNBOUNDED_RULE
+    message = (
+        f"safeddl refused this statement (it was not sent):\n{rule}: `{shorten(sql, 80)}` "
+        "cannot run in a transaction block, so its lock wait can only be bounded with a "
+        "session-level lock_timeout; this connection is not pinned to one server session (it "
+        "goes through a pooler), where such a setting would stay on a pooled server "
+        f"connection for other clients. Unbounded, its wait for {mode.sql_name} would block "
+        "every query queued behind it.\n"
+        "Safe alternative: run it on a direct connection to the server, or through a "
+        "session-pooling pooler with pool_mode = \"session\" in the safeddl policy.\n"
+        "To accept the risk: send it on a connection safeddl does not guard (it then waits "
+        "with no lock_timeout); if the pooler pins sessions (session pooling), set "
+        "pool_mode = \"session\".")
+    return UnsafeStatement(rule, sql, "run it on a direct connection", message)
 
 
 def _index_is_invalid(session: Session, index: str) -> bool:

@@ -296,12 +296,17 @@ class CatalogCache:
         self._clock = clock
         self._entries: dict[frozenset[str], tuple[float, LiveCatalog]] = {}
 
-    def get(self, names: frozenset[str], run: Run) -> LiveCatalog:
+    def get(self, names: frozenset[str], run: Run,
+            enrich: Callable[[LiveCatalog], None] | None = None) -> LiveCatalog:
+        """The catalog for ``names``; ``enrich`` adds what a topology knows more (Citus:
+        sizes from the shards) to a freshly read one."""
         now = self._clock()
         entry = self._entries.get(names)
         if entry is not None and now - entry[0] < self.ttl_s:
             return entry[1]
         live = read_catalog(run, names)
+        if enrich is not None:
+            enrich(live)
         if live.has_new:
             self._entries.pop(names, None)
         else:

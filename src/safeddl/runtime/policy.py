@@ -18,6 +18,7 @@ keyword overrides).
     guard_dml_lock_timeout = false      # also bound lock waits of INSERT/UPDATE/DELETE/SELECT
     pg_version = 15                     # default: read from the connection
     small_table_rows = 10000            # strong locks on smaller tables are not refused
+    pool_mode = "auto"                  # "session": the pooler pins a server session
     lock_order = ["accounts", "ledger"] # canonical lock order: these first, then by name
     long_lock_threshold = "1s"          # report SHARE+ locks held longer (0: off)
     preflight = { enabled = true, min_age = "5s", wait = "0s" }
@@ -27,7 +28,7 @@ Environment (and SQLAlchemy URL query keys, lower case): ``SAFEDDL_LOCK_TIMEOUT=
 ``SAFEDDL_REFUSE=rule,rule``, ``SAFEDDL_ALLOW=...``, ``SAFEDDL_WARN=...``,
 ``SAFEDDL_REWRITE=...``, ``SAFEDDL_ACTIONS=truncate=warn,...``, ``SAFEDDL_UNPARSED_DDL``,
 ``SAFEDDL_UNPARSED_DML``, ``SAFEDDL_GUARD_DML_LOCK_TIMEOUT``, ``SAFEDDL_PG_VERSION``,
-``SAFEDDL_SMALL_TABLE_ROWS``, ``SAFEDDL_LOCK_ORDER=accounts,ledger``,
+``SAFEDDL_SMALL_TABLE_ROWS``, ``SAFEDDL_POOL_MODE``, ``SAFEDDL_LOCK_ORDER=accounts,ledger``,
 ``SAFEDDL_LONG_LOCK_THRESHOLD``, ``SAFEDDL_PREFLIGHT``, ``SAFEDDL_PREFLIGHT_MIN_AGE``,
 ``SAFEDDL_PREFLIGHT_WAIT``.
 """
@@ -196,6 +197,12 @@ class Policy:
     guard_dml_lock_timeout: bool = False
     pg_version: int | None = None
     small_table_rows: int = 10_000
+    # How the connection reaches the server, for the statements that cannot run in a
+    # transaction block (CREATE INDEX CONCURRENTLY, ...): "auto" (a direct connection is
+    # pinned to one server session; behind a pooler assume transaction pooling),
+    # "session" (a session-pooling pooler: pinned) or "transaction" (never pinned). Only
+    # on a pinned connection are they bounded with a session setting (then restored).
+    pool_mode: str = "auto"
     preflight: Preflight = field(default_factory=Preflight)
     # Canonical lock order: these tables first, in this order, then the others by
     # schema-qualified name (rules lock-order and row-lock-order).
@@ -503,10 +510,21 @@ _NORMALIZERS: tuple[tuple[str, Any], ...] = (
     ("guard_dml_lock_timeout", lambda v: parse_bool(v, "guard_dml_lock_timeout")),
     ("pg_version", parse_pg_version),
     ("small_table_rows", lambda v: parse_int(v, "small_table_rows", minimum=0)),
+    ("pool_mode", lambda v: _parse_pool_mode(v, "pool_mode")),
     ("lock_order", lambda v: parse_lock_order(v, "lock_order")),
     ("long_lock_threshold", lambda v: parse_duration(v, "long_lock_threshold", allow_zero=True)),
     ("preflight", lambda v: _normalize_preflight(v, "preflight")),
 )
+
+
+POOL_MODES = ("auto", "session", "transaction")
+
+
+def _parse_pool_mode(value: object, key: str) -> str:
+    text = str(value).strip().lower()
+    if text not in POOL_MODES:
+        raise ConfigError(_bad(key, value, "expected one of " + ", ".join(POOL_MODES)))
+    return text
 
 
 def _normalize_preflight(value: object, key: str) -> Preflight:
@@ -530,7 +548,8 @@ class Settings:
     every problem is reported at once, with its source."""
 
     _SIMPLE = ("lock_timeout", "unparsed_ddl", "unparsed_dml", "guard_dml_lock_timeout",
-               "pg_version", "small_table_rows", "lock_order", "long_lock_threshold")
+               "pg_version", "small_table_rows", "lock_order", "long_lock_threshold",
+               "pool_mode")
     _LISTS = ("allow", "warn", "rewrite", "refuse")
 
     def __init__(self, base: Policy | None = None) -> None:

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 from safeddl.runtime.blockers import conninfo_of
 from safeddl.runtime.ledger import Ledger
 from safeddl.runtime.live_catalog import CatalogCache
+from safeddl.runtime.topology import Topology, detect, set_local_sql
 
 logger = logging.getLogger("safeddl")
 
@@ -22,14 +23,27 @@ _SETTINGS = ("lock_timeout", "statement_timeout")
 class ConnectionState:
     """What the guard remembers about one driver connection."""
 
-    def __init__(self, pid: int, server_version: int, info: Any) -> None:
-        self.pid = pid
+    def __init__(self, client_key: int, server_version: int, info: Any) -> None:
+        self.client_key = client_key  # the client library's backend_pid (a pooler's key)
+        self.topology: Topology | None = None  # detected on first need (detect_topology)
         self.server_version = server_version  # major, e.g. 15
         self._info = info
         self.saved: dict[str, tuple[str, str]] = {}  # setting -> (value, source) to restore
         self.dirty: tuple[str, ...] = ()  # session settings changed by safeddl right now
         self.catalogs = CatalogCache()
         self.ledger = Ledger()  # the locks of the open transaction (safeddl.runtime.tracking)
+
+    @property
+    def pid(self) -> int | None:
+        """The server backend's pid, when it is known and stays the same: detected with
+        ``pg_backend_pid()`` on a direct connection (behind a pooler each transaction
+        may run on another server connection: None)."""
+        topology = self.topology
+        return topology.server_pid if topology is not None and topology.direct else None
+
+    @property
+    def citus(self) -> bool:
+        return self.topology is not None and self.topology.citus
 
     def conninfo(self) -> str:
         return conninfo_of(self._info)
@@ -57,8 +71,22 @@ class Session(Protocol):
         ...
 
 
+def detect_topology(session: Session) -> Topology:
+    """The connection's topology (pid, pooler, Citus), detected once per connection."""
+    state = session.state
+    if state.topology is None:
+        state.topology = detect(session.run, state.client_key)
+    return state.topology
+
+
 def apply_settings(session: Session, values: Mapping[str, str], *, local: bool) -> None:
-    """``set_config`` for each setting in one round trip (``local``: SET LOCAL)."""
+    """Change the settings in one round trip. ``local``: literal ``SET LOCAL``
+    statements, which live and die with the transaction (and which Citus forwards to
+    the shards, see :mod:`safeddl.runtime.topology`); otherwise ``set_config`` at
+    session level (only on a connection pinned to one server session)."""
+    if local:
+        session.run("; ".join(set_local_sql(values, citus=session.state.citus)))
+        return
     calls = ", ".join("set_config(%s, %s, %s)" for _ in values)
     params: list[Any] = []
     for name, value in values.items():
@@ -110,5 +138,6 @@ def restore_or_discard(session: Session) -> None:
             logger.warning("safeddl: closing the connection failed too: %s", close_error)
 
 
-__all__ = ["ConnectionState", "Params", "Session", "apply_settings", "remember_settings",
+__all__ = ["ConnectionState", "Params", "Session", "apply_settings", "detect_topology",
+           "remember_settings",
            "restore_or_discard", "restore_settings"]
