@@ -162,8 +162,8 @@ class GuardedCursorMixin:
             if plain is not None and query in plain:
                 statements = None
             else:  # DML that needs nothing but the lock ledger of its transaction
-                tracked = guard.tracked.get(slot.server_version)
-                statements = tracked.get(query) if tracked is not None else None
+                known = guard.tracked.get(slot.server_version)
+                statements = known.get(query) if known is not None else None
                 if statements is None:
                     return self._execute_guarded(query, params, kwargs)
             if statements is not None and (not conn.autocommit

@@ -38,7 +38,7 @@ import psycopg
 from sqlalchemy.engine import URL, Connection, CreateEnginePlugin, Engine
 from sqlalchemy.engine.default import DefaultDialect
 
-from safeddl.runtime.guard import Guard, Ticket, state_of
+from safeddl.runtime.guard import STATE_ATTRIBUTE, Guard, Ticket, state_of
 from safeddl.runtime.policy import Policy, Settings, default_policy, read_tool_table
 from safeddl.runtime.scope import current_scopes, scoped_guard
 from safeddl.runtime.session import ConnectionState, Params
@@ -48,6 +48,7 @@ logger = logging.getLogger("safeddl")
 URL_PREFIX = "safeddl_"
 POLICY_FILE_KEY = "safeddl_policy"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+_NOTHING: dict[str, Any] = {}
 
 
 # =========================================================================== session port
@@ -137,10 +138,19 @@ class EngineHook:
             return
         plain = guard.plain.get(self.server_version)  # type: ignore[arg-type]
         if plain is None or statement not in plain:
-            self._guarded(guard, statement, context,
-                          lambda sql: self._cursor_execute(cursor, sql, parameters, context),
-                          parameters)
-            return
+            # DML that needs nothing but the lock ledger: checked on the fast path
+            known = guard.tracked.get(self.server_version)  # type: ignore[arg-type]
+            tracked = known.get(statement) if known is not None else None
+            driver: Any = getattr(cursor, "connection", None) if tracked is not None else None
+            state = getattr(driver, "__dict__", _NOTHING).get(STATE_ATTRIBUTE)
+            if tracked is None or state is None:
+                self._guarded(guard, statement, context,
+                              lambda sql: self._cursor_execute(cursor, sql, parameters,
+                                                               context),
+                              parameters)
+                return
+            if not driver.autocommit or driver.pgconn.transaction_status != _IDLE:
+                guard.track(state, tracked, statement, parameters)
         try:
             if self._execute is None:
                 cursor.execute(statement, parameters)

@@ -53,7 +53,7 @@ from safeddl.runtime.session import (
     remember_settings,
     restore_or_discard,
 )
-from safeddl.runtime.tracking import LockTracker, watch_commands
+from safeddl.runtime.tracking import LockTracker, Tracked, watch_commands
 
 logger = logging.getLogger("safeddl")
 
@@ -74,8 +74,16 @@ _STATES: weakref.WeakKeyDictionary[Any, ConnectionState] = weakref.WeakKeyDictio
 _STATES_LOCK = threading.Lock()
 
 
+STATE_ATTRIBUTE = "_safeddl_state"  # the state, also on the connection: one lookup
+
+
 def state_of(driver_connection: Any) -> ConnectionState:
     """The state of a psycopg (sync or async) connection, created on first use."""
+    attributes = getattr(driver_connection, "__dict__", None)
+    if attributes is not None:
+        state: ConnectionState | None = attributes.get(STATE_ATTRIBUTE)
+        if state is not None:
+            return state
     state = _STATES.get(driver_connection)
     if state is None:
         info = driver_connection.info
@@ -84,6 +92,8 @@ def state_of(driver_connection: Any) -> ConnectionState:
             if driver_connection not in _STATES:
                 watch_commands(driver_connection, state)
             state = _STATES.setdefault(driver_connection, state)
+    if attributes is not None:
+        attributes[STATE_ATTRIBUTE] = state
     return state
 
 
@@ -114,8 +124,8 @@ class Guard:
         self.plain: dict[int, set[str]] = {}  # server version -> texts needing nothing
         self._decisions: dict[tuple[str, int, bool, Allowances], Decision] = {}
         self.tracker = LockTracker(policy)  # lock order and the ledger of transactions
-        # server version -> texts needing nothing but the ledger -> their statements
-        self.tracked: dict[int, dict[str, tuple[Statement, ...]]] = {}
+        # server version -> texts needing nothing but the ledger -> what it needs of them
+        self.tracked: dict[int, dict[str, Tracked]] = {}
 
     @classmethod
     def for_policy(cls, policy: Policy) -> Guard:
@@ -136,10 +146,10 @@ class Guard:
         ``many``) give the keys of the rows the statement locks."""
         state = session.state
         known = self.tracked.get(state.server_version)
-        statements = known.get(text) if known is not None else None
-        if statements is not None:  # needs nothing but the lock ledger
+        tracked = known.get(text) if known is not None else None
+        if tracked is not None:  # needs nothing but the lock ledger
             if session.in_transaction():
-                self.track(state, statements, text, params, many)
+                self.track(state, tracked, text, params, many)
             return None
         decision, live = self._decision(text, session)
         if decision.changes_timeouts:
@@ -170,12 +180,14 @@ class Guard:
                 raise
         return ticket
 
-    def track(self, state: ConnectionState, statements: Sequence[Statement], text: str,
+    def track(self, state: ConnectionState, tracked: Tracked, text: str,
               params: Params = None, many: bool = False) -> None:
         """A statement in an open transaction that needs nothing but the lock ledger
-        (see :attr:`tracked`): check its lock order, record its locks."""
-        self.tracker.before(state, statements, text, params, many, ALLOWANCES.get(),
-                            self.version_for(state.server_version))
+        (see :attr:`tracked`): check its lock order, record its locks (the fast path
+        when no finding is possible, the full check otherwise)."""
+        if many or not self.tracker.fast(state, tracked, params):
+            self.tracker.before(state, tracked.statements, text, params, many,
+                                ALLOWANCES.get(), self.version_for(state.server_version))
 
     def after(self, ticket: Ticket, session: Session) -> None:
         """The statement succeeded: restore what was changed for it."""
@@ -221,7 +233,7 @@ class Guard:
             tracked = self.tracked.setdefault(server_version, {})
             if len(tracked) >= _PLAIN_LIMIT:
                 tracked.clear()
-            tracked[key[0]] = decision.statements
+            tracked[key[0]] = self.tracker.compile(decision.statements)
         elif decision.is_plain:
             plain = self.plain.setdefault(server_version, set())
             if len(plain) >= _PLAIN_LIMIT:
@@ -430,4 +442,4 @@ def _log(decision: Decision) -> None:
         logger.warning("safeddl: %s", finding.message)
 
 
-__all__ = ["Guard", "Ticket", "lock_requests", "set_rewriter", "state_of"]
+__all__ = ["STATE_ATTRIBUTE", "Guard", "Ticket", "lock_requests", "set_rewriter", "state_of"]
