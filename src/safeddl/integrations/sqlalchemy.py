@@ -149,7 +149,8 @@ class EngineHook:
                                                                context),
                               parameters)
                 return
-            if not driver.autocommit or driver.pgconn.transaction_status != _IDLE:
+            if (not driver.autocommit or driver.pgconn.transaction_status != _IDLE) \
+                    and not guard.tracker.fast(state, tracked, parameters):
                 guard.track(state, tracked, statement, parameters)
         try:
             if self._execute is None:

@@ -146,7 +146,7 @@ class Ledger:
     exclusive_reported: bool = False
     _savepoints: list[_Savepoint] = field(default_factory=list)
     # per relation key: the modes held, and everything they conflict with
-    _modes: dict[str, set[LockMode]] = field(default_factory=dict)
+    modes: dict[str, set[LockMode]] = field(default_factory=dict)
     _conflicts: dict[str, set[LockMode]] = field(default_factory=dict)
     # the greatest row key per slot (see RowEntry)
     rows: dict[RowSlot, RowEntry] = field(default_factory=dict)
@@ -186,7 +186,7 @@ class Ledger:
     def holds(self, key: str, mode: LockMode) -> bool:
         """Would asking for ``mode`` on this relation never wait, given what the
         transaction holds already? (See :func:`already_holds`.)"""
-        modes = self._modes.get(key)
+        modes = self.modes.get(key)
         if modes is None:
             return False
         return mode in modes or CONFLICTS[mode] <= self._conflicts[key]
@@ -228,9 +228,9 @@ class Ledger:
         self.used = True
         self.locks.append(lock)
         key, mode = lock.key, lock.mode
-        modes = self._modes.get(key)
+        modes = self.modes.get(key)
         if modes is None:
-            self._modes[key] = {mode}
+            self.modes[key] = {mode}
             self._conflicts[key] = set(CONFLICTS[mode])
         else:
             modes.add(mode)
@@ -248,7 +248,7 @@ class Ledger:
     def clear(self) -> None:
         if not self.used and not self._savepoints:
             return  # nothing to forget: the common case at COMMIT of a read-only unit
-        self._modes.clear()
+        self.modes.clear()
         self._conflicts.clear()
         self.strongest = None
         self.locks.clear()
@@ -278,7 +278,7 @@ class Ledger:
         if len(self.locks) > point.locks:
             kept = self.locks[:point.locks]
             self.locks.clear()
-            self._modes.clear()
+            self.modes.clear()
             self._conflicts.clear()
             self._writes.clear()
             self._order = self._top = None

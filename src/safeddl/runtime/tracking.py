@@ -175,9 +175,12 @@ class LockTracker:
         if not tracked.fast:
             return False
         taking: list[tuple[HeldLock, tuple[int, str]]] | None = None
-        held = ledger.holds
+        modes = ledger.modes
         for key, mode, rank, lock in tracked.takes:
-            if held(key, mode) or key in ledger.new:
+            have = modes.get(key)
+            if have is not None and mode in have:
+                continue  # the usual case: the table is held in this mode already
+            if ledger.holds(key, mode) or key in ledger.new:
                 continue
             if mode >= WRITE:
                 top = ledger.top_rank(self.order)
