@@ -5,8 +5,10 @@ state, and warnings come once per pattern, rate-limited, not once per transactio
 
 from __future__ import annotations
 
+import gc
 import logging
 import random
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
@@ -208,3 +210,45 @@ def test_new_patterns_beyond_the_rate_are_logged_at_debug_with_a_count(
              if r.levelno == logging.DEBUG and "row-lock-order" in r.getMessage()]
     assert len(warned) == tracking.WARNINGS_PER_MINUTE
     assert len(debug) == tracking.WARNINGS_PER_MINUTE + 5
+
+
+def test_distinct_statements_keep_the_guard_caches_bounded(
+        db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safeddl.analysis.analyzer import READINGS
+    from safeddl.caches import MiB
+    from safeddl.runtime import guard as guard_module
+    from safeddl.runtime.ledger import SHAPES
+
+    bound = MiB // 4
+    for name in ("PLAIN_BYTES", "TRACKED_BYTES", "DECISION_BYTES"):
+        monkeypatch.setattr(guard_module, name, bound)
+    monkeypatch.setattr(READINGS, "max_bytes", bound)
+    monkeypatch.setattr(SHAPES, "max_bytes", bound)
+    padding = " AND " + " AND ".join(f"v <> {-j}" for j in range(40))  # ~500 characters
+
+    def statements(conn: psycopg.Connection[Any], first: int, last: int) -> None:
+        for i in range(first, last):
+            conn.execute(f"SELECT v FROM a WHERE id = {i % 50 + 1}{padding} AND v <> {-i}")
+            conn.execute(f"UPDATE b SET v = v + {i} WHERE id = 1{padding}")
+            if i % 50 == 0:
+                conn.rollback()
+        conn.rollback()
+
+    with safeddl.psycopg.connect(db, policy=Policy(lock_order=["cache_bound_test"])) as conn:
+        statements(conn, 0, 100)
+        gc.collect()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            statements(conn, 100, 500)
+            gc.collect()
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        guard = conn.__dict__["_safeddl_slot"].guard
+        version = conn.__dict__["_safeddl_slot"].server_version
+        caches = [guard.plain[version], guard.tracked[version], guard._decisions, READINGS,
+                  SHAPES]
+    assert all(cache.bytes <= bound for cache in caches), [c.bytes for c in caches]
+    assert len(guard._decisions) < 400  # the byte bound, not the entry bound, decided
+    assert grown < 6 * bound, grown  # 400 distinct texts more, the caches full already

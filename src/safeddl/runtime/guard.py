@@ -31,6 +31,7 @@ from typing import Any
 
 from safeddl.analysis import Statement, analyze_statement
 from safeddl.analysis.locktable import NEWEST, OLDEST
+from safeddl.caches import MiB, TextCache
 from safeddl.locks import LockMode
 from safeddl.model import shorten
 from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers
@@ -57,8 +58,11 @@ from safeddl.runtime.tracking import LockTracker, Tracked, watch_commands
 
 logger = logging.getLogger("safeddl")
 
-_PLAIN_LIMIT = 20_000
-_DECISION_LIMIT = 4_096
+# The Guard's caches, per server version (bounds in entries and bytes; measured: a
+# decision holds about 950 bytes besides its text, what the ledger needs ~1,000)
+PLAIN_ENTRIES, PLAIN_BYTES = 20_000, 8 * MiB
+TRACKED_ENTRIES, TRACKED_BYTES = 20_000, 16 * MiB
+DECISION_ENTRIES, DECISION_BYTES = 4_096, 8 * MiB
 _NOWAIT = re.compile(r"(?i)\bNOWAIT\b")
 
 
@@ -121,11 +125,13 @@ class Guard:
     def __init__(self, policy: Policy, rewriter: Rewriter | None = None) -> None:
         self.policy = policy
         self.rewriter = rewriter
-        self.plain: dict[int, set[str]] = {}  # server version -> texts needing nothing
-        self._decisions: dict[tuple[str, int, bool, Allowances], Decision] = {}
+        # server version -> texts needing nothing (the values mean nothing)
+        self.plain: dict[int, TextCache[str, bool]] = {}
+        self._decisions: TextCache[tuple[str, int, bool, Allowances], Decision] = TextCache(
+            "decisions", DECISION_ENTRIES, DECISION_BYTES, per_char=1.0, overhead=1_000)
         self.tracker = LockTracker(policy)  # lock order and the ledger of transactions
         # server version -> texts needing nothing but the ledger -> what it needs of them
-        self.tracked: dict[int, dict[str, Tracked]] = {}
+        self.tracked: dict[int, TextCache[str, Tracked]] = {}
 
     @classmethod
     def for_policy(cls, policy: Policy) -> Guard:
@@ -229,19 +235,21 @@ class Guard:
 
     def _remember(self, key: tuple[str, int, bool, Allowances], decision: Decision,
                   server_version: int) -> None:
+        text = key[0]
         if decision.is_plain and self.tracker.tracks(decision.statements):
-            tracked = self.tracked.setdefault(server_version, {})
-            if len(tracked) >= _PLAIN_LIMIT:
-                tracked.clear()
-            tracked[key[0]] = self.tracker.compile(decision.statements)
+            tracked = self.tracked.get(server_version)
+            if tracked is None:
+                tracked = self.tracked.setdefault(server_version, TextCache(
+                    "texts needing the ledger", TRACKED_ENTRIES, TRACKED_BYTES, per_char=1.0,
+                    overhead=1_100))
+            tracked.put(text, self.tracker.compile(decision.statements), text)
         elif decision.is_plain:
-            plain = self.plain.setdefault(server_version, set())
-            if len(plain) >= _PLAIN_LIMIT:
-                plain.clear()
-            plain.add(key[0])
-        if len(self._decisions) >= _DECISION_LIMIT:
-            self._decisions.clear()
-        self._decisions[key] = decision
+            plain = self.plain.get(server_version)
+            if plain is None:
+                plain = self.plain.setdefault(server_version, TextCache(
+                    "plain texts", PLAIN_ENTRIES, PLAIN_BYTES, per_char=1.0, overhead=100))
+            plain.put(text, True, text)
+        self._decisions.put(key, decision, text)
 
     def version_for(self, server_version: int) -> int:
         if self.policy.pg_version is not None:

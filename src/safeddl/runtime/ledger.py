@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from safeddl.caches import MiB, TextCache
 from safeddl.locks import CONFLICTS, LockMode
 from safeddl.model import shorten
 from safeddl.ordering import WRITE, HeldLock, LockOrder, RowLock, relation_key
@@ -63,14 +64,16 @@ class Shape:
         return self.is_ddl or self.exclusive
 
 
-_SHAPES: dict[int, tuple[Statement, Shape]] = {}
-_SHAPES_LIMIT = 4_096
+# by the statement's text (the entry keeps the statement alive: bounded by its size too)
+SHAPES: TextCache[str, tuple[Statement, Shape]] = TextCache(
+    "what the ledger needs of a statement", entries=4_096, max_bytes=8 * MiB,
+    per_char=2.0, overhead=600)
 
 
 def shape_of(statement: Statement) -> Shape:
-    """The statement's :class:`Shape`, cached by identity: analysed statements are
-    cached by text, so the hot path meets the same objects again and again."""
-    entry = _SHAPES.get(id(statement))
+    """The statement's :class:`Shape`, cached: analysed statements are cached by text,
+    so the hot path meets the same objects again and again."""
+    entry = SHAPES.get(statement.sql)
     if entry is not None and entry[0] is statement:
         return entry[1]
     shape = Shape(
@@ -80,9 +83,7 @@ def shape_of(statement: Statement) -> Shape:
         keyed=any(step.key for step in statement.steps),
         is_ddl=statement.is_ddl,
         exclusive=any(lock.mode is LockMode.ACCESS_EXCLUSIVE for lock in statement.locks))
-    if len(_SHAPES) >= _SHAPES_LIMIT:
-        _SHAPES.clear()
-    _SHAPES[id(statement)] = (statement, shape)  # the entry keeps the statement alive
+    SHAPES.put(statement.sql, (statement, shape), statement.sql)
     return shape
 
 

@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from safeddl.analysis import Action, Catalog, Statement
+from safeddl.caches import MiB, TextCache
 from safeddl.locks import LockMode
 from safeddl.model import shorten
 from safeddl.ordering import (
@@ -70,8 +71,8 @@ _AE = LockMode.ACCESS_EXCLUSIVE
 
 WARNINGS_PER_MINUTE = 10  # new patterns logged at WARNING per minute and tracker
 REPEAT_SUMMARY_SECONDS = 60.0  # a pattern's repeats are summarized at most this often
-PATTERNS_LIMIT = 1_000  # patterns remembered (then forgotten all at once) ...
-PATTERNS_BYTES = 1 << 20  # ... or when their texts take more than this many bytes
+PATTERNS_LIMIT = 1_000  # patterns remembered (the oldest forgotten first) ...
+PATTERNS_BYTES = 1 * MiB  # ... and the bytes they may hold
 
 Pattern = tuple[str, ...]  # (rule, statement texts involved)
 
@@ -153,8 +154,8 @@ class LockTracker:
         self.enabled = (self.long_lock_seconds > 0
                         or any(a is not RuleAction.ALLOW for a in self.rules.values()))
         # pattern -> [repeats since last logged, when last logged]
-        self._patterns: dict[Pattern, list[float]] = {}
-        self._pattern_bytes = 0
+        self._patterns: TextCache[Pattern, list[float]] = TextCache(
+            "warning patterns", PATTERNS_LIMIT, PATTERNS_BYTES, per_char=1.0, overhead=300)
         self._budget = float(WARNINGS_PER_MINUTE)
         self._budget_at = time.monotonic()
         self._limited = 0  # new patterns not logged at WARNING since the last one
@@ -352,12 +353,7 @@ class LockTracker:
             self._repeated(pattern, ())
             return
         now = time.monotonic()
-        size = sum(len(part) for part in pattern)
-        if len(self._patterns) >= PATTERNS_LIMIT or self._pattern_bytes + size > PATTERNS_BYTES:
-            self._patterns.clear()
-            self._pattern_bytes = 0
-        self._patterns[pattern] = [0, now]
-        self._pattern_bytes += size
+        self._patterns.put(pattern, [0, now], "".join(pattern))
         self._budget = min(float(WARNINGS_PER_MINUTE),
                            self._budget + (now - self._budget_at) * WARNINGS_PER_MINUTE / 60)
         self._budget_at = now
