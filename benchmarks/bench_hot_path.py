@@ -1,6 +1,6 @@
 """What does the runtime guard cost on ordinary traffic? Prints Markdown; asserts nothing.
 
-    python benchmarks/bench_hot_path.py [--seconds 100] [--block 20] [--profile]
+    python benchmarks/bench_hot_path.py [--seconds 100] [--block 40] [--profile]
 
 What it measures: the throughput of one realistic unit of work (one transaction: a
 point SELECT by key, an INSERT, an UPDATE by key, a two-table join, a DELETE by key of
@@ -14,19 +14,26 @@ same unit on an unguarded twin, for three stacks:
 - raw psycopg 3: ``safeddl.psycopg.connect`` vs ``psycopg.connect``.
 
 Method. A throwaway PostgreSQL (``safeddl.testing.start_server()``), one connection per
-variant, warm caches (a warm-up round first). Each round runs, for every stack in turn,
-four blocks of ``--block`` units: unguarded, guarded, guarded, unguarded (BAAB every
-other round), so drift within a round and the cost of going first cancel out, and a
-burst of load on a shared machine hits both twins alike. The unit deletes the row it
+twin, warm caches (a warm-up round first). Every round starts both twins on fresh
+server sessions (and warms them): two identical unguarded psycopg connections measured
+side by side here differed by 12% in client CPU per unit, consistently, by where their
+backends happened to run, and a twin kept for the whole run carries such a bias into
+every round. Each round then runs, for every stack in turn, ``--block`` units of each
+twin alternated unit by unit (ABBA, BAAB every other round), so that drift and the cost
+of going first cancel out and a burst of load on a shared machine hits both twins
+alike (an earlier version timed blocks of 40 units per twin, one stack after the
+other: one twin could meet a burst the other missed). The unit deletes the row it
 inserts, so the tables do not grow during the run. Rounds go on until ``--seconds``
 have passed (at least 20).
 
-Reported per stack: units/s of each twin (median round), the guarded/unguarded
-throughput ratio per round as median [quartiles] (the goal: >= 0.98), the time added
-per statement in wall time and in client CPU time (``time.thread_time``: the guard
-runs in the client; CPU time is much less disturbed by other processes than wall
-time), median [quartiles]; then what is left of the guard in a profile of guarded
-units (``--profile``: safeddl's own functions only, µs per unit).
+Reported per stack: units/s of each twin (median round); the guarded/unguarded
+throughput ratio per round, median [quartiles] (the goal: >= 0.98); the time added per
+statement in wall time and in client CPU time (``time.thread_time``), median
+[quartiles]. Then the guard's own work per unit timed with the server out of the
+picture (the statements of a unit through the guarded entry point over a cursor that
+sends nothing, best of 7): the least noisy figure on a loaded machine, and the ratio it
+implies for each stack's measured unguarded unit time. With ``--profile``, what is left
+of the guard: safeddl's own functions in a profile of guarded units.
 
 The guard runs with ``safeddl.Policy.from_sources()``: the defaults, or what
 ``SAFEDDL_*`` variables set. To measure the guard with the ledger off::
@@ -77,6 +84,7 @@ CUSTOMERS = 10_000
 ORDERS = 50_000
 STATEMENTS_PER_UNIT = 5  # and a COMMIT
 MIN_ROUNDS = 20
+WARM_UNITS = 6  # after a reconnect: psycopg prepares a statement at its 5th execution
 
 metadata = MetaData()
 customers = Table("customers", metadata, Column("id", Integer, primary_key=True),
@@ -197,6 +205,7 @@ class Stack:
     name: str
     plain: Callable[[], None]
     guarded: Callable[[], None]
+    reconnect: Callable[[], None]  # fresh server sessions for both twins
     ratios: list[float] = field(default_factory=list)  # per round: plain time / guarded time
     plain_units: list[float] = field(default_factory=list)  # per round: units/s
     guarded_units: list[float] = field(default_factory=list)
@@ -206,18 +215,26 @@ class Stack:
     plain_cpu: list[float] = field(default_factory=list)
 
     def round(self, block: int, number: int) -> None:
-        """ABBA (BAAB every other round) blocks of ``block`` units."""
+        """``block`` units of each twin, alternated unit by unit in ABBA order (BAAB
+        every other round): both twins meet the same load, moment by moment."""
+        self.reconnect()
+        for _unit in range(WARM_UNITS):  # the new sessions' prepared statements
+            self.plain()
+            self.guarded()
         wall = {True: 0.0, False: 0.0}
         cpu = {True: 0.0, False: 0.0}
-        first = number % 2 == 0  # True: the unguarded twin first
-        for guarded in (not first, first, first, not first):
-            unit = self.guarded if guarded else self.plain
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            for _unit in range(block):
+        first = number % 2 == 0  # True: the guarded twin first
+        clock, cpu_clock = time.perf_counter, time.thread_time
+        for index in range(block):
+            pair = (first, not first) if index % 2 == 0 else (not first, first)
+            for guarded in pair:
+                unit = self.guarded if guarded else self.plain
+                started, cpu_started = clock(), cpu_clock()
                 unit()
-            wall[guarded] += time.perf_counter() - started
-            cpu[guarded] += time.thread_time() - cpu_started
-        units, statements = 2 * block, 2 * block * STATEMENTS_PER_UNIT
+                ended, cpu_ended = clock(), cpu_clock()
+                wall[guarded] += ended - started
+                cpu[guarded] += cpu_ended - cpu_started
+        units, statements = block, block * STATEMENTS_PER_UNIT
         self.ratios.append(wall[False] / wall[True])
         self.plain_units.append(units / wall[False])
         self.guarded_units.append(units / wall[True])
@@ -346,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=100.0,
                         help="measure for about this long (at least 20 rounds)")
-    parser.add_argument("--block", type=int, default=20, help="units of work per block")
+    parser.add_argument("--block", type=int, default=40,
+                        help="units of each twin per round and stack")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true",
                         help="also profile guarded units: what is left of the guard")
@@ -366,20 +384,36 @@ def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) ->
                ("core", "core+safeddl", "orm", "orm+safeddl")}
     safeddl.install(engines["core+safeddl"], policy)
     safeddl.install(engines["orm+safeddl"], policy)
-    plain_conn = psycopg.connect(dsn)
-    guarded_conn = safeddl.psycopg.connect(dsn, policy=policy)
+    conns: dict[str, psycopg.Connection[Any]] = {}
+
+    def reconnect_psycopg() -> None:
+        for conn in conns.values():
+            conn.close()
+        conns["plain"] = psycopg.connect(dsn)
+        conns["guarded"] = safeddl.psycopg.connect(dsn, policy=policy)
+
+    def reconnect(*names: str) -> Callable[[], None]:
+        def dispose() -> None:  # the pool opens a fresh session at the next unit
+            for name in names:
+                engines[name].dispose()
+        return dispose
+
+    reconnect_psycopg()
     keys = [Keys(args.seed + i, i * 10_000_000) for i in range(6)]
 
     stacks = [
         Stack("SQLAlchemy Core",
               lambda: core_unit(engines["core"], keys[0]),
-              lambda: core_unit(engines["core+safeddl"], keys[1])),
+              lambda: core_unit(engines["core+safeddl"], keys[1]),
+              reconnect("core", "core+safeddl")),
         Stack("SQLAlchemy ORM (Session)",
               lambda: orm_unit(engines["orm"], keys[2]),
-              lambda: orm_unit(engines["orm+safeddl"], keys[3])),
+              lambda: orm_unit(engines["orm+safeddl"], keys[3]),
+              reconnect("orm", "orm+safeddl")),
         Stack("psycopg 3",
-              lambda: psycopg_unit(plain_conn, keys[4]),
-              lambda: psycopg_unit(guarded_conn, keys[5])),
+              lambda: psycopg_unit(conns["plain"], keys[4]),
+              lambda: psycopg_unit(conns["guarded"], keys[5]),
+              reconnect_psycopg),
     ]
     for stack in stacks:  # warm-up: caches, prepared statements, pools
         stack.round(args.block, 0)
@@ -393,13 +427,14 @@ def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) ->
         rounds += 1
     elapsed = time.monotonic() - started
     profiled = profile(stacks, 500) if args.profile else []
-    own = own_cost(engines["core+safeddl"], guarded_conn)
+    own = own_cost(engines["core+safeddl"], conns["guarded"])
 
     print(f"# Hot path: guarded vs unguarded twins (PostgreSQL {server_version}, Python "
           f"{platform.python_version()}, SQLAlchemy {version('sqlalchemy')}, psycopg "
           f"{version('psycopg')}, safeddl default policy: lock ledger on)\n")
-    print(f"{rounds} rounds in {elapsed:.0f} s; each round: every stack in turn, ABBA / BAAB "
-          f"blocks of {args.block} units; one unit = one transaction of "
+    print(f"{rounds} rounds in {elapsed:.0f} s; each round: every stack in turn, "
+          f"{args.block} units of each twin alternated unit by unit (ABBA / BAAB); one unit = "
+          "one transaction of "
           f"{STATEMENTS_PER_UNIT} statements (point SELECT, INSERT, UPDATE by key, join, "
           "DELETE by key) and COMMIT. Per round ratios; median [quartiles] over rounds.\n")
     print("| stack | units/s unguarded | units/s guarded | throughput ratio guarded / "
@@ -425,6 +460,14 @@ def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) ->
     for name, guarded_us, plain_us in own:
         print(f"| {name} | {guarded_us:.2f} | {plain_us:.2f} | "
               f"{(guarded_us - plain_us) / STATEMENTS_PER_UNIT:.2f} |")
+    print("\nThe throughput ratio that the guard's own work implies, for the unguarded unit "
+          "time measured above (unit / (unit + the guard's own µs per unit)):\n")
+    print("| stack | µs per unguarded unit (median) | implied ratio |")
+    print("|---|---:|---:|")
+    for stack, (_name, guarded_us, plain_us) in zip(stacks, [own[1], own[1], own[0]]):
+        unit_us = 1e6 / statistics.median(stack.plain_units)
+        print(f"| {stack.name} | {unit_us:,.0f} | "
+              f"{unit_us / (unit_us + guarded_us - plain_us):.4f} |")
     for name, rows in profiled:
         print(f"\nWhat is left of the guard, {name} (cProfile of 500 guarded units, "
               "safeddl's own frames, µs per unit):\n")
@@ -434,8 +477,8 @@ def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) ->
             print(f"| {function} | {micros:.2f} |")
     for engine in engines.values():
         engine.dispose()
-    plain_conn.close()
-    guarded_conn.close()
+    for conn in conns.values():
+        conn.close()
     sys.stdout.flush()
 
 

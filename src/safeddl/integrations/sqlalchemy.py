@@ -141,7 +141,9 @@ class EngineHook:
             # DML that needs nothing but the lock ledger: checked on the fast path
             known = guard.tracked.get(self.server_version)  # type: ignore[arg-type]
             tracked = known.get(statement) if known is not None else None
-            driver: Any = getattr(cursor, "connection", None) if tracked is not None else None
+            # the psycopg connection (``_conn``: psycopg's BaseCursor attribute behind
+            # its ``connection`` property); the async adapter's cursor has none: full path
+            driver: Any = getattr(cursor, "_conn", None) if tracked is not None else None
             state = getattr(driver, "__dict__", _NOTHING).get(STATE_ATTRIBUTE)
             if tracked is None or state is None:
                 self._guarded(guard, statement, context,
