@@ -26,6 +26,12 @@ from safeddl.runtime.guard import state_of
 pytestmark = [pytest.mark.timeout(120)]
 
 REFUSE = Policy(actions={"lock-order": "refuse", "row-lock-order": "refuse"})
+
+
+def own_policy(name: str) -> Policy:
+    """The default policy, on a Guard of its own (its warning patterns and rate limit
+    are not shared with other tests)."""
+    return Policy(lock_order=[f"{name}_only"])
 TABLES = ("a", "b", "c")
 
 
@@ -146,7 +152,7 @@ def test_fast_check_finds_what_the_model_finds(db: str, engine: Engine) -> None:
 def test_long_transaction_after_access_exclusive_keeps_constant_state(
         db: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="safeddl")
-    with safeddl.psycopg.connect(db, policy=Policy()) as conn:
+    with safeddl.psycopg.connect(db, policy=own_policy("long_transaction")) as conn:
         ledger = state_of(conn).ledger
         conn.execute("ALTER TABLE a ADD COLUMN note text")
         sizes = []
@@ -171,7 +177,7 @@ def test_a_flood_of_row_order_findings_is_one_warning_per_pattern(
     update = "UPDATE b SET v = v + 1 WHERE id = %s"
     delete = "DELETE FROM c WHERE id = %s"
     out_of_order = 0
-    with safeddl.psycopg.connect(db, policy=Policy()) as conn:
+    with safeddl.psycopg.connect(db, policy=own_policy("flood")) as conn:
         for _transaction in range(60):
             greatest: dict[str, int] = {}
             for _statement in range(20):
@@ -198,7 +204,7 @@ def test_a_flood_of_row_order_findings_is_one_warning_per_pattern(
 def test_new_patterns_beyond_the_rate_are_logged_at_debug_with_a_count(
         db: str, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG, logger="safeddl")
-    policy = Policy(lock_order=["rate_limit_test_only"])  # a Guard of its own
+    policy = own_policy("rate_limit")
     with safeddl.psycopg.connect(db, policy=policy) as conn:
         for n in range(1, 2 * tracking.WARNINGS_PER_MINUTE + 6):
             conn.execute(f"UPDATE a SET v = v + {n} WHERE id = %s", (9,))
@@ -234,7 +240,7 @@ def test_distinct_statements_keep_the_guard_caches_bounded(
                 conn.rollback()
         conn.rollback()
 
-    with safeddl.psycopg.connect(db, policy=Policy(lock_order=["cache_bound_test"])) as conn:
+    with safeddl.psycopg.connect(db, policy=own_policy("cache_bound")) as conn:
         statements(conn, 0, 100)
         gc.collect()
         tracemalloc.start()
