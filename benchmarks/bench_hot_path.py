@@ -1,63 +1,81 @@
 """What does the runtime guard cost on ordinary traffic? Prints Markdown; asserts nothing.
 
-    python benchmarks/bench_hot_path.py [--block 40] [--rounds 60]
+    python benchmarks/bench_hot_path.py [--seconds 100] [--block 40] [--profile]
 
-A throwaway PostgreSQL (``safeddl.testing.start_server()``) serves a realistic DML mix,
-one transaction per unit of work: a point SELECT by key, an INSERT, an UPDATE by key
-and a two-table join. Measured in one run, as pairs:
+What it measures: the throughput of one realistic unit of work (one transaction: a
+point SELECT by key, an INSERT, an UPDATE by key, a two-table join, a DELETE by key of
+the row inserted, COMMIT) with safeddl's default policy (the lock ledger on: every
+write is checked for table and row-lock order, long-held locks are timed) against the
+same unit on an unguarded twin, for three stacks:
 
-- SQLAlchemy engine, unguarded vs guarded (``safeddl.install(engine)``);
-- raw psycopg connection, unguarded vs guarded (``safeddl.psycopg.connect``);
-- for reference, SQLAlchemy unguarded vs an engine with one empty
-  ``before_cursor_execute`` listener: what any hook on SQLAlchemy's connection events
-  costs.
+- SQLAlchemy Core: ``engine.begin()`` and Core statements (``safeddl.install(engine)``);
+- SQLAlchemy ORM: a ``Session`` doing the same unit (``session.add`` + flush, an
+  ORM-enabled UPDATE, ``session.delete``);
+- raw psycopg 3: ``safeddl.psycopg.connect`` vs ``psycopg.connect``.
 
-Each round runs a pair as ABBA blocks (unguarded, guarded, guarded, unguarded; BAAB
-every other round) so that drift within a round and the cost of going first cancel out
-and bursts of load on a shared machine hit both sides alike. Reported per pair:
-throughput (units/s, median round), the guarded/unguarded throughput ratio (goal >=
-0.98) as the trimmed geometric mean and the median [quartiles] of the per-round ratios,
-and the added cost per statement on a cache hit in wall time and in client CPU time
-(``time.thread_time``: the guard runs in the client); then the guard itself timed in a
-tight loop on an already-seen statement.
+Method. A throwaway PostgreSQL (``safeddl.testing.start_server()``), one connection per
+twin, warm caches (a warm-up round first). Every round starts both twins on fresh
+server sessions (and warms them): two identical unguarded psycopg connections measured
+side by side here differed by 12% in client CPU per unit, consistently, by where their
+backends happened to run, and a twin kept for the whole run carries such a bias into
+every round. Each round then runs, for every stack in turn, ``--block`` units of each
+twin alternated unit by unit (ABBA, BAAB every other round), so that drift and the cost
+of going first cancel out and a burst of load on a shared machine hits both twins
+alike (an earlier version timed blocks of 40 units per twin, one stack after the
+other: one twin could meet a burst the other missed). The unit deletes the row it
+inserts, so the tables do not grow during the run. Rounds go on until ``--seconds``
+have passed (at least 20).
+
+Reported per stack: units/s of each twin (median round); the guarded/unguarded
+throughput ratio per round, median [quartiles] (the goal: >= 0.98); the time added per
+statement in wall time and in client CPU time (``time.thread_time``), median
+[quartiles]. Then the guard's own work per unit timed with the server out of the
+picture (the statements of a unit through the guarded entry point over a cursor that
+sends nothing, best of 25 batches): the least noisy figure on a loaded machine, and
+the ratio it implies for each stack's measured unguarded unit time. With
+``--profile``, what is left of the guard: safeddl's own functions in a profile of
+guarded units (the profiler inflates small functions: read the shares).
 
 The guard runs with ``safeddl.Policy.from_sources()``: the defaults, or what
-``SAFEDDL_*`` variables set. The defaults keep a lock ledger of every transaction
-(writes are checked for lock order); to measure the guard without it::
+``SAFEDDL_*`` variables set. To measure the guard with the ledger off::
 
-    SAFEDDL_LONG_LOCK_THRESHOLD=0 \
-    SAFEDDL_ACTIONS=lock-order=allow,row-lock-order=allow,statements-after-access-exclusive=allow \
+    SAFEDDL_LONG_LOCK_THRESHOLD=0 \\
+    SAFEDDL_ACTIONS=lock-order=allow,row-lock-order=allow,statements-after-access-exclusive=allow \\
     python benchmarks/bench_hot_path.py
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import platform
+import pstats
 import random
 import statistics
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib.metadata import version
 from typing import Any
 
 import psycopg
 from sqlalchemy import (
     Column,
+    ForeignKey,
     Integer,
     MetaData,
     String,
     Table,
     bindparam,
     create_engine,
-    event,
+    delete,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Session
 
 import safeddl
 import safeddl.psycopg
@@ -65,13 +83,16 @@ from safeddl.testing import start_server
 
 CUSTOMERS = 10_000
 ORDERS = 50_000
-STATEMENTS_PER_UNIT = 4
+STATEMENTS_PER_UNIT = 5  # and a COMMIT
+MIN_ROUNDS = 20
+WARM_UNITS = 6  # after a reconnect: psycopg prepares a statement at its 5th execution
+BATCHES = 25  # timing the guard's own work: best of this many batches
 
 metadata = MetaData()
 customers = Table("customers", metadata, Column("id", Integer, primary_key=True),
                   Column("name", String(60), nullable=False))
 orders = Table("orders", metadata, Column("id", Integer, primary_key=True),
-               Column("customer_id", Integer, nullable=False),
+               Column("customer_id", Integer, ForeignKey("customers.id"), nullable=False),
                Column("status", String(20), nullable=False),
                Column("total", Integer, nullable=False))
 
@@ -83,20 +104,35 @@ UPDATE_ORDER = (update(orders).where(orders.c.id == bindparam("key"))
 JOIN = (select(orders.c.id, customers.c.name)
         .join_from(orders, customers, orders.c.customer_id == customers.c.id)
         .where(orders.c.customer_id == bindparam("cid")).limit(5))
+DELETE_ORDER = delete(orders).where(orders.c.id == bindparam("oid"))
 
 RAW_POINT_SELECT = "SELECT name FROM customers WHERE id = %s"
 RAW_INSERT = "INSERT INTO orders (id, customer_id, status, total) VALUES (%s, %s, 'open', 0)"
 RAW_UPDATE = "UPDATE orders SET total = total + 1 WHERE id = %s"
 RAW_JOIN = ("SELECT o.id, c.name FROM orders o JOIN customers c ON c.id = o.customer_id "
             "WHERE o.customer_id = %s LIMIT 5")
+RAW_DELETE = "DELETE FROM orders WHERE id = %s"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Customer(Base):
+    __table__ = customers
+
+
+class Order(Base):
+    __table__ = orders
 
 
 class Keys:
-    """Fresh order ids for INSERTs; random existing keys for the rest."""
+    """Fresh order ids for INSERTs (a range of its own per variant); random existing
+    keys for the rest."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, offset: int) -> None:
         self.random = random.Random(seed)
-        self.next_order = ORDERS + 1
+        self.next_order = ORDERS + 1 + offset
 
     def new_order(self) -> int:
         self.next_order += 1
@@ -109,39 +145,52 @@ class Keys:
         return self.random.randint(1, ORDERS)
 
 
-def sqlalchemy_unit(engine: Engine, keys: Keys) -> None:
+def core_unit(engine: Engine, keys: Keys) -> None:
     with engine.begin() as conn:
-        cid = keys.customer()
+        cid, oid = keys.customer(), keys.new_order()
         conn.execute(POINT_SELECT, {"cid": cid}).scalar()
-        conn.execute(INSERT_ORDER, {"oid": keys.new_order(), "cid": cid})
+        conn.execute(INSERT_ORDER, {"oid": oid, "cid": cid})
         conn.execute(UPDATE_ORDER, {"key": keys.order()})
         conn.execute(JOIN, {"cid": cid}).all()
+        conn.execute(DELETE_ORDER, {"oid": oid})
+
+
+ORM_UPDATE = (update(Order).where(Order.id == bindparam("key")).values(total=Order.total + 1)
+              .execution_options(synchronize_session=False))
+ORM_POINT_SELECT = select(Customer.name).where(Customer.id == bindparam("cid"))
+ORM_JOIN = (select(Order.id, Customer.name).join(Customer, Order.customer_id == Customer.id)
+            .where(Order.customer_id == bindparam("cid")).limit(5))
+
+
+def orm_unit(engine: Engine, keys: Keys) -> None:
+    with Session(engine) as session, session.begin():
+        cid = keys.customer()
+        session.scalar(ORM_POINT_SELECT, {"cid": cid})
+        order = Order(id=keys.new_order(), customer_id=cid, status="open", total=0)
+        session.add(order)
+        session.flush()  # INSERT
+        session.execute(ORM_UPDATE, {"key": keys.order()})
+        session.execute(ORM_JOIN, {"cid": cid}).all()
+        session.delete(order)  # DELETE, flushed at COMMIT
 
 
 def psycopg_unit(conn: psycopg.Connection[Any], keys: Keys) -> None:
-    cid = keys.customer()
+    cid, oid = keys.customer(), keys.new_order()
     conn.execute(RAW_POINT_SELECT, (cid,)).fetchone()
-    conn.execute(RAW_INSERT, (keys.new_order(), cid))
+    conn.execute(RAW_INSERT, (oid, cid))
     conn.execute(RAW_UPDATE, (keys.order(),))
     conn.execute(RAW_JOIN, (cid,)).fetchall()
+    conn.execute(RAW_DELETE, (oid,))
     conn.commit()
-
-
-@dataclass
-class Variant:
-    name: str
-    unit: Callable[[Keys], None]
-    keys: Keys
-    seconds: list[float]
-    cpu_seconds: list[float]
 
 
 def setup_schema(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS orders, customers")
         conn.execute("CREATE TABLE customers (id int PRIMARY KEY, name varchar(60) NOT NULL)")
-        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL, "
-                     "status varchar(20) NOT NULL, total int NOT NULL)")
+        conn.execute("CREATE TABLE orders (id int PRIMARY KEY, customer_id int NOT NULL "
+                     "REFERENCES customers (id), status varchar(20) NOT NULL, "
+                     "total int NOT NULL)")
         conn.execute("CREATE INDEX orders_customer_id ON orders (customer_id)")
         conn.execute(f"INSERT INTO customers SELECT g, 'customer ' || g "
                      f"FROM generate_series(1, {CUSTOMERS}) g")
@@ -152,38 +201,54 @@ def setup_schema(dsn: str) -> None:
 
 
 @dataclass
-class Pair:
-    """An unguarded and a guarded variant measured against each other."""
+class Stack:
+    """A stack measured as twins: unguarded and guarded."""
 
-    plain: Variant
-    guarded: Variant
-    ratios: list[float]  # per round: plain time / guarded time
-    added_wall: list[float]  # per round: µs per statement
-    added_cpu: list[float]
+    name: str
+    plain: Callable[[], None]
+    guarded: Callable[[], None]
+    reconnect: Callable[[], None]  # fresh server sessions for both twins
+    ratios: list[float] = field(default_factory=list)  # per round: plain time / guarded time
+    plain_units: list[float] = field(default_factory=list)  # per round: units/s
+    guarded_units: list[float] = field(default_factory=list)
+    added_wall: list[float] = field(default_factory=list)  # per round: µs per statement
+    added_cpu: list[float] = field(default_factory=list)
+    plain_wall: list[float] = field(default_factory=list)
+    plain_cpu: list[float] = field(default_factory=list)
 
+    def round(self, block: int, number: int) -> None:
+        """``block`` units of each twin, alternated unit by unit in ABBA order (BAAB
+        every other round): both twins meet the same load, moment by moment."""
+        self.reconnect()
+        for _unit in range(WARM_UNITS):  # the new sessions' prepared statements
+            self.plain()
+            self.guarded()
+        wall = {True: 0.0, False: 0.0}
+        cpu = {True: 0.0, False: 0.0}
+        first = number % 2 == 0  # True: the guarded twin first
+        clock, cpu_clock = time.perf_counter, time.thread_time
+        for index in range(block):
+            pair = (first, not first) if index % 2 == 0 else (not first, first)
+            for guarded in pair:
+                unit = self.guarded if guarded else self.plain
+                started, cpu_started = clock(), cpu_clock()
+                unit()
+                ended, cpu_ended = clock(), cpu_clock()
+                wall[guarded] += ended - started
+                cpu[guarded] += cpu_ended - cpu_started
+        units, statements = block, block * STATEMENTS_PER_UNIT
+        self.ratios.append(wall[False] / wall[True])
+        self.plain_units.append(units / wall[False])
+        self.guarded_units.append(units / wall[True])
+        self.added_wall.append((wall[True] - wall[False]) / statements * 1e6)
+        self.added_cpu.append((cpu[True] - cpu[False]) / statements * 1e6)
+        self.plain_wall.append(wall[False] / statements * 1e6)
+        self.plain_cpu.append(cpu[False] / statements * 1e6)
 
-def measure(pair: Pair, block: int, rounds: int) -> None:
-    """ABBA then BAAB blocks of ``block`` units: drift within a round and the cost of
-    coming first (colder caches) cancel out; caches stay warm within a block, as in an
-    application running one stack."""
-    statements = 2 * block * STATEMENTS_PER_UNIT
-    for number in range(rounds):
-        wall = {id(pair.plain): 0.0, id(pair.guarded): 0.0}
-        cpu = dict(wall)
-        a, b = (pair.plain, pair.guarded) if number % 2 == 0 else (pair.guarded, pair.plain)
-        for variant in (a, b, b, a):
-            started, cpu_started = time.perf_counter(), time.thread_time()
-            for _unit in range(block):
-                variant.unit(variant.keys)
-            wall[id(variant)] += time.perf_counter() - started
-            cpu[id(variant)] += time.thread_time() - cpu_started
-        plain_s, guarded_s = wall[id(pair.plain)], wall[id(pair.guarded)]
-        pair.plain.seconds.append(plain_s / (2 * block))
-        pair.guarded.seconds.append(guarded_s / (2 * block))
-        pair.plain.cpu_seconds.append(cpu[id(pair.plain)] / (2 * block))
-        pair.ratios.append(plain_s / guarded_s)
-        pair.added_wall.append((guarded_s - plain_s) / statements * 1e6)
-        pair.added_cpu.append((cpu[id(pair.guarded)] - cpu[id(pair.plain)]) / statements * 1e6)
+    def clear(self) -> None:
+        for values in (self.ratios, self.plain_units, self.guarded_units, self.added_wall,
+                       self.added_cpu, self.plain_wall, self.plain_cpu):
+            values.clear()
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
@@ -191,18 +256,33 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
     return q1, median, q3
 
 
-def trimmed_geometric_mean(ratios: list[float], trim: float = 0.1) -> float:
-    """The typical ratio: geometric mean without the 10% most extreme at each end."""
-    ordered = sorted(ratios)
-    cut = int(len(ordered) * trim)
-    kept = ordered[cut: len(ordered) - cut] or ordered
-    return statistics.geometric_mean(kept)
+def profile(stacks: list[Stack], units: int) -> list[tuple[str, list[tuple[str, float]]]]:
+    """safeddl's own functions in a profile of ``units`` guarded units per stack: the
+    time spent in each (its own frames, not what it calls), µs per unit. (The profiler
+    inflates small functions: read the shares, not the absolute numbers.)"""
+    out = []
+    for stack in stacks:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _unit in range(units):
+            stack.guarded()
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        rows = []
+        for (path, line, function), row in stats.stats.items():  # type: ignore[attr-defined]
+            if "/safeddl/" in path and "/benchmarks/" not in path:
+                module = path.split("/safeddl/", 1)[1].removesuffix(".py").replace("/", ".")
+                rows.append((f"{module}.{function} (line {line})", row[2] / units * 1e6))
+        rows.sort(key=lambda item: -item[1])
+        out.append((stack.name, rows[:8] + [("all of safeddl's own code",
+                                              sum(t for _n, t in rows))]))
+    return out
 
 
-def time_calls(call: Callable[[], object], repeat: int = 200_000) -> float:
-    """µs per call, best of 5 batches."""
+def time_best(call: Callable[[], object], repeat: int, batches: int = BATCHES) -> float:
+    """µs per call, best of many short batches: the least disturbed by other processes."""
     best = float("inf")
-    for _ in range(5):
+    for _ in range(batches):
         started = time.perf_counter()
         for _i in range(repeat):
             call()
@@ -210,150 +290,197 @@ def time_calls(call: Callable[[], object], repeat: int = 200_000) -> float:
     return best * 1e6
 
 
-def sqlalchemy_check_cost(engine: Engine) -> tuple[float, float]:
-    """µs per call of the engine hook's ``do_execute`` on a seen statement, and of the
-    dialect's own ``do_execute`` it stands in for, both with a no-op cursor."""
-    from safeddl.integrations.sqlalchemy import hook_for
+class NoopCursor:
+    """A psycopg cursor whose execute sends nothing (``_conn``/``connection`` as
+    psycopg's): what is left of a unit is the guard's own work."""
 
-    hook = hook_for(engine)
-    compiled = str(POINT_SELECT.compile(engine))
-    with engine.connect() as conn:
-        conn.execute(POINT_SELECT, {"cid": 1})  # now a known plain statement
-    assert hook.guard is not None and hook.guard.passes(compiled, hook.server_version or 0)
+    def __init__(self, connection: psycopg.Connection[Any]) -> None:
+        self._conn = connection
 
-    class NoopCursor:
-        def execute(self, statement: str, parameters: object = None) -> None:
-            return None
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        return self._conn
 
-    cursor, params, context = NoopCursor(), {"cid": 1}, object()
-    guarded = time_calls(lambda: hook.do_execute(cursor, compiled, params, context))
-    own = time_calls(lambda: engine.dialect.do_execute(cursor, compiled, params,  # type: ignore[arg-type]
-                                                       None))
-    return guarded, own
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self
 
 
-def psycopg_check_cost(conn: psycopg.Connection[Any]) -> tuple[float, float]:
-    """µs per ``execute`` of a guarded cursor class and of its unguarded base, both over
-    a no-op base cursor (so only the guard's own work differs), on a seen statement."""
+def own_cost(guarded_engine: Engine, guarded_conn: psycopg.Connection[Any],
+             repeat: int = 1_000) -> list[tuple[str, float, float]]:
+    """The guard's own work per unit, with the server out of the picture: each statement
+    of the unit (texts and parameters as the stack sends them, inside an open
+    transaction, every guard cache warm) through the guarded entry point over a cursor
+    that sends nothing, then the COMMIT as the ledger follows it; against the same
+    calls unguarded. (µs per unit, best of BATCHES.)"""
     from safeddl.integrations.psycopg import GuardedCursorMixin
-
-    conn.execute(RAW_POINT_SELECT, (1,))  # now a known plain statement
-    conn.commit()
-
-    class NoopCursor:
-        def __init__(self, connection: psycopg.Connection[Any]) -> None:
-            self._conn = connection  # as psycopg's BaseCursor
-
-        @property
-        def connection(self) -> psycopg.Connection[Any]:
-            return self._conn
-
-        def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-            return self
+    from safeddl.integrations.sqlalchemy import hook_for
+    from safeddl.runtime.guard import state_of
 
     class GuardedNoopCursor(GuardedCursorMixin, NoopCursor):
         pass
 
-    plain, guarded = NoopCursor(conn), GuardedNoopCursor(conn)
-    params = (1,)
-    return (time_calls(lambda: guarded.execute(RAW_POINT_SELECT, params)),
-            time_calls(lambda: plain.execute(RAW_POINT_SELECT, params)))
+    out = []
+    guarded_conn.execute("SELECT 1")  # an open transaction, as the unit's statements see it
+    state = state_of(guarded_conn)
+    keys = Keys(99, 90_000_000)
+    raw = [(RAW_POINT_SELECT, (1,)), (RAW_INSERT, (2, 1)), (RAW_UPDATE, (3,)),
+           (RAW_JOIN, (1,)), (RAW_DELETE, (2,))]
+    plain_cursor, guarded_cursor = NoopCursor(guarded_conn), GuardedNoopCursor(guarded_conn)
+
+    def raw_unit(cursor: Any) -> Callable[[], None]:
+        def unit() -> None:
+            for text, params in raw:
+                cursor.execute(text, (keys.new_order(),) + params[1:])
+            state.ledger.end(0.0, "commit")
+        return unit
+
+    out.append(("psycopg 3", time_best(raw_unit(guarded_cursor), repeat),
+                time_best(raw_unit(plain_cursor), repeat)))
+
+    hook = hook_for(guarded_engine)
+    with guarded_engine.connect() as conn:  # the texts SQLAlchemy compiles, and their params
+        compiled = [(str(statement.compile(guarded_engine)), params) for statement, params in (
+            (POINT_SELECT, {"cid": 1}), (INSERT_ORDER, {"oid": 2, "cid": 1}),
+            (UPDATE_ORDER, {"key": 3}), (JOIN, {"cid": 1, "param_1": 5}),
+            (DELETE_ORDER, {"oid": 2}))]
+        conn.rollback()
+    driver_cursor = NoopCursor(guarded_conn)
+
+    def sqlalchemy_unit(execute: Callable[..., None]) -> Callable[[], None]:
+        def unit() -> None:
+            for text, params in compiled:
+                execute(driver_cursor, text, dict(params, key=keys.new_order()), None)
+            state.ledger.end(0.0, "commit")
+        return unit
+
+    out.append(("SQLAlchemy (the engine hook, Core and ORM alike)",
+                time_best(sqlalchemy_unit(hook.do_execute), repeat),
+                time_best(sqlalchemy_unit(lambda cursor, text, params, context:
+                                          cursor.execute(text, params)), repeat)))
+    guarded_conn.rollback()
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--block", type=int, default=40, help="units of work per block")
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--seconds", type=float, default=100.0,
+                        help="measure for about this long (at least 20 rounds)")
+    parser.add_argument("--block", type=int, default=40,
+                        help="units of each twin per round and stack")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile guarded units: what is left of the guard")
     args = parser.parse_args(argv)
 
     server = start_server()
     try:
-        report(server.dsn, server.sqlalchemy_url, server.version, args.block, args.rounds,
-               args.seed)
+        report(server.dsn, server.sqlalchemy_url, server.version, args)
     finally:
         server.stop()
 
 
-def report(dsn: str, url: str, server_version: int, block: int, rounds: int, seed: int) -> None:
+def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) -> None:
     setup_schema(dsn)
     policy = safeddl.Policy.from_sources()
-    plain_engine = create_engine(url, pool_size=1)
-    guarded_engine = create_engine(url, pool_size=1)
-    safeddl.install(guarded_engine, policy)
-    listener_engine = create_engine(url, pool_size=1)
-    event.listen(listener_engine, "before_cursor_execute", lambda *args: None)
-    plain_conn = psycopg.connect(dsn)
-    guarded_conn = safeddl.psycopg.connect(dsn, policy=policy)
-    keys = [Keys(seed + i) for i in range(5)]
-    for i, k in enumerate(keys):
-        k.next_order = ORDERS + 1 + i * 10_000_000
+    engines = {name: create_engine(url, pool_size=1) for name in
+               ("core", "core+safeddl", "orm", "orm+safeddl")}
+    safeddl.install(engines["core+safeddl"], policy)
+    safeddl.install(engines["orm+safeddl"], policy)
+    conns: dict[str, psycopg.Connection[Any]] = {}
 
-    def variant(name: str, unit: Callable[[Keys], None], key: Keys) -> Variant:
-        return Variant(name, unit, key, [], [])
+    def reconnect_psycopg() -> None:
+        for conn in conns.values():
+            conn.close()
+        conns["plain"] = psycopg.connect(dsn)
+        conns["guarded"] = safeddl.psycopg.connect(dsn, policy=policy)
 
-    sqlalchemy_plain = variant("SQLAlchemy", lambda k: sqlalchemy_unit(plain_engine, k), keys[0])
-    pairs = [
-        Pair(sqlalchemy_plain, variant("SQLAlchemy + safeddl",
-                                       lambda k: sqlalchemy_unit(guarded_engine, k), keys[1]),
-             [], [], []),
-        Pair(variant("psycopg", lambda k: psycopg_unit(plain_conn, k), keys[2]),
-             variant("psycopg + safeddl", lambda k: psycopg_unit(guarded_conn, k), keys[3]),
-             [], [], []),
-        Pair(sqlalchemy_plain,
-             variant("SQLAlchemy + one empty event listener (reference)",
-                     lambda k: sqlalchemy_unit(listener_engine, k), keys[4]), [], [], []),
+    def reconnect(*names: str) -> Callable[[], None]:
+        def dispose() -> None:  # the pool opens a fresh session at the next unit
+            for name in names:
+                engines[name].dispose()
+        return dispose
+
+    reconnect_psycopg()
+    keys = [Keys(args.seed + i, i * 10_000_000) for i in range(6)]
+
+    stacks = [
+        Stack("SQLAlchemy Core",
+              lambda: core_unit(engines["core"], keys[0]),
+              lambda: core_unit(engines["core+safeddl"], keys[1]),
+              reconnect("core", "core+safeddl")),
+        Stack("SQLAlchemy ORM (Session)",
+              lambda: orm_unit(engines["orm"], keys[2]),
+              lambda: orm_unit(engines["orm+safeddl"], keys[3]),
+              reconnect("orm", "orm+safeddl")),
+        Stack("psycopg 3",
+              lambda: psycopg_unit(conns["plain"], keys[4]),
+              lambda: psycopg_unit(conns["guarded"], keys[5]),
+              reconnect_psycopg),
     ]
-    for pair in pairs:  # warm-up: caches, prepared statements, pools
-        measure(pair, block, 2)
-    for pair in pairs:
-        pair.plain.seconds.clear()
-        pair.plain.cpu_seconds.clear()
-        pair.guarded.seconds.clear()
-        pair.ratios.clear()
-        pair.added_wall.clear()
-        pair.added_cpu.clear()
-    for pair in pairs:
-        measure(pair, block, rounds)
-    sqlalchemy_hook_us, dialect_us = sqlalchemy_check_cost(guarded_engine)
-    psycopg_guarded_us, psycopg_plain_us = psycopg_check_cost(guarded_conn)
+    for stack in stacks:  # warm-up: caches, prepared statements, pools
+        stack.round(args.block, 0)
+        stack.round(args.block, 1)
+        stack.clear()
+    started = time.monotonic()
+    rounds = 0
+    while rounds < MIN_ROUNDS or time.monotonic() - started < args.seconds:
+        for stack in stacks:
+            stack.round(args.block, rounds)
+        rounds += 1
+    elapsed = time.monotonic() - started
+    profiled = profile(stacks, 500) if args.profile else []
+    own = own_cost(engines["core+safeddl"], conns["guarded"])
 
-    print(f"# Hot path: guarded vs unguarded (PostgreSQL {server_version}, Python "
+    print(f"# Hot path: guarded vs unguarded twins (PostgreSQL {server_version}, Python "
           f"{platform.python_version()}, SQLAlchemy {version('sqlalchemy')}, psycopg "
-          f"{version('psycopg')})\n")
-    print(f"{rounds} rounds of ABBA / BAAB blocks of {block} units per pair; one unit = one "
-          f"transaction of {STATEMENTS_PER_UNIT} statements (point SELECT, INSERT, UPDATE by "
-          "key, join). Median over rounds, [quartiles].\n")
-    print("| stack | units/s unguarded | units/s guarded | throughput ratio guarded/unguarded "
-          "(trimmed geometric mean) | ratio: median [quartiles] "
-          "| µs/statement unguarded (wall / client CPU) "
-          "| added µs/statement (wall) | added µs/statement (client CPU) |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for pair in pairs:
-        q1, ratio, q3 = quartiles(pair.ratios)
-        typical = trimmed_geometric_mean(pair.ratios)
-        w1, wall, w3 = quartiles(pair.added_wall)
-        c1, cpu, c3 = quartiles(pair.added_cpu)
-        plain_s = statistics.median(pair.plain.seconds)
-        guarded_s = statistics.median(pair.guarded.seconds)
-        print(f"| {pair.guarded.name} | {1 / plain_s:,.0f} | {1 / guarded_s:,.0f} | "
-              f"{typical:.3f} | {ratio:.3f} [{q1:.3f}, {q3:.3f}] | "
-              f"{plain_s / STATEMENTS_PER_UNIT * 1e6:.1f} / "
-              f"{statistics.median(pair.plain.cpu_seconds) / STATEMENTS_PER_UNIT * 1e6:.1f} | "
+          f"{version('psycopg')}, safeddl default policy: lock ledger on)\n")
+    print(f"{rounds} rounds in {elapsed:.0f} s; each round: every stack in turn, "
+          f"{args.block} units of each twin alternated unit by unit (ABBA / BAAB); one unit = "
+          "one transaction of "
+          f"{STATEMENTS_PER_UNIT} statements (point SELECT, INSERT, UPDATE by key, join, "
+          "DELETE by key) and COMMIT. Per round ratios; median [quartiles] over rounds.\n")
+    print("| stack | units/s unguarded | units/s guarded | throughput ratio guarded / "
+          "unguarded | µs/statement unguarded (wall / client CPU) "
+          "| added µs/statement, wall | added µs/statement, client CPU |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for stack in stacks:
+        q1, ratio, q3 = quartiles(stack.ratios)
+        w1, wall, w3 = quartiles(stack.added_wall)
+        c1, cpu, c3 = quartiles(stack.added_cpu)
+        print(f"| {stack.name} | {statistics.median(stack.plain_units):,.0f} | "
+              f"{statistics.median(stack.guarded_units):,.0f} | "
+              f"{ratio:.3f} [{q1:.3f}, {q3:.3f}] | "
+              f"{statistics.median(stack.plain_wall):.1f} / "
+              f"{statistics.median(stack.plain_cpu):.1f} | "
               f"{wall:+.2f} [{w1:+.2f}, {w3:+.2f}] | {cpu:+.2f} [{c1:+.2f}, {c3:+.2f}] |")
-    print("\nThe guard itself on a cache hit (tight loop, no-op cursor, best of 5):\n")
-    print("| check | µs per statement |")
-    print("|---|---:|")
-    print(f"| SQLAlchemy: safeddl's do_execute (in place of the dialect's) | "
-          f"{sqlalchemy_hook_us:.2f} |")
-    print(f"| SQLAlchemy: the dialect's own do_execute | {dialect_us:.2f} |")
-    print(f"| psycopg: guarded cursor's execute | {psycopg_guarded_us:.2f} |")
-    print(f"| psycopg: the same cursor unguarded | {psycopg_plain_us:.2f} |")
-    plain_engine.dispose()
-    guarded_engine.dispose()
-    listener_engine.dispose()
-    plain_conn.close()
-    guarded_conn.close()
+    print("\nThe guard's own work per unit, the server out of the picture (each statement "
+          "of the unit through the guarded entry point over a cursor that sends nothing, in an "
+          f"open transaction, then COMMIT as the ledger follows it; best of {BATCHES} batches):\n")
+    print("| entry point | µs per unit, guarded | µs per unit, the same calls unguarded "
+          "| guard's own µs per statement |")
+    print("|---|---:|---:|---:|")
+    for name, guarded_us, plain_us in own:
+        print(f"| {name} | {guarded_us:.2f} | {plain_us:.2f} | "
+              f"{(guarded_us - plain_us) / STATEMENTS_PER_UNIT:.2f} |")
+    print("\nThe throughput ratio that the guard's own work implies, for the unguarded unit "
+          "time measured above (unit / (unit + the guard's own µs per unit)):\n")
+    print("| stack | µs per unguarded unit (median) | implied ratio |")
+    print("|---|---:|---:|")
+    for stack, (_name, guarded_us, plain_us) in zip(stacks, [own[1], own[1], own[0]]):
+        unit_us = 1e6 / statistics.median(stack.plain_units)
+        print(f"| {stack.name} | {unit_us:,.0f} | "
+              f"{unit_us / (unit_us + guarded_us - plain_us):.4f} |")
+    for name, rows in profiled:
+        print(f"\nWhat is left of the guard, {name} (cProfile of 500 guarded units, "
+              "safeddl's own frames, µs per unit):\n")
+        print("| function | µs per unit |")
+        print("|---|---:|")
+        for function, micros in rows:
+            print(f"| {function} | {micros:.2f} |")
+    for engine in engines.values():
+        engine.dispose()
+    for conn in conns.values():
+        conn.close()
     sys.stdout.flush()
 
 

@@ -1,7 +1,8 @@
 """Run every benchmark and print the tables the README shows, one after the other.
 
     python benchmarks/run_all.py            # all of them (several minutes)
-    python benchmarks/run_all.py hot-path   # just some: analysis, hot-path, seed-scenario, deadlocks, topologies
+    python benchmarks/run_all.py hot-path   # just some: analysis, hot-path, long-transaction,
+                                            # seed-scenario, deadlocks, topologies
 
 Each benchmark runs in its own process (so one's imports and caches do not colour the
 next) and starts its own throwaway PostgreSQL unless ``SAFEDDL_TEST_DSN`` is set.
@@ -19,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 BENCHMARKS: dict[str, list[str]] = {
     "analysis": [sys.executable, str(HERE / "bench_analysis.py")],
     "hot-path": [sys.executable, str(HERE / "bench_hot_path.py")],
+    "long-transaction": [sys.executable, str(HERE / "bench_long_transaction.py")],
     "seed-scenario": [sys.executable, "-m", "safeddl", "demo"],
     "deadlocks": [sys.executable, str(HERE / "bench_deadlocks.py")],
     "topologies": [sys.executable, str(HERE / "bench_topologies.py")],

@@ -31,7 +31,8 @@ from safeddl.sql.names import qualified_name
 
 T = TypeVar("T")
 
-_ROW_LOCKING = (Action.UPDATE, Action.DELETE, Action.SELECT_FOR_UPDATE)
+ROW_LOCKING = (Action.UPDATE, Action.DELETE, Action.SELECT_FOR_UPDATE)  # lock rows by key
+_ROW_LOCKING = ROW_LOCKING
 _MISSING = object()
 
 
@@ -241,6 +242,6 @@ def lock_ordered(items: Iterable[T], key: Callable[[T], Any],
     return sorted(items, key=lambda item: (ranking.rank_of(pick_table(item)), key(item)))
 
 
-__all__ = ["DEFAULT_ORDER", "WRITE", "HeldLock", "LockOrder", "RowKeyIndex", "RowLock",
+__all__ = ["DEFAULT_ORDER", "ROW_LOCKING", "WRITE", "HeldLock", "LockOrder", "RowKeyIndex", "RowLock",
            "already_holds", "first_out_of_order", "greatest_keys", "key_values",
            "lock_ordered", "relation_key", "remember_greatest", "row_locks"]

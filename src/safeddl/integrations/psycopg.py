@@ -57,11 +57,13 @@ class Slot:
     """What a hooked connection carries (attribute ``_safeddl_slot``): the Guard in
     force (None: dormant) and the server's major version."""
 
-    __slots__ = ("guard", "server_version")
+    __slots__ = ("guard", "server_version", "state")
 
-    def __init__(self, guard: Guard | None, server_version: int) -> None:
+    def __init__(self, guard: Guard | None, server_version: int,
+                 state: ConnectionState | None = None) -> None:
         self.guard = guard
         self.server_version = server_version
+        self.state = state
 
 
 def active_guard(cursor: Any, conn: psycopg.Connection[Any]) -> Guard | None:
@@ -180,13 +182,15 @@ class GuardedCursorMixin:
             if plain is not None and query in plain:
                 statements = None
             else:  # DML that needs nothing but the lock ledger of its transaction
-                tracked = guard.tracked.get(slot.server_version)
-                statements = tracked.get(query) if tracked is not None else None
+                known = guard.tracked.get(slot.server_version)
+                statements = known.get(query) if known is not None else None
                 if statements is None:
                     return self._execute_guarded(query, params, kwargs)
             if statements is not None and (not conn.autocommit
                                            or conn.pgconn.transaction_status != _IDLE):
-                guard.track(state_of(conn), statements, query, params)
+                state = slot.state or state_of(conn)
+                if not guard.tracker.fast(state, statements, params):
+                    guard.track(state, statements, query, params)
             try:
                 return super().execute(query, params, **kwargs)  # type: ignore[misc]
             except Exception as exc:
@@ -321,7 +325,7 @@ def hook_connection(conn: psycopg.Connection[Any]) -> Slot:
     if slot is None:
         slot = Slot(None, server_version(conn))
         setattr(conn, SLOT_ATTRIBUTE, slot)
-        state_of(conn)  # from now on its lock ledger follows commits and savepoints
+        slot.state = state_of(conn)  # from now on its ledger follows commits and savepoints
     return slot
 
 

@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL, Connection, CreateEnginePlugin, Engine
 from sqlalchemy.engine.default import DefaultDialect
 
 from safeddl.runtime.errors import LockTimeout, PreflightBlocked, SafeDDLError, as_driver_error
-from safeddl.runtime.guard import Guard, Ticket, state_of
+from safeddl.runtime.guard import STATE_ATTRIBUTE, Guard, Ticket, state_of
 from safeddl.runtime.policy import Policy, Settings, default_policy, read_tool_table
 from safeddl.runtime.scope import current_scopes, scoped_guard
 from safeddl.runtime.session import ConnectionState, Params
@@ -49,6 +49,7 @@ logger = logging.getLogger("safeddl")
 URL_PREFIX = "safeddl_"
 POLICY_FILE_KEY = "safeddl_policy"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+_NOTHING: dict[str, Any] = {}
 
 
 # =========================================================================== session port
@@ -138,10 +139,22 @@ class EngineHook:
             return
         plain = guard.plain.get(self.server_version)  # type: ignore[arg-type]
         if plain is None or statement not in plain:
-            self._guarded(guard, statement, context,
-                          lambda sql: self._cursor_execute(cursor, sql, parameters, context),
-                          parameters)
-            return
+            # DML that needs nothing but the lock ledger: checked on the fast path
+            known = guard.tracked.get(self.server_version)  # type: ignore[arg-type]
+            tracked = known.get(statement) if known is not None else None
+            # the psycopg connection (``_conn``: psycopg's BaseCursor attribute behind
+            # its ``connection`` property); the async adapter's cursor has none: full path
+            driver: Any = getattr(cursor, "_conn", None) if tracked is not None else None
+            state = getattr(driver, "__dict__", _NOTHING).get(STATE_ATTRIBUTE)
+            if tracked is None or state is None:
+                self._guarded(guard, statement, context,
+                              lambda sql: self._cursor_execute(cursor, sql, parameters,
+                                                               context),
+                              parameters)
+                return
+            if (not driver.autocommit or driver.pgconn.transaction_status != _IDLE) \
+                    and not guard.tracker.fast(state, tracked, parameters):
+                guard.track(state, tracked, statement, parameters)
         try:
             if self._execute is None:
                 cursor.execute(statement, parameters)

@@ -61,6 +61,7 @@ from safeddl.analysis import RelationLock, Statement
 from safeddl.locks import LockMode
 from safeddl.ordering import DEFAULT_ORDER, WRITE, HeldLock, LockOrder, already_holds, relation_key
 from safeddl.rules.base import Context, Finding, Severity, compose
+from safeddl.rules.incremental import Memo
 from safeddl.rules.support import first_line, statement_sql
 
 RULE_ID = "lock-order"
@@ -75,15 +76,19 @@ class LockOrderRule:
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if not context.in_transaction or not context.transaction:
             return
-        held: list[HeldLock] = []
-        for earlier in context.transaction:
-            for lock in context.existing_locks(earlier):
-                key = relation_key(lock.relation)
-                if lock.mode > lock.mode.ACCESS_SHARE and not already_holds(held, key,
-                                                                             lock.mode):
-                    held.append(HeldLock(lock.relation, key, lock.mode, earlier.sql))
+        held = _HELD.state(context)
         yield from order_findings(held, statement, DEFAULT_ORDER,
                                   context.existing_locks(statement))
+
+
+def _hold(held: list[HeldLock], earlier: Statement, context: Context) -> None:
+    for lock in context.existing_locks(earlier):
+        key = relation_key(lock.relation)
+        if lock.mode > lock.mode.ACCESS_SHARE and not already_holds(held, key, lock.mode):
+            held.append(HeldLock(lock.relation, key, lock.mode, earlier.sql))
+
+
+_HELD: Memo[list[HeldLock]] = Memo(list, _hold)  # the transaction's locks so far
 
 
 def order_findings(held: Sequence[HeldLock], statement: Statement, order: LockOrder,

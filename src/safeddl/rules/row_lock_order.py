@@ -53,11 +53,11 @@ from safeddl.ordering import (
     RowKeyIndex,
     RowLock,
     first_out_of_order,
-    greatest_keys,
     remember_greatest,
     row_locks,
 )
 from safeddl.rules.base import Context, Finding, Severity, compose
+from safeddl.rules.incremental import Memo
 from safeddl.rules.support import first_line, statement_sql
 
 RULE_ID = "row-lock-order"
@@ -74,8 +74,15 @@ class RowLockOrder:
         new = row_locks(statement)
         if not new:
             return
-        held = greatest_keys(row for earlier in context.transaction for row in row_locks(earlier))
-        yield from row_order_findings(held, new, statement)
+        yield from row_order_findings(_GREATEST.state(context), new, statement)
+
+
+def _remember(index: RowKeyIndex, earlier: Statement, _context: Context) -> None:
+    for row in row_locks(earlier):
+        remember_greatest(index, row)
+
+
+_GREATEST: Memo[RowKeyIndex] = Memo(dict, _remember)  # greatest keys so far, per table
 
 
 def row_order_findings(held: RowKeyIndex, new: Sequence[RowLock],

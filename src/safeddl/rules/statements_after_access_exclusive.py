@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from safeddl.analysis import Action, RelationLock, Statement
 from safeddl.locks import Holds, LockMode
 from safeddl.rules.base import Context, Finding, Severity, compose
+from safeddl.rules.incremental import Memo
 from safeddl.rules.support import first_line, statement_sql
 
 _IGNORED = (Action.SET, Action.TRANSACTION_CONTROL)
@@ -59,11 +60,10 @@ class StatementsAfterAccessExclusive:
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if not context.in_transaction or not context.transaction:
             return
-        held: dict[str, tuple[Statement, RelationLock]] = {}
-        for earlier in context.transaction:
-            if held and _runs_under(earlier, held, context):
-                return  # already reported for this transaction
-            _hold(earlier, held, context)
+        state = _SO_FAR.state(context)
+        held = state.held
+        if state.reported:
+            return  # already reported for this transaction
         if not held or not _runs_under(statement, held, context):
             return
         holder, lock = next(iter(held.values()))
@@ -84,6 +84,24 @@ class StatementsAfterAccessExclusive:
                     None, alternative),
             alternative, lock.relation,
         )
+
+
+class _SoFar:
+    """The ACCESS EXCLUSIVE locks the transaction holds, and whether a statement already
+    ran under one (then it was reported)."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, tuple[Statement, RelationLock]] = {}
+        self.reported = False
+
+
+def _feed(state: _SoFar, earlier: Statement, context: Context) -> None:
+    if state.held and not state.reported and _runs_under(earlier, state.held, context):
+        state.reported = True
+    _hold(earlier, state.held, context)
+
+
+_SO_FAR: Memo[_SoFar] = Memo(_SoFar, _feed)
 
 
 def _hold(statement: Statement, held: dict[str, tuple[Statement, RelationLock]],

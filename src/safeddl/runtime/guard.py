@@ -36,6 +36,7 @@ from typing import Any
 
 from safeddl.analysis import Action, Statement, analyze_statement
 from safeddl.analysis.locktable import NEWEST, OLDEST
+from safeddl.caches import MiB, TextCache
 from safeddl.locks import LockMode
 from safeddl.model import shorten
 from safeddl.runtime.blockers import (
@@ -83,13 +84,16 @@ from safeddl.runtime.session import (
     restore_or_discard,
 )
 from safeddl.runtime.topology import SAVEPOINT
-from safeddl.runtime.tracking import LockTracker, watch_commands
+from safeddl.runtime.tracking import LockTracker, Tracked, watch_commands
 from safeddl.sql.names import local_name
 
 logger = logging.getLogger("safeddl")
 
-_PLAIN_LIMIT = 20_000
-_DECISION_LIMIT = 4_096
+# The Guard's caches, per server version (bounds in entries and bytes; measured: a
+# decision holds about 950 bytes besides its text, what the ledger needs ~1,000)
+PLAIN_ENTRIES, PLAIN_BYTES = 20_000, 8 * MiB
+TRACKED_ENTRIES, TRACKED_BYTES = 20_000, 16 * MiB
+DECISION_ENTRIES, DECISION_BYTES = 4_096, 8 * MiB
 _NOWAIT = re.compile(r"(?i)\bNOWAIT\b")
 _REPORT_STATEMENT_TIMEOUT = "2000ms"  # bounds the blocker report (Citus asks every node)
 _ABORT_AGAIN = ("DO $safeddl$BEGIN RAISE EXCEPTION USING ERRCODE = 'lock_not_available', "
@@ -110,8 +114,16 @@ _STATES: weakref.WeakKeyDictionary[Any, ConnectionState] = weakref.WeakKeyDictio
 _STATES_LOCK = threading.Lock()
 
 
+STATE_ATTRIBUTE = "_safeddl_state"  # the state, also on the connection: one lookup
+
+
 def state_of(driver_connection: Any) -> ConnectionState:
     """The state of a psycopg (sync or async) connection, created on first use."""
+    attributes = getattr(driver_connection, "__dict__", None)
+    if attributes is not None:
+        state: ConnectionState | None = attributes.get(STATE_ATTRIBUTE)
+        if state is not None:
+            return state
     state = _STATES.get(driver_connection)
     if state is None:
         info = driver_connection.info
@@ -120,6 +132,8 @@ def state_of(driver_connection: Any) -> ConnectionState:
             if driver_connection not in _STATES:
                 watch_commands(driver_connection, state)
             state = _STATES.setdefault(driver_connection, state)
+    if attributes is not None:
+        attributes[STATE_ATTRIBUTE] = state
     return state
 
 
@@ -150,12 +164,15 @@ class Guard:
     def __init__(self, policy: Policy, rewriter: Rewriter | None = None) -> None:
         self.policy = policy
         self.rewriter = rewriter
-        self.plain: dict[int, set[str]] = {}  # server version -> texts needing nothing
-        self._decisions: dict[tuple[str, int, bool, Allowances], Decision] = {}
+        # server version -> texts needing nothing (the values mean nothing)
+        self.plain: dict[int, TextCache[str, bool]] = {}
+        self._decisions: TextCache[tuple[str, int, bool, Allowances], Decision] = TextCache(
+            "decisions", DECISION_ENTRIES, DECISION_BYTES, per_char=1.0, overhead=1_000)
         self.tracker = LockTracker(policy)  # lock order and the ledger of transactions
-        # server version -> texts needing nothing but the ledger -> their statements
-        self.tracked: dict[int, dict[str, tuple[Statement, ...]]] = {}
-        self._unbounded_warned: set[str] = set()
+        # server version -> texts needing nothing but the ledger -> what it needs of them
+        self.tracked: dict[int, TextCache[str, Tracked]] = {}
+        self._unbounded_warned: TextCache[str, bool] = TextCache(
+            "unbounded-wait warnings", 1_000, 1 << 20, per_char=1.0, overhead=200)
 
     @classmethod
     def for_policy(cls, policy: Policy) -> Guard:
@@ -218,10 +235,10 @@ class Guard:
                 many: bool) -> Ticket | None:
         state = session.state
         known = self.tracked.get(state.server_version)
-        statements = known.get(text) if known is not None else None
-        if statements is not None:  # needs nothing but the lock ledger
+        tracked = known.get(text) if known is not None else None
+        if tracked is not None:  # needs nothing but the lock ledger
             if session.in_transaction():
-                self.track(state, statements, text, params, many)
+                self.track(state, tracked, text, params, many)
             return None
         decision, live = self._decision(text, session)
         if decision.changes_timeouts:
@@ -264,14 +281,16 @@ class Guard:
                 raise
         return ticket
 
-    def track(self, state: ConnectionState, statements: Sequence[Statement], text: str,
+    def track(self, state: ConnectionState, tracked: Tracked, text: str,
               params: Params = None, many: bool = False) -> None:
         """A statement in an open transaction that needs nothing but the lock ledger
-        (see :attr:`tracked`): check its lock order, record its locks. An internal
-        failure is logged with the statement, which goes on (plain DML passes)."""
+        (see :attr:`tracked`): check its lock order, record its locks (the fast path
+        when no finding is possible, the full check otherwise). An internal failure is
+        logged with the statement, which goes on (plain DML passes)."""
         try:
-            self.tracker.before(state, statements, text, params, many, ALLOWANCES.get(),
-                                self.version_for(state.server_version))
+            if many or not self.tracker.fast(state, tracked, params):
+                self.tracker.before(state, tracked.statements, text, params, many,
+                                    ALLOWANCES.get(), self.version_for(state.server_version))
         except SafeDDLError:
             raise
         except Exception as exc:
@@ -378,19 +397,21 @@ class Guard:
 
     def _remember(self, key: tuple[str, int, bool, Allowances], decision: Decision,
                   server_version: int) -> None:
+        text = key[0]
         if decision.is_plain and self.tracker.tracks(decision.statements):
-            tracked = self.tracked.setdefault(server_version, {})
-            if len(tracked) >= _PLAIN_LIMIT:
-                tracked.clear()
-            tracked[key[0]] = decision.statements
+            tracked = self.tracked.get(server_version)
+            if tracked is None:
+                tracked = self.tracked.setdefault(server_version, TextCache(
+                    "texts needing the ledger", TRACKED_ENTRIES, TRACKED_BYTES, per_char=1.0,
+                    overhead=1_100))
+            tracked.put(text, self.tracker.compile(decision.statements), text)
         elif decision.is_plain:
-            plain = self.plain.setdefault(server_version, set())
-            if len(plain) >= _PLAIN_LIMIT:
-                plain.clear()
-            plain.add(key[0])
-        if len(self._decisions) >= _DECISION_LIMIT:
-            self._decisions.clear()
-        self._decisions[key] = decision
+            plain = self.plain.get(server_version)
+            if plain is None:
+                plain = self.plain.setdefault(server_version, TextCache(
+                    "plain texts", PLAIN_ENTRIES, PLAIN_BYTES, per_char=1.0, overhead=100))
+            plain.put(text, True, text)
+        self._decisions.put(key, decision, text)
 
     def version_for(self, server_version: int) -> int:
         if self.policy.pg_version is not None:
@@ -462,9 +483,7 @@ class Guard:
     def _warn_unbounded(self, sql: str, mode: LockMode) -> None:
         if sql in self._unbounded_warned:
             return
-        if len(self._unbounded_warned) >= _DECISION_LIMIT:
-            self._unbounded_warned.clear()
-        self._unbounded_warned.add(sql)
+        self._unbounded_warned.put(sql, True, sql)
         logger.warning(
             "safeddl: `%s` cannot run in a transaction block, and this connection is not "
             "pinned to one server session (it goes through a pooler; see pool_mode), so a "
@@ -881,4 +900,4 @@ def _log(decision: Decision) -> None:
         logger.warning("safeddl: %s", finding.message)
 
 
-__all__ = ["Guard", "Ticket", "lock_requests", "set_rewriter", "state_of"]
+__all__ = ["STATE_ATTRIBUTE", "Guard", "Ticket", "lock_requests", "set_rewriter", "state_of"]

@@ -26,11 +26,12 @@ import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from safeddl.caches import MiB, TextCache
 from safeddl.locks import CONFLICTS, LockMode
 from safeddl.model import shorten
-from safeddl.ordering import WRITE, HeldLock, RowLock, relation_key, remember_greatest
+from safeddl.ordering import WRITE, HeldLock, LockOrder, RowLock, relation_key
 from safeddl.sql.names import fold, split_name
 
 if TYPE_CHECKING:
@@ -54,16 +55,25 @@ class Shape:
     creates: tuple[str, ...]  # relation keys
     keyed: bool  # picks rows by key (see safeddl.ordering)
     is_ddl: bool
+    exclusive: bool = False  # takes ACCESS EXCLUSIVE
+
+    @property
+    def remembered(self) -> bool:
+        """Is the statement itself kept for later checks (what work done under ACCESS
+        EXCLUSIVE needs to know): schema changes and the statements that take it."""
+        return self.is_ddl or self.exclusive
 
 
-_SHAPES: dict[int, tuple[Statement, Shape]] = {}
-_SHAPES_LIMIT = 4_096
+# by the statement's text (the entry keeps the statement alive: bounded by its size too)
+SHAPES: TextCache[str, tuple[Statement, Shape]] = TextCache(
+    "what the ledger needs of a statement", entries=4_096, max_bytes=8 * MiB,
+    per_char=2.0, overhead=600)
 
 
 def shape_of(statement: Statement) -> Shape:
-    """The statement's :class:`Shape`, cached by identity: analysed statements are
-    cached by text, so the hot path meets the same objects again and again."""
-    entry = _SHAPES.get(id(statement))
+    """The statement's :class:`Shape`, cached: analysed statements are cached by text,
+    so the hot path meets the same objects again and again."""
+    entry = SHAPES.get(statement.sql)
     if entry is not None and entry[0] is statement:
         return entry[1]
     shape = Shape(
@@ -71,10 +81,9 @@ def shape_of(statement: Statement) -> Shape:
                     for lock in statement.locks if lock.mode > LockMode.ACCESS_SHARE),
         creates=tuple(relation_key(created) for created in statement.creates),
         keyed=any(step.key for step in statement.steps),
-        is_ddl=statement.is_ddl)
-    if len(_SHAPES) >= _SHAPES_LIMIT:
-        _SHAPES.clear()
-    _SHAPES[id(statement)] = (statement, shape)  # the entry keeps the statement alive
+        is_ddl=statement.is_ddl,
+        exclusive=any(lock.mode is LockMode.ACCESS_EXCLUSIVE for lock in statement.locks))
+    SHAPES.put(statement.sql, (statement, shape), statement.sql)
     return shape
 
 
@@ -102,35 +111,73 @@ class LongHeldLock:
                 "report with the policy's long_lock_threshold.")
 
 
+RowSlot = tuple[str, tuple[str, ...]]  # (relation key, key columns)
+# the greatest key values locked so far in a slot, and the row lock (values left out)
+# that locked them: a RowLock is made only when a finding needs one
+RowEntry = tuple[tuple[Any, ...], RowLock]
+
+
 @dataclass
 class _Savepoint:
     name: str
     locks: int
-    greatest: dict[tuple[str, tuple[str, ...]], RowLock]
+    rows: dict[RowSlot, RowEntry]
     statements: int
     new: frozenset[str]
+    exclusive_reported: bool
 
 
 @dataclass
 class Ledger:
-    """The locks of the open transaction of one connection, in the order taken."""
+    """The locks of the open transaction of one connection, in the order taken.
+
+    Kept for the hot path: recording a statement whose locks the transaction holds
+    already costs a dictionary lookup, a new row key a tuple; statements themselves are
+    kept only when they change the schema or take ACCESS EXCLUSIVE (what later checks
+    need), so a transaction of any length costs O(1) per statement."""
 
     locks: list[HeldLock] = field(default_factory=list)
-    # the greatest row key locked so far per (relation key, key columns)
-    greatest: dict[tuple[str, tuple[str, ...]], RowLock] = field(default_factory=dict)
     statements: list[Statement] = field(default_factory=list)
     new: set[str] = field(default_factory=set)  # relation keys created in the transaction
     long_lock_seconds: float = 0.0  # 0: no report (the policy's, set when recording)
     pid: int | None = None
     strongest: LockMode | None = None  # of all held locks
+    used: bool = False  # anything recorded since the transaction began
+    # statements-after-access-exclusive was reported in this transaction (once is enough)
+    exclusive_reported: bool = False
     _savepoints: list[_Savepoint] = field(default_factory=list)
     # per relation key: the modes held, and everything they conflict with
-    _modes: dict[str, set[LockMode]] = field(default_factory=dict)
+    modes: dict[str, set[LockMode]] = field(default_factory=dict)
     _conflicts: dict[str, set[LockMode]] = field(default_factory=dict)
+    # the greatest row key per slot (see RowEntry)
+    rows: dict[RowSlot, RowEntry] = field(default_factory=dict)
+    # relation keys held in ROW EXCLUSIVE or stronger, and the greatest of their ranks
+    # in ``_order`` (the order the last check used)
+    _writes: set[str] = field(default_factory=set)
+    _order: LockOrder | None = None
+    _top: tuple[int, str] | None = None
 
     # -- reading -------------------------------------------------------------------
     def __bool__(self) -> bool:
-        return bool(self.locks or self.greatest or self.statements or self._savepoints)
+        return bool(self.locks or self.rows or self.statements or self._savepoints)
+
+    @property
+    def greatest(self) -> dict[RowSlot, RowLock]:
+        """The greatest row key locked so far per (relation key, key columns), as row
+        locks (made on demand: the hot path keeps the values only)."""
+        return {slot: RowLock(lock.relation, lock.key, lock.columns, values, lock.statement)
+                for slot, (values, lock) in self.rows.items()}
+
+    def writes_key(self, key: str) -> bool:
+        """Does the transaction hold ROW EXCLUSIVE or stronger on this relation key?"""
+        return key in self._writes
+
+    def top_rank(self, order: LockOrder) -> tuple[int, str] | None:
+        """The greatest rank in ``order`` of the relations the transaction writes."""
+        if self._order is not order:
+            self._order = order
+            self._top = max((order.rank(key) for key in self._writes), default=None)
+        return self._top
 
     def held_mode(self, key: str) -> LockMode | None:
         """The strongest mode held on this relation key, if any."""
@@ -140,7 +187,7 @@ class Ledger:
     def holds(self, key: str, mode: LockMode) -> bool:
         """Would asking for ``mode`` on this relation never wait, given what the
         transaction holds already? (See :func:`already_holds`.)"""
-        modes = self._modes.get(key)
+        modes = self.modes.get(key)
         if modes is None:
             return False
         return mode in modes or CONFLICTS[mode] <= self._conflicts[key]
@@ -156,39 +203,70 @@ class Ledger:
         statement itself when it may matter to work done under ACCESS EXCLUSIVE later
         (schema changes; everything once such a lock is held)."""
         shape = shape_of(statement)
+        self.used = True
         if shape.creates:
             self.new.update(shape.creates)
         for relation, key, mode in shape.takes:
             if key in self.new or self.holds(key, mode):
                 continue
-            self._take(HeldLock(relation, key, mode, statement.sql, now))
-        if shape.is_ddl or self.strongest is LockMode.ACCESS_EXCLUSIVE:
+            self.take(HeldLock(relation, key, mode, statement.sql, now))
+        if shape.remembered:
             self.statements.append(statement)
-        if rows:
-            for row in rows:
-                remember_greatest(self.greatest, row)
+        for row in rows:
+            self.remember_row(row)
 
-    def _take(self, lock: HeldLock) -> None:
+    def remember_row(self, row: RowLock) -> None:
+        """Keep the row's key when it is the greatest of its table so far."""
+        slot = (row.key, row.columns)
+        current = self.rows.get(slot)
+        if current is None or _after(row.values, current[0]):
+            self.rows[slot] = (row.values, row)
+            self.used = True
+
+    def take(self, lock: HeldLock, rank: tuple[int, str] | None = None) -> None:
+        """Record a table lock the transaction now holds (not checked: see record);
+        ``rank``: its rank in the order of the last :meth:`top_rank`, when known."""
+        self.used = True
         self.locks.append(lock)
-        self._modes.setdefault(lock.key, set()).add(lock.mode)
-        self._conflicts.setdefault(lock.key, set()).update(CONFLICTS[lock.mode])
-        if self.strongest is None or lock.mode > self.strongest:
-            self.strongest = lock.mode
+        key, mode = lock.key, lock.mode
+        modes = self.modes.get(key)
+        if modes is None:
+            self.modes[key] = {mode}
+            self._conflicts[key] = set(CONFLICTS[mode])
+        else:
+            modes.add(mode)
+            self._conflicts[key].update(CONFLICTS[mode])
+        if self.strongest is None or mode > self.strongest:
+            self.strongest = mode
+        if mode >= WRITE and key not in self._writes:
+            self._writes.add(key)
+            if self._order is not None:
+                if rank is None:
+                    rank = self._order.rank(key)
+                if self._top is None or rank > self._top:
+                    self._top = rank
 
     def clear(self) -> None:
-        self._modes.clear()
+        if not self.used and not self._savepoints:
+            return  # nothing to forget: the common case at COMMIT of a read-only unit
+        self.modes.clear()
         self._conflicts.clear()
         self.strongest = None
         self.locks.clear()
-        self.greatest.clear()
+        self.rows.clear()
         self.statements.clear()
         self.new.clear()
         self._savepoints.clear()
+        self._writes.clear()
+        self._top = None  # nothing written: no top rank, in any order
+        self.exclusive_reported = False
+        self.used = False
 
     # -- transaction control -------------------------------------------------------------
     def savepoint(self, name: str) -> None:
-        self._savepoints.append(_Savepoint(name, len(self.locks), dict(self.greatest),
-                                           len(self.statements), frozenset(self.new)))
+        self._savepoints.append(_Savepoint(name, len(self.locks), dict(self.rows),
+                                           len(self.statements), frozenset(self.new),
+                                           self.exclusive_reported))
 
     def rollback_to(self, name: str) -> None:
         """Forget what was taken after the savepoint (PostgreSQL releases it); the
@@ -201,14 +279,17 @@ class Ledger:
         if len(self.locks) > point.locks:
             kept = self.locks[:point.locks]
             self.locks.clear()
-            self._modes.clear()
+            self.modes.clear()
             self._conflicts.clear()
+            self._writes.clear()
+            self._order = self._top = None
             self.strongest = None
             for lock in kept:
-                self._take(lock)
-        self.greatest = dict(point.greatest)
+                self.take(lock)
+        self.rows = dict(point.rows)
         del self.statements[point.statements:]
         self.new = set(point.new)
+        self.exclusive_reported = point.exclusive_reported
 
     def release(self, name: str) -> None:
         """The savepoint (and those after it) go; the locks stay with the transaction."""
@@ -225,7 +306,7 @@ class Ledger:
 
     def long_held(self, now: float, outcome: str = "commit") -> list[LongHeldLock]:
         threshold = self.long_lock_seconds
-        if threshold <= 0:
+        if threshold <= 0 or self.strongest is None or self.strongest < STRONG:
             return []
         out = []
         for lock in self.locks:
@@ -274,6 +355,13 @@ class Ledger:
         return None
 
 
+def _after(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    try:
+        return bool(a > b)
+    except TypeError:  # keys of different types: no order to keep
+        return False
+
+
 def _savepoint_name(text: str) -> str:
     parts = split_name(text.strip().rstrip(";").strip())
     if not parts:
@@ -316,6 +404,8 @@ def report_long_held(reports: Sequence[LongHeldLock]) -> None:
 __all__ = [
     "STRONG",
     "Ledger",
+    "RowEntry",
+    "RowSlot",
     "LongHeldListener",
     "LongHeldLock",
     "on_long_held_lock",

@@ -28,6 +28,7 @@ class ConnectionState:
         self.topology: Topology | None = None  # detected on first need (detect_topology)
         self.server_version = server_version  # major, e.g. 15
         self._info = info
+        self._pgconn = getattr(info, "pgconn", None)  # psycopg's libpq connection
         self.saved: dict[str, tuple[str, str]] = {}  # setting -> (value, source) to restore
         self.dirty: tuple[str, ...] = ()  # session settings changed by safeddl right now
         self.catalogs = CatalogCache()
@@ -50,7 +51,10 @@ class ConnectionState:
 
     def transaction_idle(self) -> bool:
         """No transaction is open on the server right now."""
-        return bool(self._info.transaction_status == 0)  # psycopg's TransactionStatus.IDLE
+        pgconn = self._pgconn
+        if pgconn is not None:  # the libpq status, without psycopg's enum around it
+            return bool(pgconn.transaction_status == 0)  # TransactionStatus.IDLE
+        return bool(self._info.transaction_status == 0)
 
 
 class Session(Protocol):
