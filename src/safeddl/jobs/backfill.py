@@ -29,9 +29,10 @@ import psycopg
 from psycopg import sql
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
 from safeddl.jobs.arguments import relation_name, sql_text, whole_number
+from safeddl.runtime.errors import SafeDDLError, is_lock_timeout
 from safeddl.runtime.policy import Duration, milliseconds, parse_duration, parse_timeout
+from safeddl.runtime.topology import bound_statement
 
 logger = logging.getLogger("safeddl")
 
@@ -80,8 +81,7 @@ def backfill(conn: psycopg.Connection[Any], table: str, assignments: str, pendin
         "SELECT ctid FROM {table} WHERE {pending} LIMIT {limit}))").format(
             table=target, assignments=sql.SQL(assignments),
             pending=sql.SQL(pending), limit=sql.Literal(batch_size))
-    bound = sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
-        sql.Literal(f"{milliseconds(wait)}ms"))
+    bound: bytes | None = None  # read in the first batch's transaction (Citus or not)
     rows = batches = retries = 0
     longest = 0.0
     started = time.monotonic()
@@ -96,6 +96,8 @@ def backfill(conn: psycopg.Connection[Any], table: str, assignments: str, pendin
                 if attempt.retry_state.attempt_number > 1:
                     retries += 1
                 with conn.transaction(), psycopg.Cursor(conn) as cursor:
+                    if bound is None:
+                        bound = _bound(conn, milliseconds(wait))
                     cursor.execute(bound)
                     cursor.execute(update)
                     changed = cursor.rowcount
@@ -120,5 +122,17 @@ def _resolve(conn: psycopg.Connection[Any], table: str) -> sql.Composed:
         raise SafeDDLError(f"safeddl.backfill: no table {table}")
     return sql.SQL(".").join([sql.Identifier(row[0]), sql.Identifier(row[1])])
 
+
+
+
+def _bound(conn: psycopg.Connection[Any], lock_timeout_ms: int) -> bytes:
+    """``SET LOCAL lock_timeout`` for each batch's transaction, as literal statements
+    (Citus forwards only those to the shards)."""
+    def run(query: str, params: Any) -> list[tuple[Any, ...]]:
+        with psycopg.Cursor(conn) as cursor:
+            cursor.execute(query.encode(), params)
+            return list(cursor.fetchall())
+
+    return bound_statement(run, lock_timeout_ms).encode()
 
 __all__ = ["BackfillResult", "backfill"]

@@ -55,6 +55,7 @@ from safeddl.runtime.policy import (
     parse_duration,
     parse_timeout,
 )
+from safeddl.runtime.topology import bound_statement
 
 logger = logging.getLogger("safeddl")
 
@@ -174,8 +175,7 @@ def _swap(conn: psycopg.Connection[Any], names: _Names, new_name: str, old_name:
 def _swap_once(conn: psycopg.Connection[Any], names: _Names, new_name: str, old_name: str,
                wait: timedelta) -> None:
     table, new, old = names.qualified(), names.qualified(new_name), names.qualified(old_name)
-    _run(conn, sql.SQL("SELECT set_config('lock_timeout', {}, true)").format(
-        sql.Literal(f"{milliseconds(wait)}ms")))
+    _set_lock_timeout(conn, milliseconds(wait))
     _run(conn, sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table))
     old_indexes = _indexes(conn, table)
     sequences = _owned_sequences(conn, table)
@@ -310,6 +310,16 @@ def _side_name(name: str, label: str) -> str:
     from safeddl.runtime.rewrite import pg_object_name
 
     return pg_object_name(name, None, label)
+
+
+def _set_lock_timeout(conn: psycopg.Connection[Any], lock_timeout_ms: int) -> None:
+    """``SET LOCAL lock_timeout`` as a literal statement (Citus forwards only those)."""
+    with psycopg.Cursor(conn) as cursor:
+        def run(query: str, params: Any) -> list[tuple[Any, ...]]:
+            cursor.execute(query.encode(), params)
+            return list(cursor.fetchall())
+
+        cursor.execute(bound_statement(run, lock_timeout_ms).encode())
 
 
 def _run(conn: psycopg.Connection[Any], query: sql.Composed | sql.SQL) -> list[tuple[Any, ...]]:

@@ -68,6 +68,15 @@ class Topology:
         return self.direct
 
 
+def bound_statement(run: Run, lock_timeout_ms: int) -> str:
+    """One statement that sets ``lock_timeout`` for the open transaction only, in the form
+    that also reaches the shards on a Citus coordinator (for helpers that run their own
+    transactions on a connection safeddl does not track)."""
+    rows = run("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')", None)
+    citus = bool(rows and rows[0][0])
+    return "; ".join(set_local_sql({"lock_timeout": f"{int(lock_timeout_ms)}ms"}, citus=citus))
+
+
 def detect(run: Run, client_key: int) -> Topology:
     """One round trip: the server pid and the Citus extension's version."""
     rows = run(_DETECT_SQL, None)
@@ -87,4 +96,5 @@ def set_local_sql(values: Mapping[str, str], *, citus: bool) -> list[str]:
     return statements
 
 
-__all__ = ["CITUS_FORWARD", "SAVEPOINT", "Topology", "detect", "set_local_sql"]
+__all__ = ["CITUS_FORWARD", "SAVEPOINT", "Topology", "bound_statement", "detect",
+           "set_local_sql"]
