@@ -211,8 +211,9 @@ IDENTIFIER_CASES = [
       '("CustomerId") REFERENCES app."Customers" ("Id") NOT VALID;'),
       'ALTER TABLE app."Orders" VALIDATE CONSTRAINT "Orders_CustomerId_fkey";']),
     ("add-foreign-key", 18,
-     'ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint REFERENCES app."Customers" ("Id");',
-     [('ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint,\n'
+     # (with a default: a new column that is all NULL has nothing to validate)
+     'ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint DEFAULT 1 REFERENCES app."Customers" ("Id");',
+     [('ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint DEFAULT 1,\n'
       '    ADD CONSTRAINT "Orders_Buyer_fkey" FOREIGN KEY ("Buyer") REFERENCES '
       'app."Customers" ("Id") NOT VALID;'),
       'ALTER TABLE app."Orders" VALIDATE CONSTRAINT "Orders_Buyer_fkey";']),

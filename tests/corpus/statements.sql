@@ -6,6 +6,9 @@
 --   -- max_version: N      run on PostgreSQL N and earlier only
 --   -- note: text          what the entry is about (for people)
 --   -- stdin: line         a line of data for COPY ... FROM STDIN (repeatable)
+--   -- before: statement  run and committed first, in a throwaway copy of the
+--                         database; the analysis learns it (renames, dropped
+--                         columns...), its own locks are not compared (repeatable)
 --   -- plan_dependent: r1, r2
 --                         relations ("schema.name") whose lock depends on the data
 --                         or the plan (partition pruning, tuple routing): the
@@ -785,3 +788,77 @@ RESET lock_timeout;
 SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED;
 -- @@
 RESET ALL;
+-- @@
+-- ============================== forms found replaying real migration histories
+-- note: the foreign key on the column goes with it: its triggers on accounts too
+ALTER TABLE tasks DROP COLUMN owner_id;
+-- @@
+-- note: CASCADE drops the triggers that execute it, on each of their tables
+DROP FUNCTION bump_title() CASCADE;
+-- @@
+-- note: two levels of ON DELETE CASCADE: every level is written
+DELETE FROM tenants WHERE id = 7;
+-- @@
+-- note: replacing an existing view locks it; its query is parsed, not planned
+CREATE OR REPLACE VIEW busy_tenant_projects AS
+SELECT tenant_id, name, project_id FROM tenant_projects WHERE tenant_id < 50;
+-- @@
+-- note: a view over a view: only the view named is locked, not its tables
+CREATE VIEW tenant_projects_copy AS SELECT * FROM tenant_projects;
+-- @@
+-- note: a LANGUAGE sql body is checked when the function is created
+CREATE FUNCTION task_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM tasks';
+-- @@
+CREATE OR REPLACE FUNCTION add_tenant(tid integer) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO tenants (id, name) VALUES (tid, 'new');
+    UPDATE projects SET title = 'x' WHERE tenant_id = tid;
+$$;
+-- @@
+-- note: the body reads a view: rewritten, so the view's tables are locked too
+CREATE FUNCTION busy_count() RETURNS bigint LANGUAGE sql STABLE
+AS $$ SELECT count(*) FROM busy_tenant_projects $$;
+-- @@
+-- note: plpgsql bodies are not checked for tables at creation
+CREATE FUNCTION noop_count() RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM tasks);
+END
+$$;
+-- @@
+-- note: a primary key sets NOT NULL on the nullable code: a scan under ACCESS EXCLUSIVE
+ALTER TABLE labels ADD PRIMARY KEY USING INDEX labels_code_idx;
+-- @@
+-- note: id is NOT NULL already: brief
+ALTER TABLE labels ADD CONSTRAINT labels_pkey PRIMARY KEY USING INDEX labels_id_idx;
+-- @@
+-- note: the new column is all NULL: no validation scan
+ALTER TABLE tasks ADD COLUMN tenant_id bigint REFERENCES tenants (id);
+-- @@
+-- note: ON ONLY a partitioned table: the parent alone, no partition is built
+CREATE INDEX events_at_only_idx ON ONLY events (created_at);
+-- @@
+-- min_version: 18
+-- note: NOT ENFORCED: no validation scan
+ALTER TABLE tasks ADD CONSTRAINT tasks_project_unenforced
+    FOREIGN KEY (project_id) REFERENCES projects (id) NOT ENFORCED;
+-- @@
+-- note: owner_id is left out and has no default: NULL is not checked against accounts
+INSERT INTO tasks (id, project_id, title) VALUES (100001, 5, 'new task');
+-- @@
+INSERT INTO tasks (id, project_id, owner_id, title) VALUES (100002, 5, 9, 'owned task');
+-- @@
+-- before: ALTER TABLE accounts RENAME TO members
+-- note: the foreign key follows the renamed table
+ALTER TABLE tasks DROP CONSTRAINT tasks_owner_id_fkey;
+-- @@
+-- before: ALTER INDEX projects_code_idx RENAME TO projects_code_key
+-- note: the renamed index is still known to belong to projects
+DROP INDEX projects_code_key;
+-- @@
+-- before: ALTER TABLE tasks DROP COLUMN owner_id
+-- note: no foreign key points from tasks to accounts any more
+DELETE FROM accounts WHERE id = 2999;
+-- @@
+-- before: ALTER TABLE projects DROP COLUMN tenant_id CASCADE
+-- note: the dropped column took its foreign key with it: projects is not touched
+DROP TABLE tenants;

@@ -8,7 +8,14 @@ import logging
 from functools import lru_cache
 
 from safeddl.analysis.catalog import Catalog
-from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect, effect_in_new_table
+from safeddl.analysis.locktable import (
+    NEWEST,
+    OLDEST,
+    Take,
+    effect,
+    effect_in_new_table,
+    effect_in_view_query,
+)
 from safeddl.locks import Holds
 from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.sql import Syntax, quote_ident, read, split_script
@@ -84,7 +91,9 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
                          reason=syntax.error)
     created = None
     if head.action in _CREATES and head.table:
-        existing = catalog.get(head.table) is not None
+        existing = catalog.get(head.table) is not None or (
+            # CREATE OR REPLACE VIEW of a view the catalog does not know: it may exist
+            head.action is Action.CREATE_VIEW and head.cascade and not catalog.complete)
         # CREATE OR REPLACE VIEW of an existing view, CREATE ... IF NOT EXISTS of an
         # existing table: nothing new is created.
         if not existing:
@@ -101,6 +110,9 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
             # A column or constraint of the table being created: only what it
             # references elsewhere is locked.
             result = effect_in_new_table(step)
+        elif head.action is Action.CREATE_VIEW and step is not head:
+            # the view's query is parsed, not planned: the relations it names only
+            result = effect_in_view_query(step)
         else:
             result = effect(step, version, catalog)
         takes.extend(result.takes)

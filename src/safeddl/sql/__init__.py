@@ -7,6 +7,7 @@ comes back with ``error`` set.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import sqlglot
@@ -113,6 +114,8 @@ def _read_tokens(c: Cursor) -> list[Step]:
         return [Step(Action.SET, text=c.text_of(0, c.stop))]
     steps = read_ddl(c)
     if steps is not None:
+        if steps[0].target_kind == "sql-body":
+            return _function_body_reads(steps[0])
         return steps + _query_reads(c, steps)
     if pair in _OUTSIDE_TRANSACTION:
         return [Step(Action.OTHER, target_kind="outside-transaction",
@@ -171,6 +174,26 @@ def _explain(c: Cursor) -> list[Step]:
             Action.SELECT, Action.SELECT_FOR_UPDATE, Action.INSERT, Action.UPDATE,
             Action.DELETE, Action.MERGE)] or [Step(Action.SELECT)]
     return steps
+
+
+_BODY_DML = frozenset({Action.SELECT, Action.SELECT_FOR_UPDATE, Action.INSERT, Action.UPDATE,
+                       Action.DELETE, Action.MERGE})
+
+
+def _function_body_reads(head: Step) -> list[Step]:
+    """A LANGUAGE sql function: its body is parsed and analysed when it is created
+    (check_function_bodies, on by default), which locks the relations its statements
+    name. They come as steps marked ``target_kind="function-body"``. A body safeddl
+    cannot read is said so (``body-unread``) rather than refusing the statement: what
+    it misses is a brief ACCESS SHARE / ROW EXCLUSIVE."""
+    out = [dataclasses.replace(head, target_kind=None, text="")]
+    for raw in split_script(head.text):
+        syntax = read(raw.text)
+        if not syntax.understood or raw.error:
+            return [dataclasses.replace(head, target_kind="body-unread", text="")]
+        out.extend(dataclasses.replace(step, target_kind="function-body")
+                   for step in syntax.steps if step.table and step.action in _BODY_DML)
+    return out
 
 
 def _query_reads(c: Cursor, steps: list[Step]) -> list[Step]:

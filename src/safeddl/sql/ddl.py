@@ -8,6 +8,7 @@ one path for all of them, whatever form a sqlglot release returns.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from safeddl.locks import LockMode
@@ -47,7 +48,26 @@ def _create_index(c: Cursor) -> list[Step]:
     table = require_name(c, "table")
     return [Step(Action.CREATE_INDEX, table=table, name=name, unique=unique,
                  concurrently=concurrently, if_not_exists=if_not_exists, only=only,
-                 text=c.text_of(0, c.stop))]
+                 columns=_index_columns(c), text=c.text_of(0, c.stop))]
+
+
+def _index_columns(c: Cursor) -> tuple[str, ...]:
+    """The key columns of ``... ON t [USING m] (a, "B" DESC, ...)``, case folded, when
+    every key is a plain column (an expression key gives ())."""
+    if c.accept("USING"):
+        c.advance()
+    tok = c.peek()
+    if tok is None or tok.kind != "L_PAREN":
+        return ()
+    names = []
+    for start, stop in split_top_level(c.tokens, *c.read_group()):
+        first = c.tokens[start]
+        rest = c.words(start + 1, stop)
+        if not first.is_name or first.kind == "L_PAREN" or any(
+                w not in ("ASC", "DESC", "NULLS", "FIRST", "LAST") for w in rest):
+            return ()
+        names.append(first.text if first.kind == "IDENTIFIER" else first.text.lower())
+    return tuple(names)
 
 
 def _drop_index(c: Cursor) -> list[Step]:
@@ -253,7 +273,12 @@ def _create_trigger(c: Cursor) -> list[Step]:
     item = c.sub(i + 1, c.stop)
     table = require_name(item, "table")
     name_pos = words.index("TRIGGER") + 1
-    return [Step(Action.CREATE_TRIGGER, table=table, name=c.tokens[name_pos].text)]
+    function = None
+    for i in range(c.pos, c.stop - 2):
+        if c.tokens[i].word == "EXECUTE" and c.tokens[i + 1].word in ("FUNCTION", "PROCEDURE"):
+            function = c.sub(i + 2, c.stop).read_name()
+    return [Step(Action.CREATE_TRIGGER, table=table, name=c.tokens[name_pos].text,
+                 function=function)]
 
 
 def _drop_trigger(c: Cursor) -> list[Step]:
@@ -367,6 +392,63 @@ def _alter_type(c: Cursor) -> list[Step]:
     return [Step(Action.OTHER, text=c.text_of(0, c.stop))]
 
 
+def _drop_function(c: Cursor) -> list[Step]:
+    """``DROP FUNCTION [IF EXISTS] f [(args)], ... [CASCADE | RESTRICT]``."""
+    c.accept("DROP", "FUNCTION")
+    if_exists = c.accept("IF", "EXISTS")
+    cascade = c.words(c.pos, c.stop)[-1:] == ["CASCADE"]
+    steps = []
+    for start, stop in split_top_level(c.tokens, c.pos, c.stop):
+        name = c.sub(start, stop).read_name()
+        if name is None:
+            raise NotUnderstood("DROP FUNCTION without a function name")
+        steps.append(Step(Action.DROP_FUNCTION, function=name, cascade=cascade,
+                          if_not_exists=if_exists))
+    return steps
+
+
+def _create_function(c: Cursor) -> list[Step]:
+    """``CREATE [OR REPLACE] FUNCTION|PROCEDURE ...``: a body in LANGUAGE sql is parsed
+    and analysed when the function is created (check_function_bodies, on by default),
+    which locks the tables its statements name; other languages take no table lock."""
+    c.accept("CREATE")
+    c.accept("OR", "REPLACE")
+    c.accept_any("FUNCTION", "PROCEDURE")
+    name = c.read_name()
+    head = Step(Action.CREATE_FUNCTION, function=name)
+    language, body = None, None
+    atomic = None
+    i = c.pos
+    while i < c.stop:
+        tok = c.tokens[i]
+        if tok.kind == "L_PAREN":
+            i = _after_group(c, i)
+            continue
+        if tok.word == "LANGUAGE" and i + 1 < c.stop:
+            language = c.tokens[i + 1].text.strip("'\"").lower()
+        elif tok.word == "AS" and i + 1 < c.stop and c.tokens[i + 1].kind in (
+                "STRING", "HEREDOC_STRING", "RAW_STRING"):
+            body = c.tokens[i + 1].text
+        elif tok.word == "BEGIN" and i + 1 < c.stop and c.tokens[i + 1].word == "ATOMIC":
+            atomic = i + 2
+            break
+        i += 1
+    if atomic is not None:
+        end = c.stop - 1 if c.stop - 1 > atomic and c.tokens[c.stop - 1].word == "END" else c.stop
+        body = c.text_of(atomic, end)
+        language = "sql"
+    if language != "sql" or not body:
+        return [head]
+    # the body's statements are read by safeddl.sql.read
+    return [dataclasses.replace(head, target_kind="sql-body", text=body)]
+
+
+def _after_group(c: Cursor, i: int) -> int:
+    sub = c.sub(i, c.stop)
+    sub.skip_group()
+    return sub.pos
+
+
 def _other(c: Cursor) -> list[Step]:
     return [Step(Action.OTHER, text=" ".join(c.words(0, min(3, c.stop))))]
 
@@ -462,4 +544,9 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("REVOKE",), _grant),
     (("ALTER", "SEQUENCE"), _alter_sequence),
     (("ALTER", "TYPE"), _alter_type),
+    (("DROP", "FUNCTION"), _drop_function),
+    (("CREATE", "FUNCTION"), _create_function),
+    (("CREATE", "OR", "REPLACE", "FUNCTION"), _create_function),
+    (("CREATE", "PROCEDURE"), _create_function),
+    (("CREATE", "OR", "REPLACE", "PROCEDURE"), _create_function),
 ]
