@@ -442,12 +442,26 @@ def _parse_type(type_sql: str) -> tuple[str, tuple[int, ...], bool]:
     return base.split(".")[-1], mods, array
 
 
-def _type_change_rewrites(old: str, new: str) -> bool:
-    """Would ``ALTER COLUMN TYPE`` from ``old`` to ``new`` rewrite the table?"""
+# Time zones at a fixed offset of zero: timestamp <-> timestamptz needs no rewrite in
+# them (PostgreSQL 12+).
+_UTC_ZONES = frozenset(z.lower() for z in (
+    "UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0", "GMT+0",
+    "GMT-0", "Etc/GMT+0", "Etc/GMT-0", "Greenwich", "Etc/Greenwich", "Universal",
+    "Etc/Universal", "Zulu", "Etc/Zulu"))
+
+
+def _type_change_rewrites(old: str, new: str, version: int = NEWEST,
+                          timezone: str | None = None) -> bool:
+    """Would ``ALTER COLUMN TYPE`` from ``old`` to ``new`` rewrite the table? (With
+    the session's TimeZone when known: None is taken as a zone other than UTC.)"""
     old_base, old_mods, old_array = _parse_type(old)
     new_base, new_mods, new_array = _parse_type(new)
     if old_array != new_array:
         return True
+    if {old_base, new_base} == {"timestamp", "timestamptz"} and version >= 12 \
+            and timezone is not None and timezone.lower() in _UTC_ZONES:
+        return old_mods != new_mods and bool(new_mods) and (
+            not old_mods or new_mods[0] < old_mods[0])
     if old_base == new_base:
         if not new_mods:
             return False  # dropping a length / precision limit
@@ -475,7 +489,13 @@ def _alter_column_type(step: Step, version: int, catalog: Catalog) -> Effect:
         holds = Holds.REWRITE
         notes = (f"the current type of {step.column} is not known; a rewrite is assumed",)
     else:
-        holds = Holds.REWRITE if _type_change_rewrites(old, step.type_sql or "") else Holds.BRIEF
+        rewrites = _type_change_rewrites(old, step.type_sql or "", version, catalog.timezone)
+        holds = Holds.REWRITE if rewrites else Holds.BRIEF
+        if {_parse_type(old)[0], _parse_type(step.type_sql or "")[0]} == {
+                "timestamp", "timestamptz"} and version >= 12:
+            zone = catalog.timezone or "not known"
+            notes = (f"timestamp <-> timestamptz rewrites the table unless the session's "
+                     f"TimeZone is UTC (here: {zone})",)
     # Foreign keys on the column are dropped and re-created with the new type.
     column = catalog.key(step.column).split(".")[1] if step.column else None
     extra = tuple(
