@@ -49,6 +49,7 @@ ERROR_RULES = {
 WARNING_RULES = {
     "multiple-alter-table", "drop-column", "rename-column", "rename-table", "drop-table",
     "add-column-not-null-without-default", "unparsed-statement", "lock-order", "row-lock-order",
+    "identifier-too-long",
 }
 
 # For each rule's Bad example: the lock its message names, on which table, and a piece
@@ -98,6 +99,8 @@ EXPECTED = {
     "add-column-not-null-without-default": (
         "ACCESS EXCLUSIVE", "orders", "ALTER TABLE orders ADD COLUMN priority integer;"),
     "unparsed-statement": (None, None, "pg_locks"),
+    "identifier-too-long": (None, None, "CREATE INDEX CONCURRENTLY "
+                            "orders_customer_id_created_at_status_reference_where_n_"),
     "lock-order": ("ROW EXCLUSIVE", "customers", "UPDATE customers SET email"),
     "row-lock-order": ("ROW EXCLUSIVE", "orders", "WHERE id = 7;"),
 }

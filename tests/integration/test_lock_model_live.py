@@ -110,3 +110,25 @@ def test_primary_key_on_a_nullable_index_column_scans(live_db: tuple[str, int]) 
             holds[index] = analyze_statement(sql, version=version, catalog=live.catalog).holds
         conn.rollback()
     assert holds == {"things_code_idx": Holds.SCAN, "things_id_idx": Holds.BRIEF}
+
+
+@pytest.mark.parametrize("name", [
+    "things_code_owner_id_default_owner_seen_name_price_where_not_archived_idx",
+    "Ünïcödé_très_long_nom_d_index_avec_beaucoup_de_caractères_accentués",
+])
+def test_long_identifier_is_truncated_as_the_rule_says(live_db: tuple[str, int],
+                                                       name: str) -> None:
+    from safeddl.rules import lint_script
+    from safeddl.rules.identifier_too_long import truncated
+    from safeddl.sql import quote_ident
+
+    dsn, version = live_db
+    sql = f"CREATE INDEX {quote_ident(name)} ON things (name)"
+    [result] = lint_script(sql, version=version)
+    assert "identifier-too-long" in {f.rule for f in result.findings}
+    with psycopg.connect(dsn) as conn:
+        conn.execute(sql)
+        found = conn.execute("SELECT relname FROM pg_class WHERE relname LIKE %s",
+                             [truncated(name)[:20] + "%"]).fetchall()
+        conn.rollback()
+    assert found == [(truncated(name),)] and len(truncated(name).encode()) <= 63
