@@ -7,6 +7,7 @@ Relations are keyed by :func:`safeddl.sql.qualified_name` (``public.orders``).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import re
 from collections.abc import Iterable, Iterator
@@ -260,8 +261,11 @@ class Catalog:
             self._create(head, steps[1:])
             return
         for step in steps:
-            if step.action in _RESHAPES or step.references:
+            if step.action in _RESHAPES or (step.references and step.action not in (
+                    Action.ADD_CONSTRAINT, Action.ADD_COLUMN)):
                 self._generation += 1  # parents or foreign keys change
+            # (a new foreign key is added to the derived indexes in place: a long
+            # history stays linear)
             self._learn_step(step)
 
     def _create(self, head: Step, rest: list[Step]) -> None:
@@ -296,9 +300,12 @@ class Catalog:
                     relation.columns.update(like.columns)
             elif step.action in (Action.ADD_COLUMN, Action.ADD_CONSTRAINT):
                 self._learn_step(step)
-        if relation.parent or any(step.references for step in rest):
-            self._generation += 1  # parents or foreign keys changed (after the steps,
-            # which may have rebuilt the derived indexes before the constraints were in)
+        if relation.parent:
+            current = self._current_derived()
+            if current is None or previous is not None:
+                self._generation += 1
+            else:
+                bisect.insort(current.children.setdefault(relation.parent, []), key)
 
     def _learn_step(self, step: Step) -> None:
         action = step.action
@@ -438,11 +445,12 @@ class Catalog:
         for name, con in list(table.constraints.items()):
             if con.column == column:
                 del table.constraints[name]
+                if con.references:
+                    self._generation += 1  # a foreign key went
         for index, owner in list(self.indexes.items()):
             if owner == table.key and column in self.index_columns.get(index, ()):
                 del self.indexes[index]
                 self.index_columns.pop(index, None)
-        self._generation += 1
 
     def _forget(self, key: str) -> None:
         """A relation dropped: the foreign keys that pointed at it are gone too (they
@@ -459,6 +467,12 @@ class Catalog:
                 self.index_columns.pop(index, None)
         self._generation += 1
 
+    def _current_derived(self) -> _Derived | None:
+        """The derived indexes when they are up to date (to be updated in place)."""
+        if self._derived is not None and self._derived[0] == self._generation:
+            return self._derived[1]
+        return None
+
     def _add_constraint(self, table: Relation, step: Step, inline: bool) -> None:
         kind = step.constraint_type
         if kind is None:
@@ -467,11 +481,21 @@ class Catalog:
         name = local_name(step.name) if step.name else _default_name(table.key, column, kind)
         definition = _strip_prefix(step.definition_sql or "")
         references = self.key(step.references) if step.references else None
-        table.constraints[name] = Constraint(
+        replaced = table.constraints.get(name)
+        con = table.constraints[name] = Constraint(
             name, kind, valid=not step.not_valid, references=references,
             definition=definition, column=column,
             ref_columns=self._referenced_columns(definition, references),
         )
+        if kind is ConstraintType.FOREIGN_KEY and references:
+            current = self._current_derived()
+            if current is None or (replaced is not None and replaced.references):
+                self._generation += 1
+            else:
+                bisect.insort(current.referencing.setdefault(references, []),
+                              (table.key, con), key=lambda item: item[0])
+        elif replaced is not None and replaced.references:
+            self._generation += 1
         if kind is ConstraintType.PRIMARY_KEY and column:
             table.not_null.add(column)
 

@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from safeddl.analysis import Catalog, RelationLock, Statement
+
+
+T = TypeVar("T")
 
 
 class Severity(str, enum.Enum):
@@ -48,6 +51,25 @@ class Context:
     lock_timeout_set: bool = False  # a SET [LOCAL] lock_timeout came before
     lock_timeout_local: bool = False  # ...by SET LOCAL: it ends with the transaction
     runtime: bool = False  # checked by the runtime guard, not by lint
+    # what a rule computed over ``transaction`` so far, to go on from there with the
+    # next statement instead of starting over (see :meth:`transaction_memo`)
+    memo: dict[str, tuple[list[Statement], int, Any]] = field(default_factory=dict)
+
+    def transaction_memo(self, rule_id: str, initial: Callable[[], T],
+                         fold: Callable[[T, Statement], T]) -> T:
+        """``fold`` applied to every earlier statement of the transaction, in order,
+        starting from ``initial()``: each statement is folded in once, when it first
+        appears, so a long transaction (a whole history linted with
+        --assume-in-transaction) costs linear time, not quadratic."""
+        entry = self.memo.get(rule_id)
+        if entry is None or entry[0] is not self.transaction or entry[1] > len(self.transaction):
+            state, done = initial(), 0
+        else:
+            state, done = entry[2], entry[1]
+        for statement in self.transaction[done:]:
+            state = fold(state, statement)
+        self.memo[rule_id] = (self.transaction, len(self.transaction), state)
+        return state
 
     def is_new(self, relation: str) -> bool:
         """Created earlier in this script or transaction: nobody else can see it."""

@@ -75,13 +75,15 @@ class LockOrderRule:
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if not context.in_transaction or not context.transaction:
             return
-        held: list[HeldLock] = []
-        for earlier in context.transaction:
+        def fold(held: list[HeldLock], earlier: Statement) -> list[HeldLock]:
             for lock in context.existing_locks(earlier):
                 key = relation_key(lock.relation)
                 if lock.mode > lock.mode.ACCESS_SHARE and not already_holds(held, key,
                                                                              lock.mode):
                     held.append(HeldLock(lock.relation, key, lock.mode, earlier.sql))
+            return held
+
+        held = context.transaction_memo(self.id, list, fold)
         yield from order_findings(held, statement, DEFAULT_ORDER,
                                   context.existing_locks(statement))
 

@@ -53,7 +53,6 @@ from safeddl.ordering import (
     RowKeyIndex,
     RowLock,
     first_out_of_order,
-    greatest_keys,
     remember_greatest,
     row_locks,
 )
@@ -74,7 +73,16 @@ class RowLockOrder:
         new = row_locks(statement)
         if not new:
             return
-        held = greatest_keys(row for earlier in context.transaction for row in row_locks(earlier))
+        def fold(index: RowKeyIndex, earlier: Statement) -> RowKeyIndex:
+            for row in row_locks(earlier):
+                remember_greatest(index, row)
+            return index
+
+        def empty() -> RowKeyIndex:
+            return {}
+
+        index: RowKeyIndex = context.transaction_memo(self.id, empty, fold)
+        held = dict(index)
         yield from row_order_findings(held, new, statement)
 
 

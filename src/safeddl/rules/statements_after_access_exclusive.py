@@ -40,6 +40,7 @@ order, with `lock_timeout` set, and keep the transaction short.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from safeddl.analysis import Action, RelationLock, Statement
 from safeddl.locks import Holds, LockMode
@@ -59,11 +60,17 @@ class StatementsAfterAccessExclusive:
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if not context.in_transaction or not context.transaction:
             return
-        held: dict[str, tuple[Statement, RelationLock]] = {}
-        for earlier in context.transaction:
-            if held and _runs_under(earlier, held, context):
-                return  # already reported for this transaction
-            _hold(earlier, held, context)
+        def fold(state: _Held, earlier: Statement) -> _Held:
+            if state.held and _runs_under(earlier, state.held, context):
+                state.reported = True  # already reported for this transaction
+            if not state.reported:
+                _hold(earlier, state.held, context)
+            return state
+
+        state = context.transaction_memo(self.id, _Held, fold)
+        if state.reported:
+            return
+        held = state.held
         if not held or not _runs_under(statement, held, context):
             return
         holder, lock = next(iter(held.values()))
@@ -84,6 +91,14 @@ class StatementsAfterAccessExclusive:
                     None, alternative),
             alternative, lock.relation,
         )
+
+
+@dataclass
+class _Held:
+    """The ACCESS EXCLUSIVE locks the transaction holds so far (first taker of each)."""
+
+    held: dict[str, tuple[Statement, RelationLock]] = field(default_factory=dict)
+    reported: bool = False
 
 
 def _hold(statement: Statement, held: dict[str, tuple[Statement, RelationLock]],
