@@ -7,6 +7,7 @@ Exit codes: 0 fine, 1 ``lint`` found an error-severity problem, 2 usage error
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
@@ -324,3 +325,88 @@ def demo(dsn: str | None, seconds: float, no_rewrite: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+@main.command()
+@click.option("--dsn", required=True, metavar="URL",
+              help="A scratch database to replay the history on (it is changed for real).")
+@click.option("--alembic", "alembic_path", metavar="PATH", default=None,
+              type=click.Path(exists=True, file_okay=True, dir_okay=True),
+              help="Replay every revision of this Alembic project (rendered offline).")
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text",
+              show_default=True, help="text for people, json for tools.")
+@click.option("--pg-version", metavar="N", default=None,
+              callback=lambda ctx, param, value: None if value is None
+              else parse_pg_version(ctx, param, value),
+              help="Predict for this major version (default: the server's).")
+@click.option("--lock-timeout", default="5s", show_default=True, metavar="DURATION",
+              help="How long each statement may wait for a lock before it fails.")
+@click.option("--statement-timeout", default="10min", show_default=True, metavar="DURATION",
+              help="How long each statement may run.")
+@click.option("--yes", is_flag=True, help="Do not ask before changing the database.")
+@click.argument("paths", nargs=-1, metavar="[FOLDER|FILE]...",
+                type=click.Path(exists=True, file_okay=True, dir_okay=True))
+def replay(dsn: str, alembic_path: str | None, output: str, pg_version: int | None,
+           lock_timeout: str, statement_timeout: str, yes: bool,
+           paths: tuple[str, ...]) -> None:
+    """Replay a whole migration history on a scratch database: each migration (the SQL
+    files of a FOLDER in name order, FILEs in the order given, or --alembic revisions)
+    is traced against pg_locks (in a transaction rolled back), then applied for real.
+    Exit 1 when a statement's locks differ from the analysis or the replay stops.
+    """
+    import json
+
+    import psycopg
+
+    from safeddl.observe.replay import Migration, migrations_in_folder
+    from safeddl.observe.replay import replay as run_replay
+    from safeddl.observe.trace import database_label
+    from safeddl.runtime.errors import ConfigError
+    from safeddl.runtime.policy import as_timedelta, parse_duration
+
+    if not paths and alembic_path is None:
+        raise click.UsageError("give a FOLDER or FILEs of migrations, or --alembic PATH")
+    try:
+        lock_wait = as_timedelta(parse_duration(lock_timeout, "--lock-timeout")).total_seconds()
+        run_limit = as_timedelta(parse_duration(statement_timeout, "--statement-timeout")
+                                 ).total_seconds()
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+    migrations: list[Migration] = []
+    for path in paths:
+        if Path(path).is_dir():
+            migrations += migrations_in_folder(path)
+        else:
+            migrations.append(Migration(path, read_source(path)))
+    if alembic_path is not None:
+        from safeddl.cli.alembic import AlembicProjectError, render_revisions
+
+        try:
+            rendered = render_revisions(alembic_path)
+        except AlembicProjectError as exc:
+            raise click.BadParameter(str(exc), param_hint="--alembic") from None
+        migrations += [Migration(r.label, "".join(c.sql for c in r.chunks)) for r in rendered]
+    label = database_label(dsn)
+    click.echo(f"safeddl replay: applying {len(migrations)} migrations to {label} for real "
+               "(each is first traced in a transaction that is rolled back): use a scratch "
+               "database.", err=True)
+    if not yes:
+        if not sys.stdin.isatty() or not click.confirm("Replay it?", err=True):
+            click.echo("safeddl replay: not confirmed; pass --yes to run it.", err=True)
+            sys.exit(2)
+    try:
+        report = run_replay(dsn, migrations, pg_version=pg_version, lock_timeout=lock_wait,
+                            statement_timeout=run_limit)
+    except psycopg.Error as exc:
+        click.echo(f"safeddl replay: {label}: {exc}", err=True)
+        sys.exit(2)
+    if output == "json":
+        click.echo(json.dumps(report.as_json(), indent=2, ensure_ascii=False))
+    else:
+        from safeddl.observe.trace import plain_report
+
+        for trace_report in report.traces:
+            if not trace_report.ok:
+                click.echo(plain_report(trace_report))
+        click.echo(report.summary())
+    sys.exit(0 if report.ok else 1)

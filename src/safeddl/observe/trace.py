@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from safeddl.analysis import NEWEST, OLDEST, Action, Statement
+from safeddl.analysis import NEWEST, OLDEST, Action, Catalog, Statement
 from safeddl.locks import Holds, LockMode
 from safeddl.observe.snapshot import TABLE_RELKINDS, ScriptTransaction, StepObservation
 from safeddl.rules import lint_script
@@ -197,15 +197,16 @@ def database_label(dsn: str) -> str:
 
 
 def run_trace(dsn: str, script: str, *, file: str = "<script>", pg_version: int | None = None,
-              lock_timeout: float = 5.0, statement_timeout: float = 600.0) -> TraceReport:
+              lock_timeout: float = 5.0, statement_timeout: float = 600.0,
+              catalog: Catalog | None = None) -> TraceReport:
     """Run ``script`` on the database of ``dsn`` in a transaction that is rolled back, and
     compare each statement's locks with the prediction for ``pg_version`` (default: the
-    server's major version)."""
+    server's major version), made with what ``catalog`` knows of the schema (if given)."""
     with psycopg.connect(dsn, autocommit=True, application_name="safeddl trace") as conn:
         server_version = conn.info.server_version // 10000
         version = pg_version if pg_version is not None else min(max(server_version, OLDEST),
                                                                  NEWEST)
-        results = lint_script(script, version=version)
+        results = lint_script(script, version=version, catalog=catalog)
         steps: list[TracedStep] = []
         with ScriptTransaction(conn, timeout=statement_timeout,
                                lock_timeout=lock_timeout) as transaction:
@@ -259,7 +260,11 @@ def _resolve_prediction(transaction: ScriptTransaction,
             relation = qualified_name(lock.relation)
         else:
             name, _relkind, table = resolved
-            relation = table if lock.object == "index" and table is not None else name
+            # a lock on an index is compared on its table, which the server locks too
+            # (DROP INDEX, REINDEX), except for ALTER INDEX: that locks the index only
+            on_table = lock.object == "index" and table is not None \
+                and statement.kind is not Action.ALTER_INDEX
+            relation = table if on_table and table is not None else name
         current = strongest.get(relation)
         if current is None or lock.mode > current.mode:
             strongest[relation] = PredictedLock(relation, lock.relation, lock.mode, lock.holds)
