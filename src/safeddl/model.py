@@ -89,6 +89,8 @@ class Action(str, enum.Enum):
     ALTER_TYPE_ADD_VALUE = "alter-type-add-value"
     CREATE_FUNCTION = "create-function"  # its SQL body is parsed: the tables it names
     DROP_FUNCTION = "drop-function"  # with CASCADE: the triggers that execute it
+    PUBLISH_TABLE = "publish-table"  # CREATE / ALTER PUBLICATION ... TABLE t
+    DROP_STATISTICS = "drop-statistics"  # SHARE UPDATE EXCLUSIVE on the statistics' table
     SET = "set"  # SET / SET LOCAL / RESET
     TRANSACTION_CONTROL = "transaction-control"  # BEGIN, COMMIT, SAVEPOINT, ...
     OTHER = "other"  # understood well enough to know it takes no table lock

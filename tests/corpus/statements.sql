@@ -862,3 +862,69 @@ DELETE FROM accounts WHERE id = 2999;
 -- before: ALTER TABLE projects DROP COLUMN tenant_id CASCADE
 -- note: the dropped column took its foreign key with it: projects is not touched
 DROP TABLE tenants;
+-- @@
+-- ============================== rules, publications, catalog-only objects
+-- note: a rule locks its table ACCESS EXCLUSIVE; its action is analysed
+CREATE RULE tasks_copy AS ON INSERT TO tasks
+    DO ALSO INSERT INTO tenants (id, name) VALUES (new.id + 100000, 'copied');
+-- @@
+CREATE RULE projects_keep AS ON DELETE TO projects DO INSTEAD NOTHING;
+-- @@
+-- before: CREATE RULE projects_keep AS ON DELETE TO projects DO INSTEAD NOTHING
+DROP RULE projects_keep ON projects;
+-- @@
+-- before: CREATE RULE projects_keep AS ON DELETE TO projects DO INSTEAD NOTHING
+ALTER RULE projects_keep ON projects RENAME TO projects_never_deleted;
+-- @@
+-- note: SHARE UPDATE EXCLUSIVE on each table published
+CREATE PUBLICATION tasks_pub FOR TABLE tasks, ONLY projects;
+-- @@
+-- note: a partitioned table is published as itself: its partitions are not locked
+CREATE PUBLICATION events_pub FOR TABLE events;
+-- @@
+-- before: CREATE TABLE notes_base (id integer PRIMARY KEY)
+-- before: CREATE TABLE notes_child () INHERITS (notes_base)
+-- note: an inheritance parent: its children too
+CREATE PUBLICATION notes_pub FOR TABLE notes_base;
+-- @@
+-- before: CREATE PUBLICATION empty_pub
+ALTER PUBLICATION empty_pub ADD TABLE tenants;
+-- @@
+-- before: CREATE PUBLICATION tenants_pub FOR TABLE tenants
+ALTER PUBLICATION tenants_pub SET (publish = 'insert');
+-- @@
+-- before: CREATE PUBLICATION tenants_pub FOR TABLE tenants
+DROP PUBLICATION tenants_pub;
+-- @@
+-- min_version: 15
+CREATE PUBLICATION app_pub FOR TABLES IN SCHEMA app;
+-- @@
+CREATE COLLATION plain_c (provider = libc, locale = 'C');
+-- @@
+CREATE AGGREGATE int_total (integer) (sfunc = int4pl, stype = integer);
+-- @@
+CREATE TEXT SEARCH CONFIGURATION plain_ts (COPY = simple);
+-- @@
+CREATE OPERATOR === (leftarg = integer, rightarg = integer, function = int4eq);
+-- @@
+CREATE FOREIGN DATA WRAPPER dummy_fdw;
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER dummy_fdw
+CREATE SERVER dummy_server FOREIGN DATA WRAPPER dummy_fdw;
+-- @@
+CREATE ACCESS METHOD heap_copy TYPE TABLE HANDLER heap_tableam_handler;
+-- @@
+-- before: CREATE COLLATION plain_c (provider = libc, locale = 'C')
+ALTER COLLATION plain_c RENAME TO plain_collation;
+-- @@
+-- before: CREATE AGGREGATE int_total (integer) (sfunc = int4pl, stype = integer)
+DROP AGGREGATE int_total (integer);
+-- @@
+-- before: CREATE STATISTICS tasks_stats ON project_id, owner_id FROM tasks
+DROP STATISTICS tasks_stats;
+-- @@
+-- before: CREATE STATISTICS tasks_stats ON project_id, owner_id FROM tasks
+ALTER STATISTICS tasks_stats RENAME TO tasks_statistics;
+-- @@
+-- before: CREATE STATISTICS tasks_stats ON project_id, owner_id FROM tasks
+ALTER STATISTICS tasks_stats SET STATISTICS 500;

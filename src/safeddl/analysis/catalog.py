@@ -81,6 +81,8 @@ class Catalog:
         self.functions: dict[str, Volatility] = {}
         # qualified index -> its key columns (folded), when they are plain columns
         self.index_columns: dict[str, tuple[str, ...]] = {}
+        # qualified extended statistics -> the qualified table they are on
+        self.statistics: dict[str, str] = {}
         # the session's TimeZone when known (SET TimeZone, a live connection)
         self.timezone: str | None = None
         self.search_path: tuple[str, ...] = ("public",)
@@ -355,6 +357,11 @@ class Catalog:
         elif action is Action.DROP_INDEX and step.name:
             self.indexes.pop(self.key(step.name), None)
             self.index_columns.pop(self.key(step.name), None)
+        elif action is Action.CREATE_STATISTICS and step.table and step.name:
+            schema = self.key(step.table).split(".")[0]
+            self.statistics[f"{schema}.{local_name(step.name)}"] = self.key(step.table)
+        elif action is Action.DROP_STATISTICS and step.name:
+            self.statistics.pop(self.key(step.name), None)
         elif action is Action.ALTER_INDEX and step.name:
             self._rename_index(step)
         elif action in (Action.DROP_TABLE, Action.DROP_VIEW, Action.DROP_MATERIALIZED_VIEW):

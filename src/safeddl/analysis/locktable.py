@@ -355,6 +355,28 @@ def _function_body(step: Step, catalog: Catalog) -> Effect:
     return Effect((Take(step.table, mode), *views), Holds.BRIEF)
 
 
+def _drop_statistics(step: Step, version: int, catalog: Catalog) -> Effect:
+    """SHARE UPDATE EXCLUSIVE on the table of the statistics object; when the catalog
+    does not know it, the lock is reported against the statistics object itself."""
+    assert step.name is not None
+    table = catalog.statistics.get(catalog.key(step.name))
+    if table is not None:
+        return Effect((Take(table, SUE),), Holds.BRIEF)
+    if step.if_not_exists and catalog.complete:
+        return Effect((), Holds.BRIEF)
+    return Effect((Take(step.name, SUE, Holds.BRIEF, "statistics"),), Holds.BRIEF, True,
+                  (f"the table of statistics {step.name} is not known from the text alone; "
+                   "its lock is reported against the statistics object",))
+
+
+def _publish_table(step: Step, version: int, catalog: Catalog) -> Effect:
+    """A table added to a publication: SHARE UPDATE EXCLUSIVE on it, and on its
+    inheritance children unless ONLY; a partitioned table is published as itself."""
+    assert step.table is not None
+    return _on(step, SUE, Holds.BRIEF, catalog,
+               recurse=not catalog.is_partitioned(step.table))
+
+
 def _drop_function(step: Step, version: int, catalog: Catalog) -> Effect:
     """DROP FUNCTION ... CASCADE drops the triggers that execute it: ACCESS EXCLUSIVE
     on each of their tables (without CASCADE the drop fails if there are any)."""
@@ -821,4 +843,6 @@ _RULES: dict[Action, RuleFn] = {
     Action.OTHER: _other,
     Action.CREATE_FUNCTION: _create_function,
     Action.DROP_FUNCTION: _drop_function,
+    Action.PUBLISH_TABLE: _publish_table,
+    Action.DROP_STATISTICS: _drop_statistics,
 }

@@ -117,6 +117,8 @@ def _read_tokens(c: Cursor) -> list[Step]:
         if steps[0].target_kind == "sql-body":
             return _function_body_reads(steps[0])
         return steps + _query_reads(c, steps)
+    if first in ("CREATE", "ALTER", "DROP") and _catalog_object(c):
+        return [Step(Action.OTHER, text=" ".join(c.words(0, min(3, c.stop))))]
     if pair in _OUTSIDE_TRANSACTION:
         return [Step(Action.OTHER, target_kind="outside-transaction",
                      text=" ".join(pair))]
@@ -180,16 +182,52 @@ _BODY_DML = frozenset({Action.SELECT, Action.SELECT_FOR_UPDATE, Action.INSERT, A
                        Action.DELETE, Action.MERGE})
 
 
+# Objects that live in the system catalogs only: creating, altering or dropping one
+# takes no lock on a table (DROP ... CASCADE may reach columns, indexes or foreign
+# tables that depend on it: not known, so not read).
+_CATALOG_OBJECTS = frozenset({
+    "AGGREGATE", "OPERATOR", "COLLATION", "CONVERSION", "TEXT", "EVENT", "SERVER",
+    "LANGUAGE", "PROCEDURAL", "TRUSTED", "ACCESS", "CAST", "GROUP", "ROUTINE", "TRANSFORM",
+    "DATA",  # (FOREIGN) DATA WRAPPER
+    "MAPPING",  # USER MAPPING
+})
+
+
+def _catalog_object(c: Cursor) -> bool:
+    words = c.words(0, min(c.stop, 4))
+    kind = words[1] if len(words) > 1 else ""
+    if kind in ("OR",) and len(words) > 3:  # CREATE OR REPLACE AGGREGATE ...
+        kind = words[3]
+    if kind == "FOREIGN" and len(words) > 2:
+        kind = words[2]
+    if kind == "USER" and len(words) > 2:
+        kind = words[2]
+    if kind == "DEFAULT" and len(words) > 2:  # CREATE DEFAULT CONVERSION
+        kind = words[2]
+    if kind == "TABLESPACE" and words[0] == "ALTER":
+        return True
+    if kind not in _CATALOG_OBJECTS:
+        return False
+    if words[0] == "DROP" and c.words(c.pos, c.stop)[-1:] == ["CASCADE"]:
+        raise NotUnderstood(f"DROP {kind} ... CASCADE also drops what depends on it "
+                            "(columns, indexes, foreign tables): not known here")
+    return True
+
+
 def _function_body_reads(head: Step) -> list[Step]:
     """A LANGUAGE sql function: its body is parsed and analysed when it is created
     (check_function_bodies, on by default), which locks the relations its statements
     name. They come as steps marked ``target_kind="function-body"``. A body safeddl
     cannot read is said so (``body-unread``) rather than refusing the statement: what
     it misses is a brief ACCESS SHARE / ROW EXCLUSIVE."""
-    out = [dataclasses.replace(head, target_kind=None, text="")]
-    for raw in split_script(head.text):
+    out = [dataclasses.replace(head, target_kind=None, definition_sql=None,
+                               text="" if head.action is Action.CREATE_FUNCTION else head.text)]
+    body = head.definition_sql if head.action is not Action.CREATE_FUNCTION else head.text
+    for raw in split_script(body or ""):
         syntax = read(raw.text)
         if not syntax.understood or raw.error:
+            if head.action is not Action.CREATE_FUNCTION:  # a rule's action
+                raise NotUnderstood(f"the rule's action cannot be read: {syntax.error}")
             return [dataclasses.replace(head, target_kind="body-unread", text="")]
         out.extend(dataclasses.replace(step, target_kind="function-body")
                    for step in syntax.steps if step.table and step.action in _BODY_DML)

@@ -306,7 +306,18 @@ def _create_statistics(c: Cursor) -> list[Step]:
     if "FROM" not in words:
         raise NotUnderstood("CREATE STATISTICS without FROM <table>")
     item = c.sub(c.pos + words.index("FROM") + 1, c.stop)
-    return [Step(Action.CREATE_STATISTICS, table=require_name(item, "table"))]
+    c.accept("CREATE", "STATISTICS")
+    c.accept("IF", "NOT", "EXISTS")
+    name = None if c.at("ON") or c.at("(") else c.read_name()
+    return [Step(Action.CREATE_STATISTICS, table=require_name(item, "table"), name=name)]
+
+
+def _drop_statistics(c: Cursor) -> list[Step]:
+    """``DROP STATISTICS [IF EXISTS] s, ...``: SHARE UPDATE EXCLUSIVE on each one's table."""
+    c.accept("DROP", "STATISTICS")
+    if_exists = c.accept("IF", "EXISTS")
+    return [Step(Action.DROP_STATISTICS, name=name, if_not_exists=if_exists)
+            for name in _name_list(c)]
 
 
 _COMMENT_ON_RELATION = {"TABLE", "VIEW", "MATERIALIZED", "FOREIGN"}
@@ -390,6 +401,64 @@ def _alter_type(c: Cursor) -> list[Step]:
         c.accept("ALTER", "TYPE")
         return [Step(Action.ALTER_TYPE_ADD_VALUE, name=c.read_name())]
     return [Step(Action.OTHER, text=c.text_of(0, c.stop))]
+
+
+def _rule(c: Cursor) -> list[Step]:
+    """``CREATE [OR REPLACE] RULE r AS ON event TO t ... DO [ALSO | INSTEAD] action``,
+    ``DROP RULE [IF EXISTS] r ON t``, ``ALTER RULE r ON t RENAME TO s``: ACCESS
+    EXCLUSIVE on the table; the action's statements are analysed when the rule is
+    created (like a SQL function body: see safeddl.sql.read)."""
+    verb = c.advance().word
+    c.accept("OR", "REPLACE")
+    c.accept("RULE")
+    if_exists = c.accept("IF", "EXISTS")
+    name = c.read_name()
+    if verb != "CREATE":
+        if not c.accept("ON"):
+            raise NotUnderstood(f"{verb} RULE without ON <table>")
+        return [Step(Action.ALTER_TABLE_OTHER, table=require_name(c, "table"), name=name,
+                     if_not_exists=if_exists, text=f"{verb} RULE")]
+    words = c.words(c.pos, c.stop)
+    if "TO" not in words or "DO" not in words:
+        raise NotUnderstood("CREATE RULE without ON <event> TO <table> ... DO")
+    c.pos += words.index("TO") + 1
+    table = require_name(c, "table")
+    do = c.pos + c.words(c.pos, c.stop).index("DO") + 1
+    while do < c.stop and c.tokens[do].word in ("ALSO", "INSTEAD"):
+        do += 1
+    head = Step(Action.ALTER_TABLE_OTHER, table=table, name=name, text="CREATE RULE")
+    if do >= c.stop or c.tokens[do].word == "NOTHING":
+        return [head]
+    if c.tokens[do].kind == "L_PAREN":
+        body = c.text_of(do + 1, c.stop - 1)
+    else:
+        body = c.text_of(do, c.stop)
+    return [dataclasses.replace(head, target_kind="sql-body", definition_sql=body)]
+
+
+def _publication(c: Cursor) -> list[Step]:
+    """``CREATE PUBLICATION p FOR TABLE a, b ...`` / ``ALTER PUBLICATION p ADD | SET |
+    DROP TABLE a ...``: SHARE UPDATE EXCLUSIVE on each table named (not on a schema's
+    tables, nor for ALL TABLES); ``DROP PUBLICATION`` and option changes take none."""
+    words = c.words(0, c.stop)
+    steps = [Step(Action.OTHER, text=" ".join(words[:2]))]
+    i = 0
+    while i < c.stop:
+        if c.tokens[i].word == "TABLE" and (i == 0 or c.tokens[i - 1].word != "ALL"):
+            for start, stop in split_top_level(c.tokens, i + 1, c.stop):
+                item = c.sub(start, stop)
+                if item.at("TABLE"):
+                    item.advance()
+                if item.at("TABLES", "IN", "SCHEMA") or item.at("CURRENT_SCHEMA"):
+                    break
+                only = item.accept("ONLY")
+                table = item.read_name()
+                if table is None:
+                    break
+                steps.append(Step(Action.PUBLISH_TABLE, table=table, only=only))
+            break
+        i += 1
+    return steps
 
 
 def _drop_function(c: Cursor) -> list[Step]:
@@ -544,6 +613,15 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("REVOKE",), _grant),
     (("ALTER", "SEQUENCE"), _alter_sequence),
     (("ALTER", "TYPE"), _alter_type),
+    (("CREATE", "RULE"), _rule),
+    (("CREATE", "OR", "REPLACE", "RULE"), _rule),
+    (("DROP", "RULE"), _rule),
+    (("ALTER", "RULE"), _rule),
+    (("CREATE", "PUBLICATION"), _publication),
+    (("ALTER", "PUBLICATION"), _publication),
+    (("DROP", "PUBLICATION"), _publication),
+    (("DROP", "STATISTICS"), _drop_statistics),
+    (("ALTER", "STATISTICS"), _other),
     (("DROP", "FUNCTION"), _drop_function),
     (("CREATE", "FUNCTION"), _create_function),
     (("CREATE", "OR", "REPLACE", "FUNCTION"), _create_function),
