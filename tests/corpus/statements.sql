@@ -928,3 +928,34 @@ ALTER STATISTICS tasks_stats RENAME TO tasks_statistics;
 -- @@
 -- before: CREATE STATISTICS tasks_stats ON project_id, owner_id FROM tasks
 ALTER STATISTICS tasks_stats SET STATISTICS 500;
+-- @@
+-- ============================================== DO blocks (static SQL)
+-- note: an idempotent migration: the union of what it may run
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'tasks_id_positive') THEN
+        ALTER TABLE tasks ADD CONSTRAINT tasks_id_positive CHECK (id > 0) NOT VALID;
+    END IF;
+END
+$$;
+-- @@
+DO $$
+DECLARE
+    n integer;
+BEGIN
+    SELECT count(*) INTO n FROM tenants;
+    PERFORM 1 FROM projects WHERE id = 1;
+    UPDATE tasks SET title = 'renamed' WHERE id = n;
+    RAISE NOTICE 'tenants: %', n;
+END
+$$;
+-- @@
+DO LANGUAGE plpgsql $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT id FROM labels WHERE id < 3 LOOP
+        DELETE FROM tasks WHERE id = r.id;
+    END LOOP;
+END
+$$;

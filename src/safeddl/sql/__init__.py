@@ -124,6 +124,8 @@ def _read_tokens(c: Cursor) -> list[Step]:
                      text=" ".join(pair))]
     if pair in _NO_TABLE_LOCK or pair[:1] == ("COMMENT",):
         return [Step(Action.OTHER, text=" ".join(pair))]
+    if first == "DO":
+        return _do_block(c)
     if first in ("DO", "CALL", "EXECUTE", "IMPORT"):
         raise NotUnderstood(f"{first} runs code whose statements safeddl cannot see")
     raise NotUnderstood(f"unknown statement {' '.join(w for w in pair if w)}")
@@ -212,6 +214,39 @@ def _catalog_object(c: Cursor) -> bool:
         raise NotUnderstood(f"DROP {kind} ... CASCADE also drops what depends on it "
                             "(columns, indexes, foreign tables): not known here")
     return True
+
+
+def _do_block(c: Cursor) -> list[Step]:
+    """``DO [LANGUAGE plpgsql] $$ ... $$``: the steps of the static SQL it may run."""
+    from safeddl.sql.plpgsql import static_statements
+
+    body = next((tok.text for tok in c.tokens[c.pos:c.stop]
+                 if tok.kind in ("STRING", "HEREDOC_STRING", "RAW_STRING")), None)
+    words = c.words(0, c.stop)
+    if "LANGUAGE" in words and words.index("LANGUAGE") + 1 < len(words) and words[
+            words.index("LANGUAGE") + 1].strip("'\"").upper() != "PLPGSQL":
+        raise NotUnderstood("DO in another language than plpgsql runs code safeddl cannot see")
+    if body is None:
+        raise NotUnderstood("DO without a body")
+    steps: list[Step] = [Step(Action.OTHER, text="DO")]
+    for sql in static_statements(body):
+        syntax = read(sql)
+        if not syntax.understood:
+            raise NotUnderstood(f"a statement of the DO block cannot be read: {syntax.error}")
+        steps.extend(step for step in syntax.steps if step.action is not Action.OTHER
+                     and not (step.action is Action.SELECT and _system_catalog(step.table)))
+    return steps
+
+
+def _system_catalog(written: str | None) -> bool:
+    """``pg_constraint``, ``pg_catalog.pg_class``, ``information_schema.columns``: what an
+    idempotent migration looks up (a lock on them is of no concern here)."""
+    if not written:
+        return False
+    parts = [part.lower() for part, _quoted in split_name(written)]
+    if len(parts) >= 2:
+        return parts[-2] in ("pg_catalog", "information_schema")
+    return parts[-1].startswith("pg_")
 
 
 def _function_body_reads(head: Step) -> list[Step]:
