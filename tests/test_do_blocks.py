@@ -74,3 +74,18 @@ def test_do_block_locks_are_the_union_of_its_statements() -> None:
 def test_dynamic_or_unknown_code_stays_unreadable(sql: str) -> None:
     statement = analyze_statement(sql)
     assert not statement.understood
+
+
+def test_rules_judge_the_statement_a_do_block_runs() -> None:
+    from safeddl.rules import lint_script
+
+    sql = ("SET lock_timeout = '1s';\n"
+           "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = 'o_x') THEN "
+           "CREATE INDEX o_x ON orders (x); END IF; END $$;\n"
+           "DO $$ BEGIN TRUNCATE orders; END $$;\n")
+    first, index, truncate = lint_script(sql)
+    assert "create-index" in {f.rule for f in index.findings}
+    assert "truncate" in {f.rule for f in truncate.findings}
+    # two such statements in one block: not read (refused at runtime, as before)
+    two = analyze_statement("DO $$ BEGIN TRUNCATE a; TRUNCATE b; END $$")
+    assert not two.understood

@@ -101,3 +101,15 @@ def test_policy_warn_still_sends_truncate(db: str) -> None:
         conn.execute("TRUNCATE dashboard")
         assert _locks_of(db, pid).get("dashboard") == "AccessExclusiveLock"
         conn.rollback()
+
+
+def test_do_block_with_an_unsafe_statement_is_refused_not_rewritten(db: str) -> None:
+    """A DO block is read (its static SQL), and what it may run is judged: a TRUNCATE
+    inside one is refused (no exact rewrite of a whole block), never half-rewritten."""
+    with safeddl.psycopg.connect(db, policy=Policy(lock_timeout="2s", small_table_rows=0,
+                                                   actions={"truncate": "rewrite"})) as conn, \
+            pytest.raises(safeddl.UnsafeStatement) as info:
+        conn.execute("DO $$ BEGIN TRUNCATE dashboard; END $$")
+    assert info.value.rule == "truncate"
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM dashboard").fetchone() == (SMALL_ROWS,)

@@ -228,14 +228,34 @@ def _do_block(c: Cursor) -> list[Step]:
         raise NotUnderstood("DO in another language than plpgsql runs code safeddl cannot see")
     if body is None:
         raise NotUnderstood("DO without a body")
-    steps: list[Step] = [Step(Action.OTHER, text="DO")]
+    leading: list[Step] = []
+    steps: list[Step] = []
     for sql in static_statements(body):
         syntax = read(sql)
         if not syntax.understood:
             raise NotUnderstood(f"a statement of the DO block cannot be read: {syntax.error}")
-        steps.extend(step for step in syntax.steps if step.action is not Action.OTHER
-                     and not (step.action is Action.SELECT and _system_catalog(step.table)))
-    return steps
+        own = [step for step in syntax.steps if step.action is not Action.OTHER
+               and not (step.action is Action.SELECT and _system_catalog(step.table))]
+        if own and own[0].action in _WHOLE_STATEMENT_KINDS:
+            if leading:
+                raise NotUnderstood("a DO block that runs several statements of kinds "
+                                    "judged one statement at a time (index builds, drops, "
+                                    "TRUNCATE...): not read")
+            leading = own
+        else:
+            steps.extend(own)
+    # The statement's kind is that of the one such statement, so that its rules apply
+    return [*leading, *steps] if leading else [Step(Action.OTHER, text="DO"), *steps]
+
+
+# Statements whose rules look at the statement as a whole (its kind), not at its steps.
+_WHOLE_STATEMENT_KINDS = frozenset({
+    Action.CREATE_INDEX, Action.DROP_INDEX, Action.DROP_TABLE, Action.DROP_VIEW,
+    Action.DROP_MATERIALIZED_VIEW, Action.TRUNCATE, Action.CLUSTER, Action.REINDEX,
+    Action.REFRESH_MATERIALIZED_VIEW, Action.VACUUM, Action.VACUUM_FULL, Action.ANALYZE,
+    Action.LOCK_TABLE, Action.CREATE_TABLE, Action.CREATE_VIEW,
+    Action.CREATE_MATERIALIZED_VIEW, Action.COPY_FROM, Action.COPY_TO,
+})
 
 
 def _system_catalog(written: str | None) -> bool:
