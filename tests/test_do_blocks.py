@@ -89,3 +89,4 @@ def test_rules_judge_the_statement_a_do_block_runs() -> None:
     # two such statements in one block: not read (refused at runtime, as before)
     two = analyze_statement("DO $$ BEGIN TRUNCATE a; TRUNCATE b; END $$")
     assert not two.understood
+
