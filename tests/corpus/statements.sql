@@ -959,3 +959,13 @@ BEGIN
     END LOOP;
 END
 $$;
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER dummy_fdw
+-- before: CREATE SERVER dummy_server FOREIGN DATA WRAPPER dummy_fdw
+CREATE FOREIGN TABLE remote_notes (id integer, body text) SERVER dummy_server OPTIONS (table_name 'notes');
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER dummy_fdw
+-- before: CREATE SERVER dummy_server FOREIGN DATA WRAPPER dummy_fdw
+-- note: a foreign partition: the parent and its default partition, as for a local one
+CREATE FOREIGN TABLE events_2030 PARTITION OF events
+    FOR VALUES FROM ('2030-01-01') TO ('2031-01-01') SERVER dummy_server;

@@ -276,7 +276,8 @@ class Catalog:
         if head.if_not_exists and key in self.relations:
             return
         kind = {
-            Action.CREATE_TABLE: "partitioned" if head.target_kind == "partitioned" else "table",
+            Action.CREATE_TABLE: {"partitioned": "partitioned", "foreign-table": "foreign table"}.get(
+                head.target_kind or "", "table"),
             Action.CREATE_VIEW: "view",
             Action.CREATE_MATERIALIZED_VIEW: "materialized view",
         }[head.action]

@@ -200,8 +200,9 @@ def _refresh(c: Cursor) -> list[Step]:
 
 def _create_table(c: Cursor) -> list[Step]:
     c.accept("CREATE")
-    while c.accept_any("GLOBAL", "LOCAL", "TEMPORARY", "TEMP", "UNLOGGED"):
-        pass
+    foreign = False
+    while word := c.accept_any("GLOBAL", "LOCAL", "TEMPORARY", "TEMP", "UNLOGGED", "FOREIGN"):
+        foreign = foreign or word == "FOREIGN"
     c.accept("TABLE")
     if_not_exists = c.accept("IF", "NOT", "EXISTS")
     table = require_name(c, "table")
@@ -225,6 +226,7 @@ def _create_table(c: Cursor) -> list[Step]:
     create = Step(Action.CREATE_TABLE, table=table, parent=parent or (parents[0] if parents else None),
                   if_not_exists=if_not_exists, text=c.text_of(0, c.stop),
                   target_kind="default-partition" if default_partition else (
+                      "foreign-table" if foreign else
                       "partitioned" if "PARTITION" in c.words(c.pos, c.stop) else None))
     extra = [Step(Action.INHERIT, table=table, references=p) for p in parents[1:]]
     return [create, *steps, *extra]
@@ -583,6 +585,7 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("REFRESH", "MATERIALIZED", "VIEW"), _refresh),
     (("CREATE", "TABLE"), _create_table),
     (("CREATE", "UNLOGGED", "TABLE"), _create_table),
+    (("CREATE", "FOREIGN", "TABLE"), _create_table),
     (("CREATE", "TEMP"), _create_table),
     (("CREATE", "TEMPORARY"), _create_table),
     (("CREATE", "GLOBAL"), _create_table),
