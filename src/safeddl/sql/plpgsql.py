@@ -107,12 +107,32 @@ def _statements_of(body: str, chunk: list[Token]) -> list[str]:
             return out
         if word == "PERFORM":
             return [*out, "SELECT " + _text(body, chunk[1:])]
-        if len(chunk) > 1 and chunk[1].kind in ("COLON_EQ", "EQ") and chunk[0].is_name:
-            return [*out, *_condition_reads(body, chunk[2:])]  # v := expr
+        target = _assignment_target(chunk)
+        if target is not None:
+            return [*out, *_condition_reads(body, chunk[target + 1:])]  # v[i].f := expr
         if word in _SQL_START:
             return [*out, _without_into(body, chunk)]
         raise NotUnderstood(f"a statement of a DO block safeddl cannot read: {word}")
     return out
+
+
+def _assignment_target(chunk: list[Token]) -> int | None:
+    """The position of ``:=`` / ``=`` in ``v := ...``, ``v[i] := ...``, ``r.f := ...``."""
+    if not chunk or not chunk[0].is_name or chunk[0].word in _SQL_START:
+        return None
+    i, depth = 1, 0
+    while i < len(chunk):
+        kind = chunk[i].kind
+        if kind in _OPEN:
+            depth += 1
+        elif kind in _CLOSE:
+            depth -= 1
+        elif depth == 0 and kind in ("COLON_EQ", "EQ"):
+            return i
+        elif depth == 0 and kind != "DOT" and not chunk[i].is_name:
+            return None
+        i += 1
+    return None
 
 
 def _until(chunk: list[Token], start: int, words: tuple[str, ...]) -> int:
