@@ -49,6 +49,7 @@ ERROR_RULES = {
 WARNING_RULES = {
     "multiple-alter-table", "drop-column", "rename-column", "rename-table", "drop-table",
     "add-column-not-null-without-default", "unparsed-statement", "lock-order", "row-lock-order",
+    "identifier-too-long",
 }
 
 # For each rule's Bad example: the lock its message names, on which table, and a piece
@@ -98,6 +99,8 @@ EXPECTED = {
     "add-column-not-null-without-default": (
         "ACCESS EXCLUSIVE", "orders", "ALTER TABLE orders ADD COLUMN priority integer;"),
     "unparsed-statement": (None, None, "pg_locks"),
+    "identifier-too-long": (None, None, "CREATE INDEX CONCURRENTLY "
+                            "orders_customer_id_created_at_status_reference_where_n_"),
     "lock-order": ("ROW EXCLUSIVE", "customers", "UPDATE customers SET email"),
     "row-lock-order": ("ROW EXCLUSIVE", "orders", "WHERE id = 7;"),
 }
@@ -211,8 +214,9 @@ IDENTIFIER_CASES = [
       '("CustomerId") REFERENCES app."Customers" ("Id") NOT VALID;'),
       'ALTER TABLE app."Orders" VALIDATE CONSTRAINT "Orders_CustomerId_fkey";']),
     ("add-foreign-key", 18,
-     'ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint REFERENCES app."Customers" ("Id");',
-     [('ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint,\n'
+     # (with a default: a new column that is all NULL has nothing to validate)
+     'ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint DEFAULT 1 REFERENCES app."Customers" ("Id");',
+     [('ALTER TABLE app."Orders" ADD COLUMN "Buyer" bigint DEFAULT 1,\n'
       '    ADD CONSTRAINT "Orders_Buyer_fkey" FOREIGN KEY ("Buyer") REFERENCES '
       'app."Customers" ("Id") NOT VALID;'),
       'ALTER TABLE app."Orders" VALIDATE CONSTRAINT "Orders_Buyer_fkey";']),

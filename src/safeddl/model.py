@@ -87,6 +87,10 @@ class Action(str, enum.Enum):
     GRANT = "grant"
     ALTER_SEQUENCE = "alter-sequence"
     ALTER_TYPE_ADD_VALUE = "alter-type-add-value"
+    CREATE_FUNCTION = "create-function"  # its SQL body is parsed: the tables it names
+    DROP_FUNCTION = "drop-function"  # with CASCADE: the triggers that execute it
+    PUBLISH_TABLE = "publish-table"  # CREATE / ALTER PUBLICATION ... TABLE t
+    DROP_STATISTICS = "drop-statistics"  # SHARE UPDATE EXCLUSIVE on the statistics' table
     SET = "set"  # SET / SET LOCAL / RESET
     TRANSACTION_CONTROL = "transaction-control"  # BEGIN, COMMIT, SAVEPOINT, ...
     OTHER = "other"  # understood well enough to know it takes no table lock
@@ -150,6 +154,9 @@ class Step:
     key: tuple[KeyTerm, ...] = ()
     holds: Holds = Holds.BRIEF
     text: str = ""  # the sub-command's own text
+    function: str | None = None  # the function a trigger executes, or DROP FUNCTION drops
+    # the column list of INSERT INTO t (a, b) (case folded); None when not written
+    insert_columns: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)

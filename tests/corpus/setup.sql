@@ -217,3 +217,51 @@ CREATE TABLE child_log () INHERITS (audit_log);
 INSERT INTO child_log (at, actor, action)
 SELECT timestamptz '2024-06-01 00:00+00' + g * interval '1 minute', 'child' || g % 5, 'audit'
 FROM generate_series(1, 500) AS g;
+
+-- two levels of ON DELETE CASCADE (tenants <- projects <- tasks), a foreign-key column
+-- to drop (tasks.owner_id), a nullable column with a unique index (projects.code), a
+-- trigger function used by two tables, and a view over a view
+CREATE TABLE tenants (
+    id integer PRIMARY KEY,
+    name text NOT NULL
+);
+INSERT INTO tenants (id, name) SELECT g, 'Tenant ' || g FROM generate_series(1, 200) AS g;
+CREATE TABLE projects (
+    id integer PRIMARY KEY,
+    tenant_id integer NOT NULL REFERENCES tenants (id) ON DELETE CASCADE,
+    code integer,
+    title text
+);
+INSERT INTO projects (id, tenant_id, code, title)
+SELECT g, 1 + g % 200, g, 'Project ' || g FROM generate_series(1, 1000) AS g;
+CREATE UNIQUE INDEX projects_code_idx ON projects (code);
+CREATE TABLE tasks (
+    id integer PRIMARY KEY,
+    project_id integer NOT NULL REFERENCES projects (id) ON DELETE CASCADE,
+    owner_id integer REFERENCES accounts (id),
+    title text
+);
+INSERT INTO tasks (id, project_id, owner_id, title)
+SELECT g, 1 + g % 1000, 1 + g % 2900, 'Task ' || g FROM generate_series(1, 3000) AS g;
+CREATE FUNCTION bump_title() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN NEW;
+END
+$$;
+CREATE TRIGGER projects_bump BEFORE UPDATE ON projects FOR EACH ROW EXECUTE FUNCTION bump_title();
+CREATE TRIGGER tasks_bump BEFORE UPDATE ON tasks FOR EACH ROW EXECUTE FUNCTION bump_title();
+CREATE VIEW tenant_projects AS
+SELECT t.id AS tenant_id, t.name, p.id AS project_id, p.title
+FROM tenants AS t
+JOIN projects AS p ON p.tenant_id = t.id;
+CREATE VIEW busy_tenant_projects AS
+SELECT tenant_id, name, project_id FROM tenant_projects WHERE tenant_id < 100;
+-- no primary key yet: one unique index on a NOT NULL column, one on a nullable one
+CREATE TABLE labels (
+    id integer NOT NULL,
+    code integer,
+    name text
+);
+INSERT INTO labels (id, code, name) SELECT g, g, 'Label ' || g FROM generate_series(1, 2000) AS g;
+CREATE UNIQUE INDEX labels_id_idx ON labels (id);
+CREATE UNIQUE INDEX labels_code_idx ON labels (code);

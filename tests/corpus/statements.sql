@@ -6,6 +6,9 @@
 --   -- max_version: N      run on PostgreSQL N and earlier only
 --   -- note: text          what the entry is about (for people)
 --   -- stdin: line         a line of data for COPY ... FROM STDIN (repeatable)
+--   -- before: statement  run and committed first, in a throwaway copy of the
+--                         database; the analysis learns it (renames, dropped
+--                         columns...), its own locks are not compared (repeatable)
 --   -- plan_dependent: r1, r2
 --                         relations ("schema.name") whose lock depends on the data
 --                         or the plan (partition pruning, tuple routing): the
@@ -785,3 +788,184 @@ RESET lock_timeout;
 SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED;
 -- @@
 RESET ALL;
+-- @@
+-- ============================== forms found replaying real migration histories
+-- note: the foreign key on the column goes with it: its triggers on accounts too
+ALTER TABLE tasks DROP COLUMN owner_id;
+-- @@
+-- note: CASCADE drops the triggers that execute it, on each of their tables
+DROP FUNCTION bump_title() CASCADE;
+-- @@
+-- note: two levels of ON DELETE CASCADE: every level is written
+DELETE FROM tenants WHERE id = 7;
+-- @@
+-- note: replacing an existing view locks it; its query is parsed, not planned
+CREATE OR REPLACE VIEW busy_tenant_projects AS
+SELECT tenant_id, name, project_id FROM tenant_projects WHERE tenant_id < 50;
+-- @@
+-- note: a view over a view: only the view named is locked, not its tables
+CREATE VIEW tenant_projects_copy AS SELECT * FROM tenant_projects;
+-- @@
+-- note: a LANGUAGE sql body is checked when the function is created
+CREATE FUNCTION task_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM tasks';
+-- @@
+CREATE OR REPLACE FUNCTION add_tenant(tid integer) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO tenants (id, name) VALUES (tid, 'new');
+    UPDATE projects SET title = 'x' WHERE tenant_id = tid;
+$$;
+-- @@
+-- note: the body reads a view: rewritten, so the view's tables are locked too
+CREATE FUNCTION busy_count() RETURNS bigint LANGUAGE sql STABLE
+AS $$ SELECT count(*) FROM busy_tenant_projects $$;
+-- @@
+-- note: plpgsql bodies are not checked for tables at creation
+CREATE FUNCTION noop_count() RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN (SELECT count(*) FROM tasks);
+END
+$$;
+-- @@
+-- note: a primary key sets NOT NULL on the nullable code: a scan under ACCESS EXCLUSIVE
+ALTER TABLE labels ADD PRIMARY KEY USING INDEX labels_code_idx;
+-- @@
+-- note: id is NOT NULL already: brief
+ALTER TABLE labels ADD CONSTRAINT labels_pkey PRIMARY KEY USING INDEX labels_id_idx;
+-- @@
+-- note: the new column is all NULL: no validation scan
+ALTER TABLE tasks ADD COLUMN tenant_id bigint REFERENCES tenants (id);
+-- @@
+-- note: ON ONLY a partitioned table: the parent alone, no partition is built
+CREATE INDEX events_at_only_idx ON ONLY events (created_at);
+-- @@
+-- min_version: 18
+-- note: NOT ENFORCED: no validation scan
+ALTER TABLE tasks ADD CONSTRAINT tasks_project_unenforced
+    FOREIGN KEY (project_id) REFERENCES projects (id) NOT ENFORCED;
+-- @@
+-- note: owner_id is left out and has no default: NULL is not checked against accounts
+INSERT INTO tasks (id, project_id, title) VALUES (100001, 5, 'new task');
+-- @@
+INSERT INTO tasks (id, project_id, owner_id, title) VALUES (100002, 5, 9, 'owned task');
+-- @@
+-- before: ALTER TABLE accounts RENAME TO members
+-- note: the foreign key follows the renamed table
+ALTER TABLE tasks DROP CONSTRAINT tasks_owner_id_fkey;
+-- @@
+-- before: ALTER INDEX projects_code_idx RENAME TO projects_code_key
+-- note: the renamed index is still known to belong to projects
+DROP INDEX projects_code_key;
+-- @@
+-- before: ALTER TABLE tasks DROP COLUMN owner_id
+-- note: no foreign key points from tasks to accounts any more
+DELETE FROM accounts WHERE id = 2999;
+-- @@
+-- before: ALTER TABLE projects DROP COLUMN tenant_id CASCADE
+-- note: the dropped column took its foreign key with it: projects is not touched
+DROP TABLE tenants;
+-- @@
+-- ============================== rules, publications, catalog-only objects
+-- note: a rule locks its table ACCESS EXCLUSIVE; its action is analysed
+CREATE RULE tasks_copy AS ON INSERT TO tasks
+    DO ALSO INSERT INTO tenants (id, name) VALUES (new.id + 100000, 'copied');
+-- @@
+CREATE RULE projects_keep AS ON DELETE TO projects DO INSTEAD NOTHING;
+-- @@
+-- before: CREATE RULE projects_keep AS ON DELETE TO projects DO INSTEAD NOTHING
+DROP RULE projects_keep ON projects;
+-- @@
+-- before: CREATE RULE projects_keep AS ON DELETE TO projects DO INSTEAD NOTHING
+ALTER RULE projects_keep ON projects RENAME TO projects_never_deleted;
+-- @@
+-- note: SHARE UPDATE EXCLUSIVE on each table published
+CREATE PUBLICATION tasks_pub FOR TABLE tasks, ONLY projects;
+-- @@
+-- note: a partitioned table is published as itself: its partitions are not locked
+CREATE PUBLICATION events_pub FOR TABLE events;
+-- @@
+-- before: CREATE TABLE notes_base (id integer PRIMARY KEY)
+-- before: CREATE TABLE notes_child () INHERITS (notes_base)
+-- note: an inheritance parent: its children too
+CREATE PUBLICATION notes_pub FOR TABLE notes_base;
+-- @@
+-- before: CREATE PUBLICATION empty_pub
+ALTER PUBLICATION empty_pub ADD TABLE tenants;
+-- @@
+-- before: CREATE PUBLICATION tenants_pub FOR TABLE tenants
+ALTER PUBLICATION tenants_pub SET (publish = 'insert');
+-- @@
+-- before: CREATE PUBLICATION tenants_pub FOR TABLE tenants
+DROP PUBLICATION tenants_pub;
+-- @@
+-- min_version: 15
+CREATE PUBLICATION app_pub FOR TABLES IN SCHEMA app;
+-- @@
+CREATE COLLATION plain_c (provider = libc, locale = 'C');
+-- @@
+CREATE AGGREGATE int_total (integer) (sfunc = int4pl, stype = integer);
+-- @@
+CREATE TEXT SEARCH CONFIGURATION plain_ts (COPY = simple);
+-- @@
+CREATE OPERATOR === (leftarg = integer, rightarg = integer, function = int4eq);
+-- @@
+CREATE FOREIGN DATA WRAPPER dummy_fdw;
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER dummy_fdw
+CREATE SERVER dummy_server FOREIGN DATA WRAPPER dummy_fdw;
+-- @@
+CREATE ACCESS METHOD heap_copy TYPE TABLE HANDLER heap_tableam_handler;
+-- @@
+-- before: CREATE COLLATION plain_c (provider = libc, locale = 'C')
+ALTER COLLATION plain_c RENAME TO plain_collation;
+-- @@
+-- before: CREATE AGGREGATE int_total (integer) (sfunc = int4pl, stype = integer)
+DROP AGGREGATE int_total (integer);
+-- @@
+-- before: CREATE STATISTICS tasks_stats ON project_id, owner_id FROM tasks
+DROP STATISTICS tasks_stats;
+-- @@
+-- before: CREATE STATISTICS tasks_stats ON project_id, owner_id FROM tasks
+ALTER STATISTICS tasks_stats RENAME TO tasks_statistics;
+-- @@
+-- before: CREATE STATISTICS tasks_stats ON project_id, owner_id FROM tasks
+ALTER STATISTICS tasks_stats SET STATISTICS 500;
+-- @@
+-- ============================================== DO blocks (static SQL)
+-- note: an idempotent migration: the union of what it may run
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = 'tasks_id_positive') THEN
+        ALTER TABLE tasks ADD CONSTRAINT tasks_id_positive CHECK (id > 0) NOT VALID;
+    END IF;
+END
+$$;
+-- @@
+DO $$
+DECLARE
+    n integer;
+BEGIN
+    SELECT count(*) INTO n FROM tenants;
+    PERFORM 1 FROM projects WHERE id = 1;
+    UPDATE tasks SET title = 'renamed' WHERE id = n;
+    RAISE NOTICE 'tenants: %', n;
+END
+$$;
+-- @@
+DO LANGUAGE plpgsql $$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT id FROM labels WHERE id < 3 LOOP
+        DELETE FROM tasks WHERE id = r.id;
+    END LOOP;
+END
+$$;
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER dummy_fdw
+-- before: CREATE SERVER dummy_server FOREIGN DATA WRAPPER dummy_fdw
+CREATE FOREIGN TABLE remote_notes (id integer, body text) SERVER dummy_server OPTIONS (table_name 'notes');
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER dummy_fdw
+-- before: CREATE SERVER dummy_server FOREIGN DATA WRAPPER dummy_fdw
+-- note: a foreign partition: the parent and its default partition, as for a local one
+CREATE FOREIGN TABLE events_2030 PARTITION OF events
+    FOR VALUES FROM ('2030-01-01') TO ('2031-01-01') SERVER dummy_server;

@@ -44,7 +44,8 @@ SESSION_OPTIONS = "-c TimeZone=Europe/Paris"
 # --- the corpus file format -------------------------------------------------------------
 
 SEPARATOR = "-- @@"
-_DIRECTIVE = re.compile(r"--\s*(min_version|max_version|note|stdin|plan_dependent)\s*:\s?(.*)$")
+_DIRECTIVE = re.compile(
+    r"--\s*(min_version|max_version|note|stdin|plan_dependent|before)\s*:\s?(.*)$")
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,9 @@ class Entry:
     # routing): the prediction may name them or not, but where both the prediction
     # and the server have a lock on one, the modes must agree
     plan_dependent: frozenset[str] = frozenset()
+    # statements run and committed before this one (in a copy of the database), whose
+    # effect on the schema the analysis learns: renames, dropped columns...
+    before: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -125,6 +129,7 @@ def load_corpus(text: str) -> list[Entry]:
                 else None,
                 notes=tuple(directives.get("note", ())),
                 stdin=tuple(directives.get("stdin", ())),
+                before=tuple(directives.get("before", ())),
                 plan_dependent=frozenset(
                     name.strip()
                     for value in directives.get("plan_dependent", ())
@@ -178,6 +183,16 @@ class CorpusDatabase:
 
     def observe(self, entry: Entry) -> Observation:
         """The server's answer for ``entry`` (observed once per server)."""
+        if entry.index not in self._cache and entry.before:
+            with disposable_database(self.admin_dsn, self.TEMPLATE) as dsn:
+                dsn = make_conninfo(dsn, options=SESSION_OPTIONS)
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    for statement in entry.before:
+                        conn.execute(statement)
+                    conn.autocommit = False
+                    observation = observe_in_transaction(conn, entry.sql,
+                                                         copy_data=entry.copy_data)
+            self._cache[entry.index] = observation
         if entry.index not in self._cache:
             observation = observe_in_transaction(self.conn, entry.sql, copy_data=entry.copy_data)
             if not observation.transactional:
@@ -242,7 +257,10 @@ def compare(entry: Entry, version: int, observation: Observation) -> list[str]:
     from safeddl.locks import Holds
     from safeddl.sql import qualified_name
 
-    statements = analyze_script(entry.sql, version=version, catalog=_setup_catalog(version))
+    catalog = _setup_catalog(version)
+    for before in entry.before:
+        analyze_script(before, version=version, catalog=catalog)
+    statements = analyze_script(entry.sql, version=version, catalog=catalog)
     if len(statements) != 1:
         return [f"the analysis found {len(statements)} statements, not 1"]
     [stmt] = statements

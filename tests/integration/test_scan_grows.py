@@ -36,6 +36,8 @@ CREATE TABLE {t} (id integer NOT NULL, ref_id integer, val integer, label text);
 INSERT INTO {t} SELECT g, g, g % 1000, 'label ' || g FROM generate_series(1, {rows}) AS g;
 ALTER TABLE {t} ADD CONSTRAINT {t}_val_check CHECK (val >= 0) NOT VALID;
 ALTER TABLE {t} ADD CONSTRAINT {t}_ref_fk FOREIGN KEY (ref_id) REFERENCES scan_ref (id) NOT VALID;
+CREATE UNIQUE INDEX {t}_id_key ON {t} (id);
+CREATE UNIQUE INDEX {t}_label_key ON {t} (label);
 """
 
 
@@ -61,11 +63,17 @@ SCANS = [
     ),
     Case("ALTER TABLE {t} VALIDATE CONSTRAINT {t}_val_check", Holds.SCAN, 2),
     Case("ALTER TABLE {t} VALIDATE CONSTRAINT {t}_ref_fk", Holds.SCAN, 2),
+    # label is nullable: the primary key sets NOT NULL, which reads every row
+    Case("ALTER TABLE {t} ADD PRIMARY KEY USING INDEX {t}_label_key", Holds.SCAN, 2),
 ]
 BRIEF = [
     Case("ALTER TABLE {t} ADD COLUMN extra text", Holds.BRIEF, 7),
     Case("ALTER TABLE {t} ALTER COLUMN val SET DEFAULT 0", Holds.BRIEF, 7),
     Case("ALTER TABLE {t} ADD CONSTRAINT {t}_val_pos CHECK (val > -1) NOT VALID", Holds.BRIEF, 7),
+    # a new foreign-key column is all NULL: nothing to validate
+    Case("ALTER TABLE {t} ADD COLUMN ref2_id bigint REFERENCES scan_ref (id)", Holds.BRIEF, 7),
+    # id is NOT NULL already
+    Case("ALTER TABLE {t} ADD PRIMARY KEY USING INDEX {t}_id_key", Holds.BRIEF, 7),
 ]
 
 
@@ -105,9 +113,10 @@ def scan_db(safeddl_server_each: Any) -> Iterator[ScanDatabase]:
 
 
 def _analysis_holds(sql: str, version: int) -> Holds:
-    from safeddl.analysis import analyze_script
+    from safeddl.analysis import analyze_script, catalog_from_script
 
-    [stmt] = analyze_script(sql, version=version)
+    schema = SETUP.format(big=0) + TABLE.format(t="small", rows=0) + TABLE.format(t="big", rows=0)
+    [stmt] = analyze_script(sql, version=version, catalog=catalog_from_script(schema, version))
     return stmt.holds
 
 

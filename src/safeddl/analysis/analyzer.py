@@ -7,7 +7,14 @@ import dataclasses
 import logging
 
 from safeddl.analysis.catalog import Catalog
-from safeddl.analysis.locktable import NEWEST, OLDEST, Take, effect, effect_in_new_table
+from safeddl.analysis.locktable import (
+    NEWEST,
+    OLDEST,
+    Take,
+    effect,
+    effect_in_new_table,
+    effect_in_view_query,
+)
 from safeddl.caches import MiB, TextCache
 from safeddl.locks import Holds
 from safeddl.model import Action, RelationLock, Statement, Step
@@ -29,7 +36,7 @@ def check_version(version: int) -> int:
 
 # a reading holds about 6 bytes per character of its text, plus 800 (measured)
 READINGS: TextCache[str, Syntax] = TextCache("readings of statement texts", entries=8_192,
-                                        max_bytes=16 * MiB, per_char=6.0, overhead=800)
+                                        max_bytes=16 * MiB, per_char=9.0, overhead=800)
 
 
 def read_cached(text: str) -> Syntax:
@@ -92,7 +99,9 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
                          reason=syntax.error)
     created = None
     if head.action in _CREATES and head.table:
-        existing = catalog.get(head.table) is not None
+        existing = catalog.get(head.table) is not None or (
+            # CREATE OR REPLACE VIEW of a view the catalog does not know: it may exist
+            head.action is Action.CREATE_VIEW and head.cascade and not catalog.complete)
         # CREATE OR REPLACE VIEW of an existing view, CREATE ... IF NOT EXISTS of an
         # existing table: nothing new is created.
         if not existing:
@@ -109,6 +118,9 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
             # A column or constraint of the table being created: only what it
             # references elsewhere is locked.
             result = effect_in_new_table(step)
+        elif head.action is Action.CREATE_VIEW and step is not head:
+            # the view's query is parsed, not planned: the relations it names only
+            result = effect_in_view_query(step)
         else:
             result = effect(step, version, catalog)
         takes.extend(result.takes)

@@ -7,6 +7,7 @@ Relations are keyed by :func:`safeddl.sql.qualified_name` (``public.orders``).
 
 from __future__ import annotations
 
+import bisect
 import copy
 import re
 from collections.abc import Iterable, Iterator
@@ -32,6 +33,11 @@ class Constraint:
         writes the referencing table."""
         return bool(re.search(r"(?i)ON\s+DELETE\s+(CASCADE|SET\s+NULL|SET\s+DEFAULT)",
                               self.definition))
+
+    @property
+    def on_delete_cascades(self) -> bool:
+        """ON DELETE CASCADE: deleting a referenced row deletes the referencing rows."""
+        return bool(re.search(r"(?i)ON\s+DELETE\s+CASCADE", self.definition))
 
 
 @dataclass
@@ -59,6 +65,9 @@ class Relation:
     # A Citus distributed or reference table (from a live connection): its rows live in
     # shards on the workers, and some statements lock the coordinator's table harder.
     distributed: bool = False
+    trigger_functions: dict[str, str] = field(default_factory=dict)  # trigger -> function
+    defaults: set[str] = field(default_factory=set)  # columns with a DEFAULT (or generated)
+    size_bytes: int | None = None  # on disk, from a live connection
 
     @property
     def has_storage(self) -> bool:
@@ -73,6 +82,12 @@ class Catalog:
         self.indexes: dict[str, str] = {}  # qualified index -> qualified table
         self.invalid_indexes: set[str] = set()  # qualified indexes marked INVALID (live)
         self.functions: dict[str, Volatility] = {}
+        # qualified index -> its key columns (folded), when they are plain columns
+        self.index_columns: dict[str, tuple[str, ...]] = {}
+        # qualified extended statistics -> the qualified table they are on
+        self.statistics: dict[str, str] = {}
+        # the session's TimeZone when known (SET TimeZone, a live connection)
+        self.timezone: str | None = None
         self.search_path: tuple[str, ...] = ("public",)
         # True when every relation of the database is known (a live connection, or a
         # script that built the whole schema): what is not here does not exist.
@@ -220,6 +235,19 @@ class Catalog:
             for c in relation.constraints.values()
         )
 
+    def has_default(self, table: str, column: str) -> bool | None:
+        """Whether the column has a DEFAULT; None when the column is not known."""
+        relation = self.get(table)
+        if relation is None or column not in relation.columns:
+            return None
+        return column in relation.defaults
+
+    def trigger_tables(self, function: str) -> list[str]:
+        """Tables with a trigger that executes this function."""
+        name = local_name(function)
+        return [key for key, relation in sorted(self.relations.items())
+                if name in relation.trigger_functions.values()]
+
     def column_type(self, table: str, column: str | None) -> str | None:
         relation = self.get(table)
         if relation is None or column is None:
@@ -238,8 +266,11 @@ class Catalog:
             self._create(head, steps[1:])
             return
         for step in steps:
-            if step.action in _RESHAPES or step.references:
+            if step.action in _RESHAPES or (step.references and step.action not in (
+                    Action.ADD_CONSTRAINT, Action.ADD_COLUMN)):
                 self._generation += 1  # parents or foreign keys change
+            # (a new foreign key is added to the derived indexes in place: a long
+            # history stays linear)
             self._learn_step(step)
 
     def _create(self, head: Step, rest: list[Step]) -> None:
@@ -248,11 +279,15 @@ class Catalog:
         if head.if_not_exists and key in self.relations:
             return
         kind = {
-            Action.CREATE_TABLE: "partitioned" if head.target_kind == "partitioned" else "table",
+            Action.CREATE_TABLE: {"partitioned": "partitioned", "foreign-table": "foreign table"}.get(
+                head.target_kind or "", "table"),
             Action.CREATE_VIEW: "view",
             Action.CREATE_MATERIALIZED_VIEW: "materialized view",
         }[head.action]
-        relation = Relation(key, kind=kind, new=True)
+        previous = self.relations.get(key)  # CREATE OR REPLACE VIEW of a known view
+        # OR REPLACE of a view the catalog does not know may replace an existing one
+        new = previous.new if previous is not None else not (head.cascade and not self.complete)
+        relation = Relation(key, kind=kind, new=new)
         if head.parent:
             relation.parent = self.key(head.parent)
             relation.default_partition = head.target_kind == "default-partition"
@@ -260,6 +295,7 @@ class Catalog:
             if parent is not None:
                 relation.columns.update(parent.columns)
                 relation.not_null |= parent.not_null
+                relation.defaults |= parent.defaults
         self.relations[key] = relation
         for step in rest:
             if step.action is Action.SELECT and step.table and kind != "table":
@@ -270,9 +306,12 @@ class Catalog:
                     relation.columns.update(like.columns)
             elif step.action in (Action.ADD_COLUMN, Action.ADD_CONSTRAINT):
                 self._learn_step(step)
-        if relation.parent or any(step.references for step in rest):
-            self._generation += 1  # parents or foreign keys changed (after the steps,
-            # which may have rebuilt the derived indexes before the constraints were in)
+        if relation.parent:
+            current = self._current_derived()
+            if current is None or previous is not None:
+                self._generation += 1
+            else:
+                bisect.insort(current.children.setdefault(relation.parent, []), key)
 
     def _learn_step(self, step: Step) -> None:
         action = step.action
@@ -286,6 +325,8 @@ class Catalog:
             table.columns[col] = step.type_sql or ""
             if step.not_null:
                 table.not_null.add(col)
+            if _has_default(step):
+                table.defaults.add(col)
             for child in self.children(table.key):
                 self.relations[child].columns[col] = step.type_sql or ""
             if step.constraint_type is not None:
@@ -299,7 +340,11 @@ class Catalog:
         elif action is Action.DROP_NOT_NULL and table is not None and step.column:
             table.not_null.discard(local_name(step.column))
         elif action is Action.DROP_COLUMN and table is not None and step.column:
-            table.columns.pop(local_name(step.column), None)
+            self._drop_column(table, local_name(step.column))
+        elif action is Action.SET_DEFAULT and table is not None and step.column:
+            table.defaults.add(local_name(step.column))
+        elif action is Action.DROP_DEFAULT and table is not None and step.column:
+            table.defaults.discard(local_name(step.column))
         elif action is Action.VALIDATE_CONSTRAINT and table is not None and step.name:
             con = table.constraints.get(local_name(step.name))
             if con is not None:
@@ -309,14 +354,32 @@ class Catalog:
         elif action is Action.CREATE_INDEX and step.table:
             if step.name:
                 schema = self.key(step.table).split(".")[0]
-                self.indexes[f"{schema}.{local_name(step.name)}"] = self.key(step.table)
+                index = f"{schema}.{local_name(step.name)}"
+                self.indexes[index] = self.key(step.table)
+                if step.columns:
+                    self.index_columns[index] = step.columns
         elif action is Action.DROP_INDEX and step.name:
             self.indexes.pop(self.key(step.name), None)
+            self.index_columns.pop(self.key(step.name), None)
+        elif action is Action.CREATE_STATISTICS and step.table and step.name:
+            schema = self.key(step.table).split(".")[0]
+            self.statistics[f"{schema}.{local_name(step.name)}"] = self.key(step.table)
+        elif action is Action.DROP_STATISTICS and step.name:
+            self.statistics.pop(self.key(step.name), None)
+        elif action is Action.ALTER_INDEX and step.name:
+            self._rename_index(step)
         elif action in (Action.DROP_TABLE, Action.DROP_VIEW, Action.DROP_MATERIALIZED_VIEW):
             if table is not None:
                 for child in self.children(table.key):
-                    self.relations.pop(child, None)
-                self.relations.pop(table.key, None)
+                    self._forget(child)
+                self._forget(table.key)
+        elif action is Action.DROP_FUNCTION and step.function and step.cascade:
+            name = local_name(step.function)
+            for relation in self.relations.values():
+                for trigger, function in list(relation.trigger_functions.items()):
+                    if function == name:
+                        relation.triggers.discard(trigger)
+                        del relation.trigger_functions[trigger]
         elif action is Action.ATTACH_PARTITION and table is not None and step.name:
             part = self.get(step.name)
             if part is not None:
@@ -329,10 +392,7 @@ class Catalog:
                 part.default_partition = False
         elif action is Action.RENAME_TABLE and table is not None and step.name:
             schema = table.key.split(".")[0]
-            new_key = f"{schema}.{local_name(step.name)}"
-            self.relations.pop(table.key)
-            table.key = new_key
-            self.relations[new_key] = table
+            self._rename(table, f"{schema}.{local_name(step.name)}")
         elif action is Action.RENAME_COLUMN and table is not None and step.column and step.name:
             old, new = local_name(step.column), local_name(step.name)
             if old in table.columns:
@@ -341,12 +401,88 @@ class Catalog:
             self._learn_set(step.text)
         elif action is Action.CREATE_TRIGGER and table is not None and step.name:
             table.triggers.add(local_name(step.name))
+            if step.function:
+                table.trigger_functions[local_name(step.name)] = local_name(step.function)
         elif action is Action.DROP_TRIGGER and table is not None and step.name:
             table.triggers.discard(local_name(step.name))
+            table.trigger_functions.pop(local_name(step.name), None)
         elif action is Action.SET_TABLESPACE and table is not None and step.name:
             table.tablespace = local_name(step.name)
         elif action is Action.SET_ACCESS_METHOD and table is not None and step.name:
             table.access_method = local_name(step.name)
+
+    def _rename(self, table: Relation, new_key: str) -> None:
+        """A table renamed: what points at it (foreign keys, partitions, views, indexes)
+        follows it."""
+        old_key = table.key
+        self.relations.pop(old_key)
+        table.key = new_key
+        self.relations[new_key] = table
+        for relation in self.relations.values():
+            if relation.parent == old_key:
+                relation.parent = new_key
+            if old_key in relation.reads:
+                relation.reads = (relation.reads - {old_key}) | {new_key}
+            for con in relation.constraints.values():
+                if con.references == old_key:
+                    con.references = new_key
+        for index, owner in self.indexes.items():
+            if owner == old_key:
+                self.indexes[index] = new_key
+        self._generation += 1
+
+    def _rename_index(self, step: Step) -> None:
+        assert step.name is not None
+        match = re.match(r"(?is)^\s*RENAME\s+TO\s+(\S+)\s*$", step.text)
+        old = self.key(step.name)
+        if match is None or old not in self.indexes:
+            return
+        new = f"{old.split('.')[0]}.{local_name(match.group(1))}"
+        self.indexes[new] = self.indexes.pop(old)
+        if old in self.index_columns:
+            self.index_columns[new] = self.index_columns.pop(old)
+        owner = self.relations.get(self.indexes[new])
+        old_name, new_name = old.split(".", 1)[1], new.split(".", 1)[1]
+        if owner is not None and old_name in owner.constraints:  # the index of a key
+            con = owner.constraints.pop(old_name)
+            con.name = new_name
+            owner.constraints[new_name] = con
+
+    def _drop_column(self, table: Relation, column: str) -> None:
+        """The column goes, and with it its constraints and the indexes on it."""
+        table.columns.pop(column, None)
+        table.not_null.discard(column)
+        table.defaults.discard(column)
+        for name, con in list(table.constraints.items()):
+            if con.column == column:
+                del table.constraints[name]
+                if con.references:
+                    self._generation += 1  # a foreign key went
+        for index, owner in list(self.indexes.items()):
+            if owner == table.key and column in self.index_columns.get(index, ()):
+                del self.indexes[index]
+                self.index_columns.pop(index, None)
+
+    def _forget(self, key: str) -> None:
+        """A relation dropped: the foreign keys that pointed at it are gone too (they
+        had to be dropped with CASCADE), and so are its indexes."""
+        self.relations.pop(key, None)
+        for relation in self.relations.values():
+            for name, con in list(relation.constraints.items()):
+                if con.references == key:
+                    del relation.constraints[name]
+            relation.reads.discard(key)
+        for index, owner in list(self.indexes.items()):
+            if owner == key:
+                del self.indexes[index]
+                self.index_columns.pop(index, None)
+        self._generation += 1
+
+    def _current_derived(self) -> _Derived | None:
+        """The derived indexes when they are up to date (to be updated in place)."""
+        if self._derived is not None and self._derived[0] == self._generation:
+            return self._derived[1]
+        return None
 
     def _add_constraint(self, table: Relation, step: Step, inline: bool) -> None:
         kind = step.constraint_type
@@ -356,11 +492,21 @@ class Catalog:
         name = local_name(step.name) if step.name else _default_name(table.key, column, kind)
         definition = _strip_prefix(step.definition_sql or "")
         references = self.key(step.references) if step.references else None
-        table.constraints[name] = Constraint(
+        replaced = table.constraints.get(name)
+        con = table.constraints[name] = Constraint(
             name, kind, valid=not step.not_valid, references=references,
             definition=definition, column=column,
             ref_columns=self._referenced_columns(definition, references),
         )
+        if kind is ConstraintType.FOREIGN_KEY and references:
+            current = self._current_derived()
+            if current is None or (replaced is not None and replaced.references):
+                self._generation += 1
+            else:
+                bisect.insort(current.referencing.setdefault(references, []),
+                              (table.key, con), key=lambda item: item[0])
+        elif replaced is not None and replaced.references:
+            self._generation += 1
         if kind is ConstraintType.PRIMARY_KEY and column:
             table.not_null.add(column)
 
@@ -378,6 +524,12 @@ class Catalog:
                      if c.type is ConstraintType.PRIMARY_KEY and c.column)
 
     def _learn_set(self, text: str) -> None:
+        zone = re.match(r"(?is)^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?(?:TIME\s+ZONE\s+|"
+                        r"TimeZone\s*(?:=|TO)\s*)(.+?)\s*$", text)
+        if zone:
+            value = zone.group(1).strip().strip("'\"")
+            self.timezone = None if value.upper() in ("DEFAULT", "LOCAL") else value
+            return
         match = re.match(r"(?is)^\s*SET\s+(?:SESSION\s+|LOCAL\s+)?search_path\s*(?:=|TO)\s*(.+)$", text)
         if match:
             parts = [p.strip().strip("'\"") for p in match.group(1).split(",")]
@@ -399,6 +551,13 @@ _ALTERS = frozenset({
     Action.ALTER_COLUMN_TYPE, Action.SET_NOT_NULL, Action.DROP_NOT_NULL,
     Action.CREATE_TRIGGER,
 })
+
+
+def _has_default(step: Step) -> bool:
+    """ADD COLUMN with a non-NULL DEFAULT, identity, serial or a generated value."""
+    if step.generated is not None:
+        return True
+    return step.default_sql is not None and step.volatility is not Volatility.NONE
 
 
 def _default_name(table_key: str, column: str | None, kind: ConstraintType) -> str:

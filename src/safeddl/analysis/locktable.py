@@ -10,7 +10,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from safeddl.analysis.catalog import Catalog
+from safeddl.analysis.catalog import Catalog, Constraint
 from safeddl.locks import Holds, LockMode
 from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql import local_name
@@ -106,6 +106,8 @@ def _max_holds(*holds: Holds) -> Holds:
 def _read(step: Step, version: int, catalog: Catalog) -> Effect:
     if step.table is None:
         return Effect((), Holds.BRIEF)
+    if step.target_kind == "function-body":
+        return _function_body(step, catalog)
     mode = RS if step.action is Action.SELECT_FOR_UPDATE else AS
     takes = [Take(step.table, mode)]
     takes.extend(Take(rel, mode) for rel in catalog.view_reads(step.table))
@@ -117,6 +119,8 @@ def _read(step: Step, version: int, catalog: Catalog) -> Effect:
 def _write(step: Step, version: int, catalog: Catalog) -> Effect:
     if step.table is None:
         return Effect((), Holds.BRIEF)
+    if step.target_kind == "function-body":
+        return _function_body(step, catalog)
     takes = [Take(step.table, RE)]
     takes.extend(Take(rel, RE) for rel in catalog.view_reads(step.table))
     if step.action not in (Action.INSERT, Action.COPY_FROM) and not step.only:
@@ -139,13 +143,45 @@ def _foreign_key_checks(step: Step, catalog: Catalog) -> list[Take]:
     deletes = action is Action.DELETE or "delete" in merge
     takes = []
     for fk in catalog.foreign_keys(step.table):
-        if fk.references and (inserts or (fk.column is not None and fk.column in sets)
+        if fk.references and ((inserts and _inserts_key(step, fk, catalog))
+                              or (fk.column is not None and fk.column in sets)
                               or (fk.column is None and bool(sets))):
             takes.append(Take(fk.references, RS))
     for table, fk in catalog.referencing(step.table):
         rekeys = bool(sets & set(fk.ref_columns)) if fk.ref_columns else bool(sets)
         if deletes or rekeys:
             takes.append(Take(table, RE if deletes and fk.on_delete_writes else RS))
+    if deletes:
+        takes.extend(_cascaded_deletes(step.table, catalog))
+    return takes
+
+
+def _inserts_key(step: Step, fk: Constraint, catalog: Catalog) -> bool:
+    """Whether an INSERT gives the foreign key's column a value: an INSERT that lists
+    its columns and leaves out a column without a default leaves it NULL, and a NULL
+    key is not checked."""
+    if step.insert_columns is None or fk.column is None or fk.column in step.insert_columns:
+        return True
+    assert step.table is not None
+    return catalog.has_default(step.table, fk.column) is not False
+
+
+def _cascaded_deletes(table: str, catalog: Catalog) -> list[Take]:
+    """ON DELETE CASCADE deletes rows of the referencing table, which fires that
+    table's own foreign keys in turn, level after level: each level is written."""
+    takes: list[Take] = []
+    seen = {catalog.key(table)}
+    todo = [child for child, fk in catalog.referencing(table)
+            if fk.on_delete_cascades and child not in seen]
+    while todo:
+        child = todo.pop(0)
+        if child in seen:
+            continue
+        seen.add(child)
+        for grandchild, fk in catalog.referencing(child):
+            takes.append(Take(grandchild, RE if fk.on_delete_writes else RS))
+            if fk.on_delete_cascades and grandchild not in seen:
+                todo.append(grandchild)
     return takes
 
 
@@ -181,6 +217,10 @@ def _lock_table(step: Step, version: int, catalog: Catalog) -> Effect:
 def _create_index(step: Step, version: int, catalog: Catalog) -> Effect:
     if step.concurrently:
         return _on(step, SUE, Holds.SCAN, catalog, transactional=False)
+    if step.only and step.table and catalog.is_partitioned(step.table):
+        # ON ONLY a partitioned table: an invalid index on the parent, no partition
+        # is built (the first step of indexing a partitioned table safely)
+        return _on(step, S, Holds.BRIEF, catalog, recurse=False)
     return _on(step, S, Holds.SCAN, catalog)
 
 
@@ -277,9 +317,73 @@ def _create_table(step: Step, version: int, catalog: Catalog) -> Effect:
 
 def _create_view(step: Step, version: int, catalog: Catalog) -> Effect:
     assert step.table is not None
-    if step.cascade and catalog.get(step.table) is not None:  # OR REPLACE of an existing view
+    # OR REPLACE of an existing view (or of one the catalog cannot rule out)
+    if step.cascade and step.action is Action.CREATE_VIEW and (
+            catalog.get(step.table) is not None or not catalog.complete):
         return Effect((Take(step.table, AE),), Holds.BRIEF)
     return Effect((), Holds.BRIEF)
+
+
+def effect_in_view_query(step: Step) -> Effect:
+    """A relation named in the query of CREATE VIEW: parse analysis opens it with
+    ACCESS SHARE; the query is not planned, so a view's own tables and a table's
+    partitions are not locked."""
+    if step.table is None:
+        return Effect((), Holds.BRIEF)
+    return Effect((Take(step.table, AS),), Holds.BRIEF)
+
+
+def _create_function(step: Step, version: int, catalog: Catalog) -> Effect:
+    notes = ("the body of this LANGUAGE sql function cannot be read: the tables it names "
+             "(locked ACCESS SHARE while the body is checked) are not known",
+             ) if step.target_kind == "body-unread" else ()
+    return Effect((), Holds.BRIEF, True, notes)
+
+
+def _function_body(step: Step, catalog: Catalog) -> Effect:
+    """A statement of a SQL function body, analysed (and rewritten) when the function
+    is created: reads take ACCESS SHARE, targets ROW EXCLUSIVE (FOR UPDATE: ROW SHARE),
+    views are expanded; nothing is planned or run (no partitions, no foreign keys)."""
+    assert step.table is not None
+    if step.action is Action.SELECT:
+        mode = AS
+    elif step.action is Action.SELECT_FOR_UPDATE:
+        mode = RS
+    else:
+        mode = RE
+    views = tuple(Take(rel, AS) for rel in catalog.view_reads(step.table))
+    return Effect((Take(step.table, mode), *views), Holds.BRIEF)
+
+
+def _drop_statistics(step: Step, version: int, catalog: Catalog) -> Effect:
+    """SHARE UPDATE EXCLUSIVE on the table of the statistics object; when the catalog
+    does not know it, the lock is reported against the statistics object itself."""
+    assert step.name is not None
+    table = catalog.statistics.get(catalog.key(step.name))
+    if table is not None:
+        return Effect((Take(table, SUE),), Holds.BRIEF)
+    if step.if_not_exists and catalog.complete:
+        return Effect((), Holds.BRIEF)
+    return Effect((Take(step.name, SUE, Holds.BRIEF, "statistics"),), Holds.BRIEF, True,
+                  (f"the table of statistics {step.name} is not known from the text alone; "
+                   "its lock is reported against the statistics object",))
+
+
+def _publish_table(step: Step, version: int, catalog: Catalog) -> Effect:
+    """A table added to a publication: SHARE UPDATE EXCLUSIVE on it, and on its
+    inheritance children unless ONLY; a partitioned table is published as itself."""
+    assert step.table is not None
+    return _on(step, SUE, Holds.BRIEF, catalog,
+               recurse=not catalog.is_partitioned(step.table))
+
+
+def _drop_function(step: Step, version: int, catalog: Catalog) -> Effect:
+    """DROP FUNCTION ... CASCADE drops the triggers that execute it: ACCESS EXCLUSIVE
+    on each of their tables (without CASCADE the drop fails if there are any)."""
+    if not step.cascade or step.function is None:
+        return Effect((), Holds.BRIEF)
+    return Effect(tuple(Take(table, AE) for table in catalog.trigger_tables(step.function)),
+                  Holds.BRIEF)
 
 
 def effect_in_new_table(step: Step) -> Effect:
@@ -324,8 +428,11 @@ def _add_column(step: Step, version: int, catalog: Catalog) -> Effect:
     elif step.constraint_type is ConstraintType.CHECK:
         holds = _max_holds(holds, Holds.SCAN)
     if step.references:
-        holds = _max_holds(holds, Holds.SCAN)
-        extra = (Take(step.references, SRE, Holds.SCAN),)
+        # A new column is all NULL unless it gets a default: nothing to validate then
+        empty = step.default_sql is None and step.generated is None
+        fk_holds = Holds.BRIEF if empty or step.not_valid else Holds.SCAN
+        holds = _max_holds(holds, fk_holds)
+        extra = (Take(step.references, SRE, fk_holds),)
     notes: tuple[str, ...] = ()
     if step.volatility is Volatility.UNKNOWN:
         notes = (f"the volatility of DEFAULT {step.default_sql} is not known; "
@@ -357,12 +464,26 @@ def _parse_type(type_sql: str) -> tuple[str, tuple[int, ...], bool]:
     return base.split(".")[-1], mods, array
 
 
-def _type_change_rewrites(old: str, new: str) -> bool:
-    """Would ``ALTER COLUMN TYPE`` from ``old`` to ``new`` rewrite the table?"""
+# Time zones at a fixed offset of zero: timestamp <-> timestamptz needs no rewrite in
+# them (PostgreSQL 12+).
+_UTC_ZONES = frozenset(z.lower() for z in (
+    "UTC", "Etc/UTC", "UCT", "Etc/UCT", "GMT", "Etc/GMT", "GMT0", "Etc/GMT0", "GMT+0",
+    "GMT-0", "Etc/GMT+0", "Etc/GMT-0", "Greenwich", "Etc/Greenwich", "Universal",
+    "Etc/Universal", "Zulu", "Etc/Zulu"))
+
+
+def _type_change_rewrites(old: str, new: str, version: int = NEWEST,
+                          timezone: str | None = None) -> bool:
+    """Would ``ALTER COLUMN TYPE`` from ``old`` to ``new`` rewrite the table? (With
+    the session's TimeZone when known: None is taken as a zone other than UTC.)"""
     old_base, old_mods, old_array = _parse_type(old)
     new_base, new_mods, new_array = _parse_type(new)
     if old_array != new_array:
         return True
+    if {old_base, new_base} == {"timestamp", "timestamptz"} and version >= 12 \
+            and timezone is not None and timezone.lower() in _UTC_ZONES:
+        return old_mods != new_mods and bool(new_mods) and (
+            not old_mods or new_mods[0] < old_mods[0])
     if old_base == new_base:
         if not new_mods:
             return False  # dropping a length / precision limit
@@ -390,7 +511,13 @@ def _alter_column_type(step: Step, version: int, catalog: Catalog) -> Effect:
         holds = Holds.REWRITE
         notes = (f"the current type of {step.column} is not known; a rewrite is assumed",)
     else:
-        holds = Holds.REWRITE if _type_change_rewrites(old, step.type_sql or "") else Holds.BRIEF
+        rewrites = _type_change_rewrites(old, step.type_sql or "", version, catalog.timezone)
+        holds = Holds.REWRITE if rewrites else Holds.BRIEF
+        if {_parse_type(old)[0], _parse_type(step.type_sql or "")[0]} == {
+                "timestamp", "timestamptz"} and version >= 12:
+            zone = catalog.timezone or "not known"
+            notes = (f"timestamp <-> timestamptz rewrites the table unless the session's "
+                     f"TimeZone is UTC (here: {zone})",)
     # Foreign keys on the column are dropped and re-created with the new type.
     column = catalog.key(step.column).split(".")[1] if step.column else None
     extra = tuple(
@@ -434,8 +561,12 @@ def _add_constraint(step: Step, version: int, catalog: Catalog) -> Effect:
             # A primary key makes its columns NOT NULL: a scan unless already proven.
             # (The index's columns are not in the catalog: only a one-column key
             # named in the statement can be proven.)
-            needs_scan = kind is ConstraintType.PRIMARY_KEY and not catalog.proves_not_null(
-                step.table, step.column)
+            index = catalog.key(step.using_index)
+            columns = catalog.index_columns.get(index) if catalog.index_table(
+                step.using_index) == catalog.key(step.table) else None
+            needs_scan = kind is ConstraintType.PRIMARY_KEY and not (
+                all(catalog.proves_not_null(step.table, col) for col in columns)
+                if columns else catalog.proves_not_null(step.table, step.column))
             return _on(step, AE, Holds.SCAN if needs_scan else Holds.BRIEF, catalog)
         return _on(step, AE, Holds.SCAN, catalog)
     if kind is ConstraintType.NOT_NULL:
@@ -620,7 +751,17 @@ def _drop_trigger(step: Step, version: int, catalog: Catalog) -> Effect:
 def _drop_column(step: Step, version: int, catalog: Catalog) -> Effect:
     assert step.table is not None
     views = tuple(Take(v, AE) for v in catalog.dependent_views(step.table)) if step.cascade else ()
-    return _on(step, AE, Holds.BRIEF, catalog, extra=views)
+    # A foreign key on the column is dropped with it: its triggers on the referenced
+    # table go, under ACCESS EXCLUSIVE there; with CASCADE so do the foreign keys
+    # that reference the column.
+    column = local_name(step.column) if step.column else None
+    keys = tuple(Take(fk.references, AE) for fk in catalog.foreign_keys(step.table)
+                 if fk.references and fk.column == column
+                 and catalog.key(fk.references) != catalog.key(step.table))
+    if step.cascade:
+        keys += tuple(Take(table, AE) for table, fk in catalog.referencing(step.table)
+                      if column in fk.ref_columns and table != catalog.key(step.table))
+    return _on(step, AE, Holds.BRIEF, catalog, extra=views + keys)
 
 
 def _move(step: Step, version: int, catalog: Catalog) -> Effect:
@@ -704,4 +845,8 @@ _RULES: dict[Action, RuleFn] = {
     Action.GRANT: _grant,
     Action.ALTER_TYPE_ADD_VALUE: _alter_type_add_value,
     Action.OTHER: _other,
+    Action.CREATE_FUNCTION: _create_function,
+    Action.DROP_FUNCTION: _drop_function,
+    Action.PUBLISH_TABLE: _publish_table,
+    Action.DROP_STATISTICS: _drop_statistics,
 }

@@ -75,6 +75,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from safeddl.analysis import Catalog
 from safeddl.cli.report import FileResults, statement_object
 from safeddl.rules import Finding, Result, lint_script
 from safeddl.rules.engine import ignores_in
@@ -274,17 +275,30 @@ def _child_main(argv: Sequence[str]) -> int:
 
 
 def lint_alembic(path: str | os.PathLike[str], *, version: int = 18,
-                 relative_to: str | os.PathLike[str] | None = None) -> list[RevisionResults]:
+                 relative_to: str | os.PathLike[str] | None = None,
+                 catalog: Catalog | None = None) -> list[RevisionResults]:
     """Render and lint every revision of the Alembic project at ``path`` (the directory
     of ``alembic.ini`` or the file), oldest first. File names are shown relative to
-    ``relative_to`` (the working directory) when they are below it."""
+    ``relative_to`` (the working directory) when they are below it.
+
+    Each revision is linted against the schema left by the revisions before it (on
+    top of ``catalog``, the schema before the first one, when given): a table an
+    earlier revision created is an existing table, not one "created in this script"."""
+    from safeddl.cli.schema import learn_existing
+
     base = Path(relative_to) if relative_to is not None else Path.cwd()
-    return [lint_revision(revision, version=version, relative_to=base)
-            for revision in render_revisions(path)]
+    schema = catalog.copy() if catalog is not None else Catalog()
+    out = []
+    for revision in render_revisions(path):
+        out.append(lint_revision(revision, version=version, relative_to=base, catalog=schema))
+        script, _starts = _script_of(revision, _source_lines(revision.path))
+        schema = learn_existing(schema, script, version)
+    return out
 
 
 def lint_revision(revision: RenderedRevision, *, version: int = 18,
-                  relative_to: str | os.PathLike[str] | None = None) -> RevisionResults:
+                  relative_to: str | os.PathLike[str] | None = None,
+                  catalog: Catalog | None = None) -> RevisionResults:
     """Lint one rendered revision. Only the statements of the revision's own code are
     reported, at the line of the ``op.*`` call that emitted them; Alembic's own
     statements (``BEGIN;``, ``COMMIT;``, the version table) count for the context."""
@@ -295,7 +309,9 @@ def lint_revision(revision: RenderedRevision, *, version: int = 18,
     def to_source(script_line: int) -> int | None:
         return revision.chunks[bisect_right(starts, script_line) - 1].line
 
-    for result in lint_script(script, version=version):
+    from safeddl.cli.schema import with_sizes
+
+    for result in with_sizes(lint_script(script, version=version, catalog=catalog), catalog):
         line = to_source(result.statement.line)
         if line is None or _is_transaction_control(result):
             continue

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from safeddl.analysis import NEWEST, OLDEST, check_version
+from safeddl.analysis import NEWEST, OLDEST, Catalog, check_version
 from safeddl.cli.report import (
     FileResults,
     analyze_json,
@@ -71,12 +71,46 @@ def files_argument(command: Callable[..., None]) -> Callable[..., None]:
 
 
 def lint_files(paths: Sequence[str], version: int, *,
-               assume_in_transaction: bool = False) -> list[FileResults]:
+               assume_in_transaction: bool = False,
+               catalog: Catalog | None = None) -> list[FileResults]:
+    """Each file on its own, against the schema ``catalog`` describes (if any)."""
+    from safeddl.cli.schema import with_sizes
+
     return [
-        FileResults(display_name(path), tuple(lint_script(
-            read_source(path), version=version, assume_in_transaction=assume_in_transaction)))
+        FileResults(display_name(path), tuple(with_sizes(lint_script(
+            read_source(path), version=version, assume_in_transaction=assume_in_transaction,
+            catalog=catalog), catalog)))
         for path in paths
     ]
+
+
+def schema_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--schema FILE``, ``--dsn URL``, ``--timezone ZONE``: the schema to lint against."""
+    command = click.option(
+        "--timezone", metavar="ZONE", default=None,
+        help="The TimeZone of the session that runs the migrations (timestamp <-> "
+             "timestamptz rewrites unless it is UTC); with --dsn, the database's.")(command)
+    command = click.option(
+        "--dsn", "schema_dsn", metavar="URL", default=None,
+        help="Read the live catalog of this database (e.g. a staging copy): types, "
+             "constraints, indexes, partitions, sizes, TimeZone. Only reads pg_catalog.",
+    )(command)
+    return click.option(
+        "--schema", "schema_file", metavar="FILE", default=None,
+        type=click.Path(exists=True, dir_okay=False, allow_dash=True),
+        help="The current schema: a `pg_dump --schema-only` file or any SQL creating it. "
+             "Its statements are learnt, not reported.")(command)
+
+
+def load_schema(schema_file: str | None, schema_dsn: str | None, version: int,
+                timezone: str | None) -> Catalog | None:
+    from safeddl.cli.schema import SchemaError, schema_catalog
+
+    text = read_source(schema_file) if schema_file else None
+    try:
+        return schema_catalog(text, schema_dsn, version, timezone)
+    except SchemaError as exc:
+        raise click.BadParameter(str(exc), param_hint="--dsn") from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -89,13 +123,16 @@ def main() -> None:
 @click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
               show_default=True, help="table for people, json for tools (stable contract).")
 @pg_version_option
+@schema_options
 @files_argument
-def analyze(output: str, pg_version: int, files: tuple[str, ...]) -> None:
+def analyze(output: str, pg_version: int, schema_file: str | None, schema_dsn: str | None,
+            timezone: str | None, files: tuple[str, ...]) -> None:
     """Show the locks each statement takes, and what the rules find.
 
     FILE is a SQL script; `-` reads standard input.
     """
-    results = lint_files(files, pg_version)
+    catalog = load_schema(schema_file, schema_dsn, pg_version, timezone)
+    results = lint_files(files, pg_version, catalog=catalog)
     if output == "json":
         click.echo(analyze_json(results))
         return
@@ -122,10 +159,12 @@ def print_table(results: list[FileResults]) -> None:
               help="Lint every revision of this Alembic project (the directory holding "
                    "alembic.ini, or the ini file), rendered offline as `alembic upgrade "
                    "--sql` does; no database needed.")
+@schema_options
 @click.argument("files", nargs=-1, required=False, metavar="[FILE]...",
                 type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 def lint(output: str, pg_version: int, assume_in_transaction: bool,
-         alembic_path: str | None, files: tuple[str, ...]) -> None:
+         alembic_path: str | None, schema_file: str | None, schema_dsn: str | None,
+         timezone: str | None, files: tuple[str, ...]) -> None:
     """Check migrations; exit 1 when an error-severity problem remains.
 
     FILE is a SQL script; `-` reads standard input. `-- safeddl: ignore[rule-id]
@@ -134,19 +173,22 @@ def lint(output: str, pg_version: int, assume_in_transaction: bool,
     """
     if not files and alembic_path is None:
         raise click.UsageError("give a FILE to lint, or --alembic PATH")
-    results = lint_files(files, pg_version, assume_in_transaction=assume_in_transaction)
-    revisions = lint_alembic_project(alembic_path, pg_version) if alembic_path else []
+    catalog = load_schema(schema_file, schema_dsn, pg_version, timezone)
+    results = lint_files(files, pg_version, assume_in_transaction=assume_in_transaction,
+                         catalog=catalog)
+    revisions = lint_alembic_project(alembic_path, pg_version, catalog) if alembic_path else []
     text = format_lint(output, results, revisions)
     if text:
         click.echo(text)
     sys.exit(1 if has_errors([*results, *(r.file for r in revisions)]) else 0)
 
 
-def lint_alembic_project(path: str, pg_version: int) -> list[RevisionResults]:
+def lint_alembic_project(path: str, pg_version: int,
+                         catalog: Catalog | None = None) -> list[RevisionResults]:
     from safeddl.cli.alembic import AlembicProjectError, lint_alembic
 
     try:
-        return lint_alembic(path, version=pg_version)
+        return lint_alembic(path, version=pg_version, catalog=catalog)
     except AlembicProjectError as exc:
         raise click.BadParameter(str(exc), param_hint="--alembic") from None
 

@@ -91,6 +91,23 @@ class ReplayReport:
         ran = self.count(RAN)
         return None if ran == 0 else (ran - self.disagreements) / ran
 
+    @property
+    def relations(self) -> tuple[int, int]:
+        """(agreeing, compared): over the statements that ran, each relation the
+        prediction or the server locked counts once per statement, and agrees when
+        mode and rewrite agree."""
+        agreeing = compared = 0
+        for script in self.scripts:
+            for step in script.trace.steps:
+                if step.status != RAN:
+                    continue
+                names = ({lock.relation for lock in step.predicted}
+                         | {lock.relation for lock in step.observed})
+                wrong = {text.split(":", 1)[0] for text in step.differences}
+                compared += len(names | wrong)
+                agreeing += len(names - wrong)
+        return agreeing, compared
+
     def as_json(self) -> dict[str, Any]:
         return {
             "database": self.database,
@@ -108,12 +125,17 @@ class ReplayReport:
                 "failed": self.count(FAILED),
                 "disagreements": self.disagreements,
                 "agreement": self.agreement,
+                "relations_compared": self.relations[1],
+                "relations_agreeing": self.relations[0],
             },
         }
 
     def summary(self) -> str:
         agreement = self.agreement
         share = "no statement ran" if agreement is None else f"{agreement:.1%} agreed"
+        agreeing, compared = self.relations
+        if compared:
+            share += f" ({agreeing} of {compared} relation locks, {agreeing / compared:.1%})"
         text = (f"safeddl replay: {len(self.scripts)} of {self.total} script(s), "
                 f"{self.statements} statement(s): {self.count(RAN)} ran, {share}, "
                 f"{self.disagreements} differ from the prediction, {self.count(FAILED)} "

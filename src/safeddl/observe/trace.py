@@ -203,8 +203,7 @@ def run_trace(dsn: str, script: str, *, file: str = "<script>", pg_version: int 
               catalog: Catalog | None = None) -> TraceReport:
     """Run ``script`` on the database of ``dsn`` in a transaction that is rolled back, and
     compare each statement's locks with the prediction for ``pg_version`` (default: the
-    server's major version); ``catalog``: the schema the analysis starts from (a copy is
-    used)."""
+    server's major version), made with what ``catalog`` knows of the schema (if given)."""
     with psycopg.connect(dsn, autocommit=True, application_name="safeddl trace") as conn:
         server_version = conn.info.server_version // 10000
         version = pg_version if pg_version is not None else min(max(server_version, OLDEST),
@@ -263,7 +262,11 @@ def _resolve_prediction(transaction: ScriptTransaction,
             relation = qualified_name(lock.relation)
         else:
             name, _relkind, table = resolved
-            relation = table if lock.object == "index" and table is not None else name
+            # a lock on an index is compared on its table, which the server locks too
+            # (DROP INDEX, REINDEX), except for ALTER INDEX: that locks the index only
+            on_table = lock.object == "index" and table is not None \
+                and statement.kind is not Action.ALTER_INDEX
+            relation = table if on_table and table is not None else name
         current = strongest.get(relation)
         if current is None or lock.mode > current.mode:
             strongest[relation] = PredictedLock(relation, lock.relation, lock.mode, lock.holds)

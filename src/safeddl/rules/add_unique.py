@@ -53,6 +53,7 @@ from safeddl.rules.support import (
     new_name,
     runnable,
 )
+from safeddl.sql import quote_ident
 
 _KEYS = (ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY)
 
@@ -64,6 +65,9 @@ class AddUnique:
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:
+            if _sets_not_null(step):
+                yield from self._primary_key_using_index(statement, step, context)
+                continue
             if not _builds_index(step):
                 continue
             assert step.table is not None
@@ -78,6 +82,45 @@ class AddUnique:
                         f"{step.table} while all queries on it wait.", lock, alternative),
                 runnable(alternative), lock.relation,
             )
+
+
+    def _primary_key_using_index(self, statement: Statement, step: Step,
+                                 context: Context) -> Iterator[Finding]:
+        """``ADD PRIMARY KEY USING INDEX i`` when the index's columns are not known to
+        be NOT NULL: PostgreSQL sets NOT NULL on them, reading every row under ACCESS
+        EXCLUSIVE."""
+        assert step.table is not None and step.using_index is not None
+        lock = existing_lock(statement, context, step.table)
+        if lock is None:
+            return
+        catalog = context.catalog
+        known = catalog.index_columns.get(catalog.key(step.using_index), ())
+        columns = [quote_ident(c) for c in known]
+        lines = []
+        for column in columns:
+            if not catalog.proves_not_null(step.table, column):
+                lines.append(not_null_sequence(step.table, column, context.version))
+        if not columns:
+            lines += [f"-- make each column of {step.using_index} NOT NULL first, without a "
+                      "long lock; for a column c:",
+                      not_null_sequence(step.table, "c", context.version)]
+        lines.append(f"-- then, brief (the columns are NOT NULL):\n{statement.sql.rstrip(';')};")
+        alternative = "\n".join(lines)
+        which = ", ".join(columns) if columns else "its columns"
+        yield Finding(
+            self.id, self.severity,
+            compose(self.id, f"PRIMARY KEY USING INDEX {step.using_index} makes {which} "
+                    f"NOT NULL, which reads every row of {step.table} while all queries "
+                    "on it wait (nothing shows the columns are NOT NULL already).",
+                    lock, alternative),
+            runnable(alternative), lock.relation,
+        )
+
+
+def _sets_not_null(step: Step) -> bool:
+    return (step.action is Action.ADD_CONSTRAINT and step.using_index is not None
+            and step.constraint_type is ConstraintType.PRIMARY_KEY
+            and step.holds is not Holds.BRIEF and step.table is not None)
 
 
 def _builds_index(step: Step) -> bool:

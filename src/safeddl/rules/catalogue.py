@@ -25,6 +25,7 @@ from safeddl.rules import (
     drop_column,
     drop_index,
     drop_table,
+    identifier_too_long,
     lock_order,
     missing_lock_timeout,
     multiple_alter_table,
@@ -76,6 +77,7 @@ _MODULES = [
     rename_table,
     drop_table,
     add_column_not_null_without_default,
+    identifier_too_long,
     unparsed_statement,
 ]
 

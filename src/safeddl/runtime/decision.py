@@ -24,6 +24,9 @@ from safeddl.runtime.scope import Allowances
 from safeddl.sql import split_script
 
 _SIZE_INDEPENDENT_RULES = frozenset({"concurrently-in-transaction", UNPARSED_RULE})
+# Rules whose lock lasts until COMMIT whatever the table's size: a small table is not a
+# reason to send them as written (it is a reason to send their exact rewrite).
+_HELD_UNTIL_COMMIT_RULES = frozenset({"truncate"})
 _DML_WORDS = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES",
                         "TABLE", "COPY", "EXECUTE", "FETCH", "EXPLAIN", "SHOW", "("})
 _TIMEOUT_SETTING = re.compile(
@@ -91,15 +94,24 @@ def _action_for(finding: Finding, statement: Statement, catalog: Catalog, facts:
         why = _harmless_here(finding, statement, catalog, facts, policy)
         if why is not None:
             return RuleAction.ALLOW, Waiver(finding, why)
+        if finding.rule in _HELD_UNTIL_COMMIT_RULES \
+                and _harmless_here(finding, statement, catalog, facts, policy, sized=True):
+            # small, but the lock lasts until COMMIT whatever the size: the exact DELETE
+            # is cheap on a small table (refused, as before, where it is not exact)
+            return RuleAction.REWRITE, None
     return action, None
 
 
 def _harmless_here(finding: Finding, statement: Statement, catalog: Catalog,
-                   facts: SessionFacts, policy: Policy) -> str | None:
+                   facts: SessionFacts, policy: Policy, sized: bool = False) -> str | None:
     """Why a strong lock does not matter here: every relation it scans, rewrites or
-    empties was created in this transaction, is tiny, or does not exist."""
+    empties was created in this transaction, is tiny, or does not exist. Tiny counts
+    only for statements whose hold time grows with the table (or with ``sized``): not
+    for TRUNCATE, whose ACCESS EXCLUSIVE lasts until COMMIT (a reload after it keeps
+    every reader waiting) and which is not MVCC-safe, whatever the table's size."""
     if finding.rule in _SIZE_INDEPENDENT_RULES or not facts.live:
         return None
+    small_counts = sized or finding.rule not in _HELD_UNTIL_COMMIT_RULES
     relations = {finding.relation} if finding.relation else set()
     relations.update(lock.relation for lock in statement.locks
                      if lock.holds is not Holds.BRIEF or statement.kind is Action.TRUNCATE)
@@ -107,14 +119,15 @@ def _harmless_here(finding: Finding, statement: Statement, catalog: Catalog,
         return None
     reasons = []
     for relation in sorted(relations):
-        why = _relation_is_harmless(relation, catalog, policy)
+        why = _relation_is_harmless(relation, catalog, policy, small_counts)
         if why is None:
             return None
         reasons.append(f"{relation} {why}")
     return "; ".join(reasons)
 
 
-def _relation_is_harmless(written: str, catalog: Catalog, policy: Policy) -> str | None:
+def _relation_is_harmless(written: str, catalog: Catalog, policy: Policy,
+                          small_counts: bool = True) -> str | None:
     relation = catalog.get(written)
     if relation is None:
         table = catalog.index_table(written)
@@ -123,7 +136,7 @@ def _relation_is_harmless(written: str, catalog: Catalog, policy: Policy) -> str
             return "does not exist (the server will say so)"
     if relation.new:
         return "was created in this transaction"
-    if relation.rows is not None and relation.rows < policy.small_table_rows:
+    if small_counts and relation.rows is not None and relation.rows < policy.small_table_rows:
         return f"has about {relation.rows} rows (< small_table_rows {policy.small_table_rows})"
     return None
 

@@ -67,7 +67,7 @@ def names_in(statements: Iterable[Statement]) -> frozenset[str]:
         names.update(lock.relation for lock in statement.locks)
         for step in statement.steps:
             names.update(n for n in (step.table, step.references, step.name, step.parent,
-                                     step.using_index) if n)
+                                     step.using_index, step.function) if n)
     return frozenset(names)
 
 
@@ -162,9 +162,30 @@ SELECT c.oid, n.nspname, c.relname, c.relkind,
        (SELECT NOT i.indisvalid FROM pg_index i WHERE i.indexrelid = c.oid),
        (SELECT array_agg(t.tgname) FROM pg_trigger t
         WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
-       c.relrowsecurity
+       c.relrowsecurity,
+       -- (lock model) columns with a default, the functions of user triggers, the
+       -- key columns of an index (NULL when one is an expression), pages * block size
+       (SELECT array_agg(a.attname) FROM pg_attribute a
+        WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+          AND (a.atthasdef OR a.attidentity <> '')),
+       (SELECT json_agg(json_build_array(t.tgname, p.proname)) FROM pg_trigger t
+        JOIN pg_proc p ON p.oid = t.tgfoid WHERE t.tgrelid = c.oid AND NOT t.tgisinternal),
+       (SELECT CASE WHEN bool_and(a.attnum IS NOT NULL)
+                    THEN array_agg(a.attname ORDER BY k.ord) END
+        FROM pg_index i CROSS JOIN unnest(i.indkey[0:i.indnkeyatts - 1])
+             WITH ORDINALITY AS k(attnum, ord)
+        LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indexrelid = c.oid),
+       c.relpages::bigint * current_setting('block_size')::bigint
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = ANY (%(oids)s::oid[])
+"""
+
+# Tables with a user trigger that executes a function of one of these names (what
+# DROP FUNCTION ... CASCADE reaches).
+_TRIGGER_TABLES_SQL = """
+SELECT DISTINCT t.tgrelid FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid
+WHERE NOT t.tgisinternal AND p.proname = ANY (%(names)s::text[])
 """
 
 
@@ -177,9 +198,14 @@ def read_catalog(run: Run, names: Iterable[str]) -> LiveCatalog:
     catalog.search_path = path or ("public",)
     live = LiveCatalog(catalog, names=frozenset(wanted))
     resolved = _resolve(run, wanted)
-    if not resolved:
+    timezone = run("SELECT current_setting('TimeZone')", None)
+    catalog.timezone = str(timezone[0][0]) if timezone else None
+    functions = sorted({parts[1] for parts in map(_folded_parts, wanted) if parts})
+    triggered = [row[0] for row in run(_TRIGGER_TABLES_SQL, {"names": functions})]
+    if not resolved and not triggered:
         return live
-    related = [row[0] for row in run(_RELATED_SQL, {"oids": sorted(set(resolved.values()))})]
+    base = set(resolved.values()) | set(triggered)
+    related = [row[0] for row in run(_RELATED_SQL, {"oids": sorted(base)})]
     oids = sorted(set(related) | set(resolved.values()))
     _fill(live, run(_FACTS_SQL, {"oids": oids}))
     _alias_written_names(live, resolved)
@@ -217,12 +243,17 @@ def _fill(live: LiveCatalog, rows: list[tuple[Any, ...]]) -> None:
     keys = {row[0]: f"{row[1]}.{row[2]}" for row in rows}
     for row in rows:
         (oid, _nsp, _name, kind, reltuples, live_tuples, parent, is_default, new,
-         index_table, columns, constraints, reads, invalid, triggers, row_security) = row
+         index_table, columns, constraints, reads, invalid, triggers, row_security,
+         *lock_model) = row
+        defaults, trigger_functions, index_columns, size_bytes = (
+            [*lock_model, None, None, None, None][:4])
         key = keys[oid]
         live.oids[key] = oid
         if kind in _INDEX_KINDS:
             if index_table in keys:
                 live.catalog.indexes[key] = keys[index_table]
+                if index_columns:
+                    live.catalog.index_columns[key] = tuple(index_columns)
             if invalid:
                 live.catalog.invalid_indexes.add(key)
             continue
@@ -236,6 +267,10 @@ def _fill(live: LiveCatalog, rows: list[tuple[Any, ...]]) -> None:
         relation.reads = {keys[r] for r in (reads or []) if r in keys}
         relation.triggers = set(triggers or [])
         relation.row_security = bool(row_security)
+        relation.defaults = set(defaults or [])
+        relation.trigger_functions = {name: function for name, function
+                                      in (trigger_functions or [])}
+        relation.size_bytes = int(size_bytes) if size_bytes is not None else None
         live.catalog.relations[key] = relation
 
 

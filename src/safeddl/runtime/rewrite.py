@@ -45,6 +45,7 @@ IDENTITY``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from safeddl.analysis import Action, Catalog, ConstraintType, Statement, Step
@@ -60,10 +61,15 @@ NAME_BYTES = 63  # NAMEDATALEN - 1
 Builder = Callable[[Statement, Catalog, int], "Plan | None"]
 
 
+_DO_BLOCK = re.compile(r"(?is)^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*DO\b")
+
+
 def rewrite(decision: Decision, facts: SessionFacts) -> Plan | None:
     """The exact plan for a ``rewrite`` decision, or None."""
     if len(decision.statements) != 1 or not decision.deciding:
         return None
+    if _DO_BLOCK.match(decision.statement.sql):
+        return None  # a DO block: its statements cannot be replaced one by one
     rules = frozenset(finding.rule for finding in decision.deciding)
     builder = _BUILDERS.get(rules)
     if builder is None:

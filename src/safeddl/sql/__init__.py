@@ -7,6 +7,7 @@ comes back with ``error`` set.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import sqlglot
@@ -113,12 +114,18 @@ def _read_tokens(c: Cursor) -> list[Step]:
         return [Step(Action.SET, text=c.text_of(0, c.stop))]
     steps = read_ddl(c)
     if steps is not None:
+        if steps[0].target_kind == "sql-body":
+            return _function_body_reads(steps[0])
         return steps + _query_reads(c, steps)
+    if first in ("CREATE", "ALTER", "DROP") and _catalog_object(c):
+        return [Step(Action.OTHER, text=" ".join(c.words(0, min(3, c.stop))))]
     if pair in _OUTSIDE_TRANSACTION:
         return [Step(Action.OTHER, target_kind="outside-transaction",
                      text=" ".join(pair))]
     if pair in _NO_TABLE_LOCK or pair[:1] == ("COMMENT",):
         return [Step(Action.OTHER, text=" ".join(pair))]
+    if first == "DO":
+        return _do_block(c)
     if first in ("DO", "CALL", "EXECUTE", "IMPORT"):
         raise NotUnderstood(f"{first} runs code whose statements safeddl cannot see")
     raise NotUnderstood(f"unknown statement {' '.join(w for w in pair if w)}")
@@ -171,6 +178,115 @@ def _explain(c: Cursor) -> list[Step]:
             Action.SELECT, Action.SELECT_FOR_UPDATE, Action.INSERT, Action.UPDATE,
             Action.DELETE, Action.MERGE)] or [Step(Action.SELECT)]
     return steps
+
+
+_BODY_DML = frozenset({Action.SELECT, Action.SELECT_FOR_UPDATE, Action.INSERT, Action.UPDATE,
+                       Action.DELETE, Action.MERGE})
+
+
+# Objects that live in the system catalogs only: creating, altering or dropping one
+# takes no lock on a table (DROP ... CASCADE may reach columns, indexes or foreign
+# tables that depend on it: not known, so not read).
+_CATALOG_OBJECTS = frozenset({
+    "AGGREGATE", "OPERATOR", "COLLATION", "CONVERSION", "TEXT", "EVENT", "SERVER",
+    "LANGUAGE", "PROCEDURAL", "TRUSTED", "ACCESS", "CAST", "GROUP", "ROUTINE", "TRANSFORM",
+    "DATA",  # (FOREIGN) DATA WRAPPER
+    "MAPPING",  # USER MAPPING
+})
+
+
+def _catalog_object(c: Cursor) -> bool:
+    words = c.words(0, min(c.stop, 4))
+    kind = words[1] if len(words) > 1 else ""
+    if kind in ("OR",) and len(words) > 3:  # CREATE OR REPLACE AGGREGATE ...
+        kind = words[3]
+    if kind == "FOREIGN" and len(words) > 2:
+        kind = words[2]
+    if kind == "USER" and len(words) > 2:
+        kind = words[2]
+    if kind == "DEFAULT" and len(words) > 2:  # CREATE DEFAULT CONVERSION
+        kind = words[2]
+    if kind == "TABLESPACE" and words[0] == "ALTER":
+        return True
+    if kind not in _CATALOG_OBJECTS:
+        return False
+    if words[0] == "DROP" and c.words(c.pos, c.stop)[-1:] == ["CASCADE"]:
+        raise NotUnderstood(f"DROP {kind} ... CASCADE also drops what depends on it "
+                            "(columns, indexes, foreign tables): not known here")
+    return True
+
+
+def _do_block(c: Cursor) -> list[Step]:
+    """``DO [LANGUAGE plpgsql] $$ ... $$``: the steps of the static SQL it may run."""
+    from safeddl.sql.plpgsql import static_statements
+
+    body = next((tok.text for tok in c.tokens[c.pos:c.stop]
+                 if tok.kind in ("STRING", "HEREDOC_STRING", "RAW_STRING")), None)
+    words = c.words(0, c.stop)
+    if "LANGUAGE" in words and words.index("LANGUAGE") + 1 < len(words) and words[
+            words.index("LANGUAGE") + 1].strip("'\"").upper() != "PLPGSQL":
+        raise NotUnderstood("DO in another language than plpgsql runs code safeddl cannot see")
+    if body is None:
+        raise NotUnderstood("DO without a body")
+    leading: list[Step] = []
+    steps: list[Step] = []
+    for sql in static_statements(body):
+        syntax = read(sql)
+        if not syntax.understood:
+            raise NotUnderstood(f"a statement of the DO block cannot be read: {syntax.error}")
+        own = [step for step in syntax.steps if step.action is not Action.OTHER
+               and not (step.action is Action.SELECT and _system_catalog(step.table))]
+        if own and own[0].action in _WHOLE_STATEMENT_KINDS:
+            if leading:
+                raise NotUnderstood("a DO block that runs several statements of kinds "
+                                    "judged one statement at a time (index builds, drops, "
+                                    "TRUNCATE...): not read")
+            leading = own
+        else:
+            steps.extend(own)
+    # The statement's kind is that of the one such statement, so that its rules apply
+    return [*leading, *steps] if leading else [Step(Action.OTHER, text="DO"), *steps]
+
+
+# Statements whose rules look at the statement as a whole (its kind), not at its steps.
+_WHOLE_STATEMENT_KINDS = frozenset({
+    Action.CREATE_INDEX, Action.DROP_INDEX, Action.DROP_TABLE, Action.DROP_VIEW,
+    Action.DROP_MATERIALIZED_VIEW, Action.TRUNCATE, Action.CLUSTER, Action.REINDEX,
+    Action.REFRESH_MATERIALIZED_VIEW, Action.VACUUM, Action.VACUUM_FULL, Action.ANALYZE,
+    Action.LOCK_TABLE, Action.CREATE_TABLE, Action.CREATE_VIEW,
+    Action.CREATE_MATERIALIZED_VIEW, Action.COPY_FROM, Action.COPY_TO,
+})
+
+
+def _system_catalog(written: str | None) -> bool:
+    """``pg_constraint``, ``pg_catalog.pg_class``, ``information_schema.columns``: what an
+    idempotent migration looks up (a lock on them is of no concern here)."""
+    if not written:
+        return False
+    parts = [part.lower() for part, _quoted in split_name(written)]
+    if len(parts) >= 2:
+        return parts[-2] in ("pg_catalog", "information_schema")
+    return parts[-1].startswith("pg_")
+
+
+def _function_body_reads(head: Step) -> list[Step]:
+    """A LANGUAGE sql function: its body is parsed and analysed when it is created
+    (check_function_bodies, on by default), which locks the relations its statements
+    name. They come as steps marked ``target_kind="function-body"``. A body safeddl
+    cannot read is said so (``body-unread``) rather than refusing the statement: what
+    it misses is a brief ACCESS SHARE / ROW EXCLUSIVE."""
+    out = [dataclasses.replace(head, target_kind=None, definition_sql=None,
+                               text="" if head.action is Action.CREATE_FUNCTION else head.text)]
+    body = head.definition_sql if head.action is not Action.CREATE_FUNCTION else head.text
+    for raw in split_script(body or ""):
+        syntax = read(raw.text)
+        if not syntax.understood or raw.error:
+            if head.action is not Action.CREATE_FUNCTION:  # a rule's action
+                raise NotUnderstood(f"the rule's action cannot be read: {syntax.error}")
+            return [dataclasses.replace(head, target_kind="body-unread", text="")]
+        out.extend(dataclasses.replace(step, target_kind="function-body")
+                   for step in syntax.steps if step.table and step.action in _BODY_DML)
+    return out
 
 
 def _query_reads(c: Cursor, steps: list[Step]) -> list[Step]:

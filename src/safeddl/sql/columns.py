@@ -199,6 +199,8 @@ def read_table_constraint(cursor: Cursor, table: str | None, start: int, stop: i
             c.skip_group()
     not_valid = _ends_with_not_valid(words)
     body_stop = stop - 2 if not_valid else stop
+    # NOT ENFORCED (PostgreSQL 18): the constraint is never checked, so no scan either
+    not_valid = not_valid or _not_enforced(words)
     columns = _first_group_names(cursor, body_start, stop) if kind in (
         ConstraintType.UNIQUE, ConstraintType.PRIMARY_KEY, ConstraintType.FOREIGN_KEY) else ()
     return Step(
@@ -207,6 +209,10 @@ def read_table_constraint(cursor: Cursor, table: str | None, start: int, stop: i
         definition_sql=cursor.text_of(body_start, body_stop),
         text=cursor.text_of(start, stop),
     )
+
+
+def _not_enforced(words: list[str]) -> bool:
+    return any(a == "NOT" and b == "ENFORCED" for a, b in zip(words, words[1:]))
 
 
 def _ends_with_not_valid(words: list[str]) -> bool:

@@ -8,6 +8,7 @@ one path for all of them, whatever form a sqlglot release returns.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from safeddl.locks import LockMode
@@ -47,7 +48,26 @@ def _create_index(c: Cursor) -> list[Step]:
     table = require_name(c, "table")
     return [Step(Action.CREATE_INDEX, table=table, name=name, unique=unique,
                  concurrently=concurrently, if_not_exists=if_not_exists, only=only,
-                 text=c.text_of(0, c.stop))]
+                 columns=_index_columns(c), text=c.text_of(0, c.stop))]
+
+
+def _index_columns(c: Cursor) -> tuple[str, ...]:
+    """The key columns of ``... ON t [USING m] (a, "B" DESC, ...)``, case folded, when
+    every key is a plain column (an expression key gives ())."""
+    if c.accept("USING"):
+        c.advance()
+    tok = c.peek()
+    if tok is None or tok.kind != "L_PAREN":
+        return ()
+    names = []
+    for start, stop in split_top_level(c.tokens, *c.read_group()):
+        first = c.tokens[start]
+        rest = c.words(start + 1, stop)
+        if not first.is_name or first.kind == "L_PAREN" or any(
+                w not in ("ASC", "DESC", "NULLS", "FIRST", "LAST") for w in rest):
+            return ()
+        names.append(first.text if first.kind == "IDENTIFIER" else first.text.lower())
+    return tuple(names)
 
 
 def _drop_index(c: Cursor) -> list[Step]:
@@ -180,8 +200,9 @@ def _refresh(c: Cursor) -> list[Step]:
 
 def _create_table(c: Cursor) -> list[Step]:
     c.accept("CREATE")
-    while c.accept_any("GLOBAL", "LOCAL", "TEMPORARY", "TEMP", "UNLOGGED"):
-        pass
+    foreign = False
+    while word := c.accept_any("GLOBAL", "LOCAL", "TEMPORARY", "TEMP", "UNLOGGED", "FOREIGN"):
+        foreign = foreign or word == "FOREIGN"
     c.accept("TABLE")
     if_not_exists = c.accept("IF", "NOT", "EXISTS")
     table = require_name(c, "table")
@@ -205,6 +226,7 @@ def _create_table(c: Cursor) -> list[Step]:
     create = Step(Action.CREATE_TABLE, table=table, parent=parent or (parents[0] if parents else None),
                   if_not_exists=if_not_exists, text=c.text_of(0, c.stop),
                   target_kind="default-partition" if default_partition else (
+                      "foreign-table" if foreign else
                       "partitioned" if "PARTITION" in c.words(c.pos, c.stop) else None))
     extra = [Step(Action.INHERIT, table=table, references=p) for p in parents[1:]]
     return [create, *steps, *extra]
@@ -253,7 +275,12 @@ def _create_trigger(c: Cursor) -> list[Step]:
     item = c.sub(i + 1, c.stop)
     table = require_name(item, "table")
     name_pos = words.index("TRIGGER") + 1
-    return [Step(Action.CREATE_TRIGGER, table=table, name=c.tokens[name_pos].text)]
+    function = None
+    for i in range(c.pos, c.stop - 2):
+        if c.tokens[i].word == "EXECUTE" and c.tokens[i + 1].word in ("FUNCTION", "PROCEDURE"):
+            function = c.sub(i + 2, c.stop).read_name()
+    return [Step(Action.CREATE_TRIGGER, table=table, name=c.tokens[name_pos].text,
+                 function=function)]
 
 
 def _drop_trigger(c: Cursor) -> list[Step]:
@@ -281,7 +308,18 @@ def _create_statistics(c: Cursor) -> list[Step]:
     if "FROM" not in words:
         raise NotUnderstood("CREATE STATISTICS without FROM <table>")
     item = c.sub(c.pos + words.index("FROM") + 1, c.stop)
-    return [Step(Action.CREATE_STATISTICS, table=require_name(item, "table"))]
+    c.accept("CREATE", "STATISTICS")
+    c.accept("IF", "NOT", "EXISTS")
+    name = None if c.at("ON") or c.at("(") else c.read_name()
+    return [Step(Action.CREATE_STATISTICS, table=require_name(item, "table"), name=name)]
+
+
+def _drop_statistics(c: Cursor) -> list[Step]:
+    """``DROP STATISTICS [IF EXISTS] s, ...``: SHARE UPDATE EXCLUSIVE on each one's table."""
+    c.accept("DROP", "STATISTICS")
+    if_exists = c.accept("IF", "EXISTS")
+    return [Step(Action.DROP_STATISTICS, name=name, if_not_exists=if_exists)
+            for name in _name_list(c)]
 
 
 _COMMENT_ON_RELATION = {"TABLE", "VIEW", "MATERIALIZED", "FOREIGN"}
@@ -367,6 +405,121 @@ def _alter_type(c: Cursor) -> list[Step]:
     return [Step(Action.OTHER, text=c.text_of(0, c.stop))]
 
 
+def _rule(c: Cursor) -> list[Step]:
+    """``CREATE [OR REPLACE] RULE r AS ON event TO t ... DO [ALSO | INSTEAD] action``,
+    ``DROP RULE [IF EXISTS] r ON t``, ``ALTER RULE r ON t RENAME TO s``: ACCESS
+    EXCLUSIVE on the table; the action's statements are analysed when the rule is
+    created (like a SQL function body: see safeddl.sql.read)."""
+    verb = c.advance().word
+    c.accept("OR", "REPLACE")
+    c.accept("RULE")
+    if_exists = c.accept("IF", "EXISTS")
+    name = c.read_name()
+    if verb != "CREATE":
+        if not c.accept("ON"):
+            raise NotUnderstood(f"{verb} RULE without ON <table>")
+        return [Step(Action.ALTER_TABLE_OTHER, table=require_name(c, "table"), name=name,
+                     if_not_exists=if_exists, text=f"{verb} RULE")]
+    words = c.words(c.pos, c.stop)
+    if "TO" not in words or "DO" not in words:
+        raise NotUnderstood("CREATE RULE without ON <event> TO <table> ... DO")
+    c.pos += words.index("TO") + 1
+    table = require_name(c, "table")
+    do = c.pos + c.words(c.pos, c.stop).index("DO") + 1
+    while do < c.stop and c.tokens[do].word in ("ALSO", "INSTEAD"):
+        do += 1
+    head = Step(Action.ALTER_TABLE_OTHER, table=table, name=name, text="CREATE RULE")
+    if do >= c.stop or c.tokens[do].word == "NOTHING":
+        return [head]
+    if c.tokens[do].kind == "L_PAREN":
+        body = c.text_of(do + 1, c.stop - 1)
+    else:
+        body = c.text_of(do, c.stop)
+    return [dataclasses.replace(head, target_kind="sql-body", definition_sql=body)]
+
+
+def _publication(c: Cursor) -> list[Step]:
+    """``CREATE PUBLICATION p FOR TABLE a, b ...`` / ``ALTER PUBLICATION p ADD | SET |
+    DROP TABLE a ...``: SHARE UPDATE EXCLUSIVE on each table named (not on a schema's
+    tables, nor for ALL TABLES); ``DROP PUBLICATION`` and option changes take none."""
+    words = c.words(0, c.stop)
+    steps = [Step(Action.OTHER, text=" ".join(words[:2]))]
+    i = 0
+    while i < c.stop:
+        if c.tokens[i].word == "TABLE" and (i == 0 or c.tokens[i - 1].word != "ALL"):
+            for start, stop in split_top_level(c.tokens, i + 1, c.stop):
+                item = c.sub(start, stop)
+                if item.at("TABLE"):
+                    item.advance()
+                if item.at("TABLES", "IN", "SCHEMA") or item.at("CURRENT_SCHEMA"):
+                    break
+                only = item.accept("ONLY")
+                table = item.read_name()
+                if table is None:
+                    break
+                steps.append(Step(Action.PUBLISH_TABLE, table=table, only=only))
+            break
+        i += 1
+    return steps
+
+
+def _drop_function(c: Cursor) -> list[Step]:
+    """``DROP FUNCTION [IF EXISTS] f [(args)], ... [CASCADE | RESTRICT]``."""
+    c.accept("DROP", "FUNCTION")
+    if_exists = c.accept("IF", "EXISTS")
+    cascade = c.words(c.pos, c.stop)[-1:] == ["CASCADE"]
+    steps = []
+    for start, stop in split_top_level(c.tokens, c.pos, c.stop):
+        name = c.sub(start, stop).read_name()
+        if name is None:
+            raise NotUnderstood("DROP FUNCTION without a function name")
+        steps.append(Step(Action.DROP_FUNCTION, function=name, cascade=cascade,
+                          if_not_exists=if_exists))
+    return steps
+
+
+def _create_function(c: Cursor) -> list[Step]:
+    """``CREATE [OR REPLACE] FUNCTION|PROCEDURE ...``: a body in LANGUAGE sql is parsed
+    and analysed when the function is created (check_function_bodies, on by default),
+    which locks the tables its statements name; other languages take no table lock."""
+    c.accept("CREATE")
+    c.accept("OR", "REPLACE")
+    c.accept_any("FUNCTION", "PROCEDURE")
+    name = c.read_name()
+    head = Step(Action.CREATE_FUNCTION, function=name)
+    language, body = None, None
+    atomic = None
+    i = c.pos
+    while i < c.stop:
+        tok = c.tokens[i]
+        if tok.kind == "L_PAREN":
+            i = _after_group(c, i)
+            continue
+        if tok.word == "LANGUAGE" and i + 1 < c.stop:
+            language = c.tokens[i + 1].text.strip("'\"").lower()
+        elif tok.word == "AS" and i + 1 < c.stop and c.tokens[i + 1].kind in (
+                "STRING", "HEREDOC_STRING", "RAW_STRING"):
+            body = c.tokens[i + 1].text
+        elif tok.word == "BEGIN" and i + 1 < c.stop and c.tokens[i + 1].word == "ATOMIC":
+            atomic = i + 2
+            break
+        i += 1
+    if atomic is not None:
+        end = c.stop - 1 if c.stop - 1 > atomic and c.tokens[c.stop - 1].word == "END" else c.stop
+        body = c.text_of(atomic, end)
+        language = "sql"
+    if language != "sql" or not body:
+        return [head]
+    # the body's statements are read by safeddl.sql.read
+    return [dataclasses.replace(head, target_kind="sql-body", text=body)]
+
+
+def _after_group(c: Cursor, i: int) -> int:
+    sub = c.sub(i, c.stop)
+    sub.skip_group()
+    return sub.pos
+
+
 def _other(c: Cursor) -> list[Step]:
     return [Step(Action.OTHER, text=" ".join(c.words(0, min(3, c.stop))))]
 
@@ -432,6 +585,7 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("REFRESH", "MATERIALIZED", "VIEW"), _refresh),
     (("CREATE", "TABLE"), _create_table),
     (("CREATE", "UNLOGGED", "TABLE"), _create_table),
+    (("CREATE", "FOREIGN", "TABLE"), _create_table),
     (("CREATE", "TEMP"), _create_table),
     (("CREATE", "TEMPORARY"), _create_table),
     (("CREATE", "GLOBAL"), _create_table),
@@ -462,4 +616,18 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("REVOKE",), _grant),
     (("ALTER", "SEQUENCE"), _alter_sequence),
     (("ALTER", "TYPE"), _alter_type),
+    (("CREATE", "RULE"), _rule),
+    (("CREATE", "OR", "REPLACE", "RULE"), _rule),
+    (("DROP", "RULE"), _rule),
+    (("ALTER", "RULE"), _rule),
+    (("CREATE", "PUBLICATION"), _publication),
+    (("ALTER", "PUBLICATION"), _publication),
+    (("DROP", "PUBLICATION"), _publication),
+    (("DROP", "STATISTICS"), _drop_statistics),
+    (("ALTER", "STATISTICS"), _other),
+    (("DROP", "FUNCTION"), _drop_function),
+    (("CREATE", "FUNCTION"), _create_function),
+    (("CREATE", "OR", "REPLACE", "FUNCTION"), _create_function),
+    (("CREATE", "PROCEDURE"), _create_function),
+    (("CREATE", "OR", "REPLACE", "PROCEDURE"), _create_function),
 ]

@@ -75,7 +75,8 @@ def dml_steps(tree: exp.Expr) -> list[Step]:
             steps.append(Step(action, table=written_name(target),
                               only=bool(target.args.get("only")),
                               columns=_assigned_columns(node),
-                              merge_actions=_merge_actions(node), key=key))
+                              merge_actions=_merge_actions(node), key=key,
+                              insert_columns=_insert_columns(node)))
     row_locked = _row_locked_tables(tree, ctes)
     in_lock_clause = {id(t) for lock in tree.find_all(exp.Lock) for t in lock.expressions}
     for table in tree.find_all(exp.Table):
@@ -102,6 +103,20 @@ def _column_name(column: exp.Expr) -> str | None:
         name = str(ident.this)
         return name if ident.quoted else name.lower()
     return None
+
+
+def _insert_columns(node: exp.Expr) -> tuple[str, ...] | None:
+    """The column list of ``INSERT INTO t (a, b)``, case folded; None when there is
+    none, or an ON CONFLICT clause may set other columns."""
+    if not isinstance(node, exp.Insert) or not isinstance(node.this, exp.Schema) \
+            or node.args.get("conflict") is not None:
+        return None
+    names = []
+    for ident in node.this.expressions:
+        if not isinstance(ident, exp.Identifier):
+            return None
+        names.append(str(ident.this) if ident.quoted else str(ident.this).lower())
+    return tuple(names)
 
 
 def _assigned_columns(node: exp.Expr) -> tuple[str, ...]:
