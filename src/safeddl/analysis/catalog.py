@@ -146,9 +146,11 @@ class Catalog:
         """Partitions / inheritance children, recursively, as qualified names."""
         index = self._index().children
         out: list[str] = []
+        seen = {self.key(written)}
         todo = [self.key(written)]
         while todo:
-            kids = index.get(todo.pop(0), [])
+            kids = [kid for kid in index.get(todo.pop(0), []) if kid not in seen]
+            seen.update(kids)  # a script can make a cycle (attach, rename, inherit)
             out.extend(kids)
             todo.extend(kids)
         return out
@@ -235,9 +237,14 @@ class Catalog:
             self._create(head, steps[1:])
             return
         for step in steps:
-            if step.action in _RESHAPES or step.references:
+            reshapes = step.action in _RESHAPES or bool(step.references)
+            if reshapes:
                 self._generation += 1  # parents or foreign keys change
             self._learn_step(step)
+            if reshapes:
+                # again: the step itself may have rebuilt the derived indexes (children
+                # of a table it drops) before it changed the relations
+                self._generation += 1
 
     def _create(self, head: Step, rest: list[Step]) -> None:
         assert head.table is not None
@@ -284,7 +291,9 @@ class Catalog:
             if step.not_null:
                 table.not_null.add(col)
             for child in self.children(table.key):
-                self.relations[child].columns[col] = step.type_sql or ""
+                kid = self.relations.get(child)
+                if kid is not None:
+                    kid.columns[col] = step.type_sql or ""
             if step.constraint_type is not None:
                 self._add_constraint(table, step, inline=True)
         elif action is Action.ADD_CONSTRAINT and table is not None:
@@ -327,9 +336,16 @@ class Catalog:
         elif action is Action.RENAME_TABLE and table is not None and step.name:
             schema = table.key.split(".")[0]
             new_key = f"{schema}.{local_name(step.name)}"
-            self.relations.pop(table.key)
+            old_key = table.key
+            self.relations.pop(old_key, None)
             table.key = new_key
             self.relations[new_key] = table
+            for other in self.relations.values():  # partitions and children follow
+                if other.parent == old_key:
+                    other.parent = new_key
+            for index, owner in list(self.indexes.items()):
+                if owner == old_key:
+                    self.indexes[index] = new_key
         elif action is Action.RENAME_COLUMN and table is not None and step.column and step.name:
             old, new = local_name(step.column), local_name(step.name)
             if old in table.columns:

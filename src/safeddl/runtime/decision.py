@@ -21,7 +21,7 @@ from safeddl.runtime.plan import Decision, Plan, PlanStep, Rewriter, SessionFact
 from safeddl.runtime.policy import UNPARSED_RULE, Policy, RuleAction
 from safeddl.runtime.rewrite import repair, rewrite
 from safeddl.runtime.scope import Allowances
-from safeddl.sql import split_script
+from safeddl.sql import first_words, split_script
 
 _SIZE_INDEPENDENT_RULES = frozenset({"concurrently-in-transaction", UNPARSED_RULE})
 _DML_WORDS = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES",
@@ -97,7 +97,8 @@ def _action_for(finding: Finding, statement: Statement, catalog: Catalog, facts:
 def _harmless_here(finding: Finding, statement: Statement, catalog: Catalog,
                    facts: SessionFacts, policy: Policy) -> str | None:
     """Why a strong lock does not matter here: every relation it scans, rewrites or
-    empties was created in this transaction, is tiny, or does not exist."""
+    empties was created in this transaction or is tiny. A relation the catalog does not
+    have is never a reason: unknown means refuse."""
     if finding.rule in _SIZE_INDEPENDENT_RULES or not facts.live:
         return None
     relations = {finding.relation} if finding.relation else set()
@@ -120,7 +121,7 @@ def _relation_is_harmless(written: str, catalog: Catalog, policy: Policy) -> str
         table = catalog.index_table(written)
         relation = catalog.relations.get(table) if table else None
         if relation is None:
-            return "does not exist (the server will say so)"
+            return None  # not found (a name safeddl may have folded differently)
     if relation.new:
         return "was created in this transaction"
     if relation.rows is not None and relation.rows < policy.small_table_rows:
@@ -129,20 +130,11 @@ def _relation_is_harmless(written: str, catalog: Catalog, policy: Policy) -> str
 
 
 def looks_like_dml(sql: str) -> bool:
-    """For a statement safeddl could not read: does it start like a query or DML?"""
-    stripped = _strip_leading_comments(sql)
-    word = stripped.split(None, 1)[0].upper() if stripped.split() else ""
-    return word in _DML_WORDS or word.startswith("(")
-
-
-def _strip_leading_comments(sql: str) -> str:
-    text = sql.lstrip()
-    while text.startswith(("--", "/*")):
-        if text.startswith("--"):
-            text = text.split("\n", 1)[1].lstrip() if "\n" in text else ""
-        else:
-            text = text.split("*/", 1)[1].lstrip() if "*/" in text else ""
-    return text
+    """For a statement safeddl could not read: is it one statement whose first token
+    (after comments of every kind, nested ones and ``\\r`` line ends included) starts
+    a query or DML? Text that is not one complete statement is not DML."""
+    words = first_words(sql, 1)
+    return bool(words) and words[0] in _DML_WORDS
 
 
 def _combine(statements: tuple[Statement, ...], findings: tuple[Finding, ...],

@@ -58,9 +58,13 @@ def split_name(written: str) -> list[tuple[str, bool]]:
     return parts
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
 def fold(part: str, quoted: bool) -> str:
-    """PostgreSQL's case folding: unquoted identifiers are lower-cased."""
-    return part if quoted else part.lower()
+    """PostgreSQL's case folding: unquoted identifiers are lower-cased, ASCII letters
+    only (in a multi-byte encoding such as UTF8 ``ÄRGER`` stays ``Ärger``'s ``Ä``)."""
+    return part if quoted else part.translate(_ASCII_LOWER)
 
 
 @lru_cache(maxsize=65536)
