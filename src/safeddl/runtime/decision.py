@@ -14,6 +14,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 from safeddl.analysis import Action, Catalog, Statement, analyze_statement
+from safeddl.model import Step
 from safeddl.locks import Holds
 from safeddl.rules import Context, Finding, check
 from safeddl.rules.engine import ignores_in
@@ -21,7 +22,7 @@ from safeddl.runtime.plan import Decision, Plan, PlanStep, Rewriter, SessionFact
 from safeddl.runtime.policy import UNPARSED_RULE, Policy, RuleAction
 from safeddl.runtime.rewrite import repair, rewrite
 from safeddl.runtime.scope import Allowances
-from safeddl.sql import first_words, split_script
+from safeddl.sql import LIMITS, first_words, split_script
 
 _SIZE_INDEPENDENT_RULES = frozenset({"concurrently-in-transaction", UNPARSED_RULE})
 _DML_WORDS = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE", "VALUES",
@@ -67,6 +68,10 @@ def analyse(text: str, facts: SessionFacts) -> list[tuple[Statement, dict[str, s
     raws = split_script(text)
     if len(raws) <= 1 and (not raws or "safeddl:" not in raws[0].preamble):
         return [(analyze_statement(text, version=facts.version, catalog=catalog), {}, catalog)]
+    if len(raws) > LIMITS.script_statements:
+        # Each statement is analysed against what the ones before it did (a catalog
+        # copy each): past the bound the string is not read, and the policy decides.
+        return [(_too_many(text, len(raws)), {}, catalog)]
     learning = catalog.copy() if len(raws) > 1 else catalog
     out = []
     for raw in raws:
@@ -76,6 +81,13 @@ def analyse(text: str, facts: SessionFacts) -> list[tuple[Statement, dict[str, s
             learning = learning.copy()
             learning.learn(statement.steps)
     return out or [(analyze_statement(text, version=facts.version, catalog=catalog), {}, catalog)]
+
+
+def _too_many(text: str, count: int) -> Statement:
+    return Statement(text, 1, Action.UNPARSED, (Step(Action.UNPARSED, text=text),), (), True,
+                     understood=False,
+                     reason=f"{count:,} statements in one string; safeddl analyses at most "
+                            f"{LIMITS.script_statements:,} (send them in several strings)")
 
 
 def _action_for(finding: Finding, statement: Statement, catalog: Catalog, facts: SessionFacts,

@@ -42,6 +42,9 @@ _RUN_PLAIN = re.compile(rf"{_PLAIN}*(?:(?:{_PIECES}){_PLAIN}*)*")
 _PLAIN_E = r"""[^'"$;/\-eE]"""
 _RUN_ESCAPES = re.compile(
     rf"{_PLAIN_E}*(?:(?:{_PIECES}|(?<![\w$])[eE](?!')|(?<=[\w$])[eE]){_PLAIN_E}*)*")
+_PLAIN_PSQL = r"""[^'"$;/\-eE\\]"""
+_RUN_PSQL = re.compile(
+    rf"{_PLAIN_PSQL}*(?:(?:{_PIECES}|(?<![\w$])[eE](?!')|(?<=[\w$])[eE]){_PLAIN_PSQL}*)*")
 _ESCAPE_STRING = re.compile(r"[eE]'(?:[^'\\]|\\.|'')*'", re.S)
 _DOLLAR_TAG = re.compile(r"\$(?:[^\W\d]\w*)?\$")
 _COMMENT_MARK = re.compile(r"/\*|\*/")
@@ -62,18 +65,37 @@ def statement_ends(text: str) -> list[int]:
     ends: list[int] = []
     if ";" not in text:
         return ends
-    pos, n = 0, len(text)
+    pos = 0
     runs = _RUN_ESCAPES if "\\" in text else _RUN_PLAIN
+    while True:
+        at = _next_mark(text, pos, runs, _ENDS)
+        if at < 0:
+            return ends
+        ends.append(at)
+        pos = at + 1
+
+
+def next_mark(text: str, pos: int) -> int:
+    """The offset of the next ``;`` or backslash outside quotes and comments (a psql
+    meta-command starts there), or -1. Raises :class:`Unterminated`."""
+    return _next_mark(text, pos, _RUN_PSQL, _ENDS_AND_BACKSLASHES)
+
+
+_ENDS = frozenset(";")
+_ENDS_AND_BACKSLASHES = frozenset(";\\")
+
+
+def _next_mark(text: str, pos: int, runs: re.Pattern[str], marks: frozenset[str]) -> int:
+    n = len(text)
     while True:
         run = runs.match(text, pos)
         pos = run.end() if run is not None else pos
         if pos >= n:
-            return ends
+            return -1
         ch = text[pos]
-        if ch == ";":
-            ends.append(pos)
-            pos += 1
-        elif ch == "$":
+        if ch in marks:
+            return pos
+        if ch == "$":
             pos = _after_dollar(text, pos)
         elif ch == "/":  # "/*": nested block comments, as PostgreSQL reads them
             pos = _after_comment(text, pos)
@@ -86,7 +108,7 @@ def statement_ends(text: str) -> list[int]:
             raise Unterminated("a quoted string", pos)
         elif ch == '"':
             raise Unterminated("a quoted identifier", pos)
-        else:  # cannot happen: the run stops only at the characters above
+        else:  # a backslash outside a psql script: the server's business
             pos += 1
 
 
