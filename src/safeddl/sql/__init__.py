@@ -126,7 +126,7 @@ def _near(text: str, tok: Token) -> str:
 
 def _unterminated(text: str) -> str | None:
     try:
-        statement_ends(text)
+        statement_ends(text + ";")  # the ';' makes the scan look at the whole text
     except Unterminated as exc:
         return f"{exc.what} starting at {_where(text, exc.offset)} does not end"
     return None

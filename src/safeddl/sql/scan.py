@@ -27,7 +27,7 @@ class Limits:
     bracket_depth: int = 8  # nested ``ARRAY[...]`` / subscripts (parse time doubles per level)
     head_bytes: int = 4096  # what is tokenized of a large DML statement
     script_statements: int = 1000  # statements of one string the guard analyses one by one
-    transaction_history: int = 500  # earlier statements of a transaction lint compares with
+    transaction_history: int = 100  # earlier statements of a transaction lint compares with
 
 
 LIMITS = Limits()
