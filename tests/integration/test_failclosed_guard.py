@@ -38,11 +38,14 @@ CREATE FUNCTION log_truncate() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN INSERT INTO sent_log (query) VALUES (current_query()); RETURN NULL; END $$;
 CREATE TABLE big (id int PRIMARY KEY, x int);
 CREATE TABLE "ÄRGER" (id int PRIMARY KEY, x int);
+CREATE TABLE "Ärger" (id int PRIMARY KEY, x int);
 CREATE TABLE "Sch;ema ""q"" -- x" (id int PRIMARY KEY, x int);
 CREATE TRIGGER log_truncate BEFORE TRUNCATE ON big EXECUTE FUNCTION log_truncate();
 CREATE TRIGGER log_truncate BEFORE TRUNCATE ON "ÄRGER" EXECUTE FUNCTION log_truncate();
+CREATE TRIGGER log_truncate BEFORE TRUNCATE ON "Ärger" EXECUTE FUNCTION log_truncate();
 INSERT INTO big SELECT g, g FROM generate_series(1, {ROWS}) g;
 INSERT INTO "ÄRGER" SELECT g, g FROM generate_series(1, {ROWS}) g;
+INSERT INTO "Ärger" SELECT g, g FROM generate_series(1, {ROWS}) g;
 INSERT INTO "Sch;ema ""q"" -- x" SELECT g, g FROM generate_series(1, {ROWS}) g;
 ANALYZE;
 """
@@ -51,6 +54,9 @@ ANALYZE;
 UNSAFE = {
     "create index": "CREATE INDEX i{n} ON big (x)",
     "create index, non-ASCII upper case": 'CREATE INDEX i{n} ON "ÄRGER" (x)',
+    # unquoted: PostgreSQL folds ASCII letters only, this is the table "Ärger"
+    "create index, unquoted non-ASCII": "CREATE INDEX i{n} ON ÄRGER (x)",
+    "truncate, unquoted non-ASCII": "TRUNCATE ÄRGER",
     "create index, hostile name": 'CREATE INDEX i{n} ON "Sch;ema ""q"" -- x" (x)',
     "truncate": "TRUNCATE big",
     "truncate, non-ASCII upper case": 'TRUNCATE "ÄRGER"',
@@ -84,7 +90,7 @@ def _sent(dsn: str) -> list[str]:
 
 def _refill(dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        for table in ("big", '"ÄRGER"'):
+        for table in ("big", '"ÄRGER"', '"Ärger"'):
             count = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
             if count is None or count[0] < ROWS:
                 conn.execute(f"INSERT INTO {table} SELECT g, g FROM generate_series(1, {ROWS}) g "
