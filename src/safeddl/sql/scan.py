@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -62,9 +63,20 @@ class Unterminated(ValueError):
 
 def statement_ends(text: str) -> list[int]:
     """Offsets of the ``;`` that end statements, in order. Raises :class:`Unterminated`."""
-    ends: list[int] = []
     if ";" not in text:
-        return ends
+        return []
+    if len(text) < LIMITS.parse_bytes:
+        return _statement_ends(text)
+    return list(_large_statement_ends(text))  # splitting and reading both ask
+
+
+@lru_cache(maxsize=2)
+def _large_statement_ends(text: str) -> tuple[int, ...]:
+    return tuple(_statement_ends(text))
+
+
+def _statement_ends(text: str) -> list[int]:
+    ends: list[int] = []
     pos = 0
     runs = _RUN_ESCAPES if "\\" in text else _RUN_PLAIN
     while True:
@@ -138,8 +150,14 @@ def head_of(text: str, size: int) -> str:
     enough to read the leading keywords and the target of a large statement."""
     run = (_RUN_ESCAPES if "\\" in text[:size] else _RUN_PLAIN).match(text, 0, size)
     stop = run.end() if run is not None else 0
-    cut = max(text.rfind(" ", 0, stop), text.rfind("\n", 0, stop), text.rfind("(", 0, stop))
-    return text[: cut if cut > 0 else stop]
+    if stop < size:
+        return text[:stop]  # the run ended at a lexeme boundary
+    # Cut inside ordinary text: back off to a space or '(' after the last quote (the
+    # run holds complete quoted strings only, so just after a quote is outside one).
+    floor = max(text.rfind("'", 0, stop), text.rfind('"', 0, stop)) + 1
+    cut = max(text.rfind(" ", floor, stop), text.rfind("\n", floor, stop),
+              text.rfind("(", floor, stop))
+    return text[: cut if cut > 0 else floor if floor > 0 else stop]
 
 
 def nesting(kinds: list[str]) -> tuple[int, int]:
