@@ -69,6 +69,9 @@ def test_only_ascii_letters_are_folded() -> None:
     assert qualified_name("ÄRGER") == "public.Ärger"
     assert qualified_name("Orders") == "public.orders"
     assert qualified_name('"ÄRGER"') == "public.ÄRGER"
+    # cut to 63 bytes, never inside a multi-byte character, as PostgreSQL does
+    assert qualified_name("x" * 70) == "public." + "x" * 63
+    assert qualified_name('"' + "ä" * 40 + '"') == "public." + "ä" * 31
     assert analyze_statement("UPDATE ÄRGER SET Ä = 1").steps[0].columns == ("Ä",)
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql import local_name, qualified_name
+from safeddl.sql.names import schema_in_key
 
 
 @dataclass
@@ -314,7 +315,7 @@ class Catalog:
             table.constraints.pop(local_name(step.name), None)
         elif action is Action.CREATE_INDEX and step.table:
             if step.name:
-                schema = self.key(step.table).split(".")[0]
+                schema = schema_in_key(self.key(step.table), step.table)
                 self.indexes[f"{schema}.{local_name(step.name)}"] = self.key(step.table)
         elif action is Action.DROP_INDEX and step.name:
             self.indexes.pop(self.key(step.name), None)
@@ -334,7 +335,7 @@ class Catalog:
                 part.parent = None
                 part.default_partition = False
         elif action is Action.RENAME_TABLE and table is not None and step.name:
-            schema = table.key.split(".")[0]
+            schema = schema_in_key(table.key, step.table or table.key)
             new_key = f"{schema}.{local_name(step.name)}"
             old_key = table.key
             self.relations.pop(old_key, None)

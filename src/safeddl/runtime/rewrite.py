@@ -52,6 +52,7 @@ from safeddl.analysis.catalog import Relation
 from safeddl.rules.support import beside, first_group, group_columns, split_commas
 from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
 from safeddl.sql import local_name, quote_ident
+from safeddl.sql.names import fold
 from safeddl.sql.tokens import SqlTokenError, tokenize
 
 NAME_BYTES = 63  # NAMEDATALEN - 1
@@ -149,7 +150,7 @@ def _is_invalid(catalog: Catalog, table: str, name: str) -> bool:
     relation = catalog.get(table)
     table_key = relation.key if relation is not None else catalog.key(table)
     wanted = local_name(name)
-    return any(key.split(".", 1)[1] == wanted and catalog.indexes.get(key) == table_key
+    return any(key.endswith("." + wanted) and catalog.indexes.get(key) == table_key
                for key in catalog.invalid_indexes)
 
 
@@ -190,7 +191,7 @@ def _validate_separately(statement: Statement, catalog: Catalog, version: int) -
 def _default_name(step: Step, relation: Relation, definition: str) -> str | None:
     """The name PostgreSQL would give the constraint, or None when that cannot be
     known for sure (the name is taken, the columns of the table are unknown)."""
-    table = relation.key.split(".", 1)[1]
+    table = local_name(step.table or relation.key)  # the key cannot be split at a dot
     if step.constraint_type is ConstraintType.FOREIGN_KEY:
         columns = [local_name(c) for c in group_columns(definition)]
         if not columns:
@@ -215,10 +216,9 @@ def _columns_in(definition: str, relation: Relation) -> list[str] | None:
         return None
     found: list[str] = []
     for i, token in enumerate(tokens):
-        if token.kind == "IDENTIFIER":
-            name = token.text
-        elif token.word and token.kind not in ("L_PAREN", "R_PAREN"):
-            name = token.text.lower()
+        if token.kind == "IDENTIFIER" or (token.word and token.kind not in ("L_PAREN",
+                                                                         "R_PAREN")):
+            name = fold(token.text, token.kind == "IDENTIFIER")  # as PostgreSQL stores it
         else:
             continue
         after = tokens[i + 1].kind if i + 1 < len(tokens) else ""
@@ -244,7 +244,7 @@ def _set_not_null(statement: Statement, catalog: Catalog, version: int) -> Plan 
 def not_null_steps(table: str, column: str, relation: Relation) -> list[PlanStep]:
     """SET NOT NULL without a scan under ACCESS EXCLUSIVE (PostgreSQL 12+): a CHECK
     (col IS NOT NULL) added NOT VALID and validated proves it; then it is dropped."""
-    proof = _free_name(relation, relation.key.split(".", 1)[1], local_name(column),
+    proof = _free_name(relation, local_name(table), local_name(column),
                        "is_not_null")
     return [
         PlanStep(f"ALTER TABLE {table} ADD CONSTRAINT {proof} CHECK ({column} IS NOT NULL) "
@@ -279,7 +279,7 @@ def _unique_using_index(statement: Statement, catalog: Catalog, version: int) ->
     kind = "PRIMARY KEY" if primary else "UNIQUE"
     table = step.table
     name = step.name or quote_ident(pg_object_name(
-        relation.key.split(".", 1)[1], None if primary else _name_addition(columns + include),
+        local_name(step.table or relation.key), None if primary else _name_addition(columns + include),
         "pkey" if primary else "key"))
     index = beside(table, name)
     steps = [PlanStep(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} {index_tail}",

@@ -61,10 +61,19 @@ def split_name(written: str) -> list[tuple[str, bool]]:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
+#: PostgreSQL's NAMEDATALEN - 1: identifiers are cut to this many bytes.
+NAME_BYTES = 63
+
+
 def fold(part: str, quoted: bool) -> str:
-    """PostgreSQL's case folding: unquoted identifiers are lower-cased, ASCII letters
-    only (in a multi-byte encoding such as UTF8 ``ÄRGER`` stays ``Ärger``'s ``Ä``)."""
-    return part if quoted else part.translate(_ASCII_LOWER)
+    """An identifier as PostgreSQL stores it: unquoted ones lower-cased, ASCII letters
+    only (in UTF8 unquoted ``ÄRGER`` is ``Ärger``), and every one cut to 63 bytes
+    without splitting a multi-byte character (``truncate_identifier``)."""
+    folded = part if quoted else part.translate(_ASCII_LOWER)
+    raw = folded.encode()
+    if len(raw) > NAME_BYTES:
+        folded = raw[:NAME_BYTES].decode("utf-8", errors="ignore")
+    return folded
 
 
 @lru_cache(maxsize=65536)
@@ -95,3 +104,9 @@ def schema_of(written: str) -> str | None:
         return None
     part, quoted = parts[-2]
     return '"' + part.replace('"', '""') + '"' if quoted else part
+
+
+def schema_in_key(key: str, written: str) -> str:
+    """The schema part of a catalog key, given the relation's name as written (a key
+    ``schema.name`` cannot be split at a dot: ``"my.sch".t`` has the key ``my.sch.t``)."""
+    return key[: len(key) - len(local_name(written)) - 1]
