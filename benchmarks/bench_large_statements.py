@@ -11,6 +11,10 @@ time, so that no cached decision helps), in a transaction that is rolled back; b
 - an ``INSERT ... VALUES`` of about N MB (integers and strings, some holding ``;``),
 - the same with a syntax error at its end,
 - a ``DELETE ... WHERE id IN (...)`` of about N MB.
+
+The two connections take turns going first (the server's own time varies from one
+statement to the next); the last column is safeddl's decision alone (``decide()`` on
+the text, no server), best of the runs.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ from typing import Any
 import psycopg
 
 import safeddl.psycopg
+from safeddl.runtime.decision import decide
+from safeddl.runtime.plan import SessionFacts
+from safeddl.runtime.policy import Policy
 from safeddl.testing import start_server
 
 
@@ -71,18 +78,24 @@ def main() -> None:
             admin.execute("CREATE TABLE t (id bigint, note text)")
         plain = psycopg.connect(server.dsn)
         guarded = safeddl.psycopg.connect(server.dsn)
-        print(f"| statement ({args.megabytes:g} MB) | unguarded | guarded | ratio |")
-        print("|---|---:|---:|---:|")
+        print(f"| statement ({args.megabytes:g} MB) | unguarded | guarded | ratio "
+              "| safeddl's decision |")
+        print("|---|---:|---:|---:|---:|")
         salt = 0
         for label, make in CASES.items():
-            best = {"plain": float("inf"), "guarded": float("inf")}
-            for _ in range(args.repeat):
-                for which, conn in (("plain", plain), ("guarded", guarded)):
+            best = {"plain": float("inf"), "guarded": float("inf"), "decide": float("inf")}
+            for run in range(args.repeat):
+                pair = [("plain", plain), ("guarded", guarded)]
+                for which, conn in pair if run % 2 == 0 else pair[::-1]:
                     salt += 1
                     text = make(args.megabytes, salt)
                     best[which] = min(best[which], timed(conn, text))
+                text = make(args.megabytes, salt + 1000)
+                started = time.perf_counter()
+                decide(text, SessionFacts(18, True), Policy())
+                best["decide"] = min(best["decide"], time.perf_counter() - started)
             print(f"| {label} | {best['plain']:.2f} s | {best['guarded']:.2f} s | "
-                  f"{best['guarded'] / best['plain']:.2f} |")
+                  f"{best['guarded'] / best['plain']:.2f} | {best['decide']:.3f} s |")
         plain.close()
         guarded.close()
     finally:
