@@ -202,8 +202,11 @@ NAMED = ["alter_table", "constraints", "create_table", "foreign_key", "indexing"
          "insert_conflict", "merge", "triggers", "partition_prune"]
 
 
+ALL = sorted(p.stem for p in REGRESS.glob("*.sql")) if REGRESS.is_dir() else NAMED
+
+
 @pytest.mark.skipif(not REGRESS.is_dir(), reason="PostgreSQL's regression scripts not here")
-@pytest.mark.parametrize("name", NAMED)
+@pytest.mark.parametrize("name", ALL)
 def test_postgresql_regression_scripts_never_raise(name: str) -> None:
     script = (REGRESS / f"{name}.sql").read_text(encoding="utf-8", errors="replace")
     statements = analyze_script(script)
@@ -213,3 +216,23 @@ def test_postgresql_regression_scripts_never_raise(name: str) -> None:
     hidden = [s.sql[:80] for s in statements
               if not s.sql.startswith("\\") and "\n\\" in s.sql]
     assert not hidden, "a meta-command glued to a statement"
+    if name not in NAMED:
+        return  # lint as well for those where the analysis once raised
+    results = lint_script(script)
+    assert len(results) == len(statements)
+    assert not [r for r in results if "internal error" in (r.statement.reason or "")]
+
+
+def test_cli_reports_a_meta_command_as_such(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from safeddl.cli.main import main
+
+    script = tmp_path / "m.sql"
+    script.write_text(PSQL_SCRIPT)
+    result = CliRunner().invoke(main, ["analyze", "--format", "json", str(script)])
+    items = json.loads(result.stdout)
+    assert [i["sql"] for i in items if i.get("psql_meta_command")] == [
+        "\\set ON_ERROR_STOP on", "\\gset", "\\connect other", "\\i more.sql",
+        "\\copy t FROM 'rows.csv'"]
+    assert "O'Brien" not in result.stdout  # COPY data is not a statement
