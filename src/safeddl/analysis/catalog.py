@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql import local_name, qualified_name
-from safeddl.sql.names import schema_in_key
+from safeddl.sql.names import pg_object_name, schema_in_key
 
 
 @dataclass
@@ -367,7 +367,8 @@ class Catalog:
         if kind is None:
             return
         column = local_name(step.column) if step.column else None
-        name = local_name(step.name) if step.name else _default_name(table.key, column, kind)
+        own = local_name(step.table) if step.table else table.key.rpartition(".")[2]
+        name = local_name(step.name) if step.name else _default_name(own, column, kind)
         definition = _strip_prefix(step.definition_sql or "")
         references = self.key(step.references) if step.references else None
         table.constraints[name] = Constraint(
@@ -415,16 +416,16 @@ _ALTERS = frozenset({
 })
 
 
-def _default_name(table_key: str, column: str | None, kind: ConstraintType) -> str:
-    table = table_key.split(".", 1)[1]
+def _default_name(table: str, column: str | None, kind: ConstraintType) -> str:
+    """The name PostgreSQL gives an unnamed constraint of ``table`` (its own name)."""
     suffix = {
         ConstraintType.CHECK: "check", ConstraintType.FOREIGN_KEY: "fkey",
         ConstraintType.UNIQUE: "key", ConstraintType.PRIMARY_KEY: "pkey",
         ConstraintType.EXCLUDE: "excl", ConstraintType.NOT_NULL: "not_null",
     }[kind]
     if kind is ConstraintType.PRIMARY_KEY or column is None:
-        return f"{table}_{suffix}"
-    return f"{table}_{column}_{suffix}"
+        return pg_object_name(table, None, suffix)
+    return pg_object_name(table, column, suffix)
 
 
 def _strip_prefix(definition: str) -> str:

@@ -52,10 +52,10 @@ from safeddl.analysis.catalog import Relation
 from safeddl.rules.support import beside, first_group, group_columns, split_commas
 from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
 from safeddl.sql import local_name, quote_ident
-from safeddl.sql.names import fold
+from safeddl.sql.names import fold, pg_object_name
+from safeddl.sql.names import name_addition as _name_addition
 from safeddl.sql.tokens import SqlTokenError, tokenize
 
-NAME_BYTES = 63  # NAMEDATALEN - 1
 
 Builder = Callable[[Statement, Catalog, int], "Plan | None"]
 
@@ -404,37 +404,6 @@ def _deletes_like_truncate(catalog: Catalog, table: str, only: bool) -> bool:
 
 
 # --------------------------------------------------------------------------- names
-
-
-def pg_object_name(name1: str, name2: str | None, label: str) -> str:
-    """PostgreSQL's ``makeObjectName``: ``name1_name2_label`` cut to 63 bytes by
-    shortening the longer of name1 / name2 first."""
-    overhead = (len(label.encode()) + 1 if label else 0) + (1 if name2 else 0)
-    available = NAME_BYTES - overhead
-    first, second = name1.encode(), (name2 or "").encode()
-    keep1, keep2 = len(first), len(second)
-    while keep1 + keep2 > available:
-        if keep1 > keep2:
-            keep1 -= 1
-        else:
-            keep2 -= 1
-    parts = [first[:keep1].decode(errors="ignore")]
-    if name2:
-        parts.append(second[:keep2].decode(errors="ignore"))
-    if label:
-        parts.append(label)
-    return "_".join(parts)
-
-
-def _name_addition(columns: list[str]) -> str:
-    """Column names joined by ``_``, as PostgreSQL builds them for a constraint or
-    index name (it stops once 64 bytes are reached)."""
-    out = ""
-    for column in columns:
-        out = f"{out}_{column}" if out else column
-        if len(out.encode()) >= NAME_BYTES + 1:
-            break
-    return out
 
 
 def _free_name(relation: Relation, name1: str, name2: str, label: str) -> str:

@@ -110,3 +110,35 @@ def schema_in_key(key: str, written: str) -> str:
     """The schema part of a catalog key, given the relation's name as written (a key
     ``schema.name`` cannot be split at a dot: ``"my.sch".t`` has the key ``my.sch.t``)."""
     return key[: len(key) - len(local_name(written)) - 1]
+
+
+def pg_object_name(name1: str, name2: str | None, label: str) -> str:
+    """PostgreSQL's ``makeObjectName`` (what ChooseConstraintName / ChooseRelationName
+    build on): ``name1_name2_label`` cut to 63 bytes by shortening the longer of name1 /
+    name2 first, never inside a multi-byte character (``pg_mbcliplen``)."""
+    overhead = (len(label.encode()) + 1 if label else 0) + (1 if name2 else 0)
+    available = NAME_BYTES - overhead
+    first, second = name1.encode(), (name2 or "").encode()
+    keep1, keep2 = len(first), len(second)
+    while keep1 + keep2 > available:
+        if keep1 > keep2:
+            keep1 -= 1
+        else:
+            keep2 -= 1
+    parts = [first[:keep1].decode(errors="ignore")]
+    if name2:
+        parts.append(second[:keep2].decode(errors="ignore"))
+    if label:
+        parts.append(label)
+    return "_".join(parts)
+
+
+def name_addition(columns: list[str]) -> str:
+    """Column names joined by ``_``, as PostgreSQL builds them for a constraint or
+    index name (it stops once 64 bytes are reached)."""
+    out = ""
+    for column in columns:
+        out = f"{out}_{column}" if out else column
+        if len(out.encode()) >= NAME_BYTES + 1:
+            break
+    return out
