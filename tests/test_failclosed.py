@@ -236,3 +236,18 @@ def test_cli_reports_a_meta_command_as_such(tmp_path: Path) -> None:
         "\\set ON_ERROR_STOP on", "\\gset", "\\connect other", "\\i more.sql",
         "\\copy t FROM 'rows.csv'"]
     assert "O'Brien" not in result.stdout  # COPY data is not a statement
+
+
+@pytest.mark.parametrize("text", [
+    "INSERT INTO t (a) VALUES " + ",".join(["('x;y')"] * 20_000) + "; TRUNCATE big",
+    "/* " + "c" * 50_000 + " */ TRUNCATE big",
+    "INSERT INTO t (a) VALUES " + ",".join(["(1)"] * 20_000) + ", ((SELECT 1 FROM big))",
+    "DELETE FROM t WHERE a IN (" + ",".join(["1"] * 20_000) + "); DO $$ BEGIN END $$",
+])
+def test_a_large_text_hides_nothing(text: str) -> None:
+    assert len(text) > LIMITS.parse_bytes
+    decision = decide(text, SessionFacts(18, True), Policy())
+    if "TRUNCATE" in text or "DO $$" in text:
+        assert decision.action is RuleAction.REFUSE
+    else:  # another relation inside: not classified by its leading keywords
+        assert not decision.statements[0].understood
