@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "hot-path": [sys.executable, str(HERE / "bench_hot_path.py")],
     "seed-scenario": [sys.executable, "-m", "safeddl", "demo"],
     "deadlocks": [sys.executable, str(HERE / "bench_deadlocks.py")],
+    "large-statements": [sys.executable, str(HERE / "bench_large_statements.py")],
 }
 
 
