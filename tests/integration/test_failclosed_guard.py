@@ -77,6 +77,10 @@ WRAPPINGS: dict[str, Callable[[str], str]] = {
     "before a harmless statement": lambda s: f"{s}; SELECT 1",
     "after a placeholder": lambda s: f"SELECT count(*) FROM big WHERE 1 = 0 AND 2 = 1+2; {s}",
     "after a literal with ; and --": lambda s: f"SELECT 'x;y -- z', $t$;$t$; {s}",
+    "after an escape string with \\' ; --": lambda s: f"SELECT E'\\';--', 1; {s}",
+    "after a dollar quote holding $1+$2;": lambda s: f"SELECT $q$ $1+$2; $q$; {s}",
+    "inside BEGIN ... COMMIT": lambda s: f"BEGIN; {s}; COMMIT",
+    "tabs, form feeds, a trailing ;": lambda s: f"\t\f{s}\t;",
     "ignore comment for another statement": lambda s: (
         f"-- safeddl: ignore[create-index,truncate,unparsed-statement] the first only\n"
         f"SELECT 1;\n{s}"),
