@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "seed-scenario": [sys.executable, "-m", "safeddl", "demo"],
     "deadlocks": [sys.executable, str(HERE / "bench_deadlocks.py")],
     "topologies": [sys.executable, str(HERE / "bench_topologies.py")],
+    "large-statements": [sys.executable, str(HERE / "bench_large_statements.py")],
 }
 
 

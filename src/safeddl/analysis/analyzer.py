@@ -18,7 +18,8 @@ from safeddl.analysis.locktable import (
 from safeddl.caches import MiB, TextCache
 from safeddl.locks import Holds
 from safeddl.model import Action, RelationLock, Statement, Step
-from safeddl.sql import Syntax, quote_ident, read, split_script
+from safeddl.sql import RawStatement, Syntax, quote_ident, read, split_script
+from safeddl.sql.psql import split_psql
 
 logger = logging.getLogger("safeddl")
 
@@ -58,17 +59,25 @@ def analyze_statement(text: str, *, version: int = NEWEST, catalog: Catalog | No
 
 
 def analyze_script(script: str, *, version: int = NEWEST, catalog: Catalog | None = None,
-                   learn: bool = True) -> list[Statement]:
+                   learn: bool = True, psql: bool = True) -> list[Statement]:
     """The facts of every statement of a script, in order.
 
     ``catalog`` is what is known before the script; each statement's effect on the
     schema (a new table, a column, an index...) is learnt for the next ones. The
-    given catalog is updated in place when ``learn`` is true.
+    given catalog is updated in place when ``learn`` is true. With ``psql`` (a
+    migration file written for psql) a meta-command is an item of its own and the
+    inline data of ``COPY ... FROM stdin`` is skipped.
     """
     check_version(version)
     catalog = catalog if catalog is not None else Catalog()
     out = []
-    for raw in split_script(script):
+    for raw in split_script_items(script, psql):
+        if raw.psql:
+            statement = analyze_meta_command(raw, version, catalog)
+            out.append(statement)
+            if learn and statement.understood:
+                catalog.learn(statement.steps)
+            continue
         if raw.error:
             syntax = Syntax((Step(Action.UNPARSED, text=raw.text),), f"cannot tokenize: {raw.error}")
         else:
@@ -79,6 +88,33 @@ def analyze_script(script: str, *, version: int = NEWEST, catalog: Catalog | Non
         if learn and syntax.understood:
             catalog.learn(syntax.steps)
     return out
+
+
+def split_script_items(script: str, psql: bool = True) -> list[RawStatement]:
+    """The statements of a script; with ``psql`` also its meta-commands, as items."""
+    return split_psql(script) if psql else split_script(script)
+
+
+# Meta-commands that run statements safeddl does not see.
+_HIDING_META = {"\\i", "\\ir", "\\include", "\\include_relative", "\\gexec"}
+
+
+def analyze_meta_command(raw: RawStatement, version: int, catalog: Catalog) -> Statement:
+    """A psql meta-command: psql runs it, the server never sees it. ``\\copy`` takes the
+    locks of the COPY it runs; ``\\i`` and ``\\gexec`` run statements safeddl cannot see."""
+    command = (raw.psql or "").lower()
+    note = f"psql meta-command {command}: psql runs it, the server never sees it"
+    if command == "\\copy":
+        copy = analyze_statement("COPY " + raw.text[len(command):].strip(), version=version,
+                                 catalog=catalog, line=raw.line)
+        return dataclasses.replace(copy, sql=raw.text, notes=(*copy.notes, note))
+    if command in _HIDING_META:
+        return Statement(raw.text, raw.line, Action.UNPARSED,
+                         (Step(Action.UNPARSED, text=raw.text),), (), True, understood=False,
+                         reason=f"psql meta-command {command} runs statements safeddl "
+                                "does not see")
+    return Statement(raw.text, raw.line, Action.OTHER, (Step(Action.OTHER, text=command),),
+                     (), True, notes=(note,))
 
 
 def _facts(text: str, line: int, syntax: Syntax, version: int, catalog: Catalog) -> Statement:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from safeddl.model import Action, ConstraintType, Step, Volatility
 from safeddl.sql import local_name, qualified_name
+from safeddl.sql.names import pg_object_name, schema_in_key
 
 
 @dataclass
@@ -164,9 +165,11 @@ class Catalog:
         """Partitions / inheritance children, recursively, as qualified names."""
         index = self._index().children
         out: list[str] = []
+        seen = {self.key(written)}
         todo = [self.key(written)]
         while todo:
-            kids = index.get(todo.pop(0), [])
+            kids = [kid for kid in index.get(todo.pop(0), []) if kid not in seen]
+            seen.update(kids)  # a script can make a cycle (attach, rename, inherit)
             out.extend(kids)
             todo.extend(kids)
         return out
@@ -266,12 +269,17 @@ class Catalog:
             self._create(head, steps[1:])
             return
         for step in steps:
-            if step.action in _RESHAPES or (step.references and step.action not in (
-                    Action.ADD_CONSTRAINT, Action.ADD_COLUMN)):
+            reshapes = step.action in _RESHAPES or (bool(step.references) and step.action not in (
+                Action.ADD_CONSTRAINT, Action.ADD_COLUMN))
+            if reshapes:
                 self._generation += 1  # parents or foreign keys change
             # (a new foreign key is added to the derived indexes in place: a long
             # history stays linear)
             self._learn_step(step)
+            if reshapes:
+                # again: the step itself may have rebuilt the derived indexes (children
+                # of a table it drops) before it changed the relations
+                self._generation += 1
 
     def _create(self, head: Step, rest: list[Step]) -> None:
         assert head.table is not None
@@ -328,7 +336,9 @@ class Catalog:
             if _has_default(step):
                 table.defaults.add(col)
             for child in self.children(table.key):
-                self.relations[child].columns[col] = step.type_sql or ""
+                kid = self.relations.get(child)
+                if kid is not None:
+                    kid.columns[col] = step.type_sql or ""
             if step.constraint_type is not None:
                 self._add_constraint(table, step, inline=True)
         elif action is Action.ADD_CONSTRAINT and table is not None:
@@ -353,7 +363,7 @@ class Catalog:
             table.constraints.pop(local_name(step.name), None)
         elif action is Action.CREATE_INDEX and step.table:
             if step.name:
-                schema = self.key(step.table).split(".")[0]
+                schema = schema_in_key(self.key(step.table), step.table)
                 index = f"{schema}.{local_name(step.name)}"
                 self.indexes[index] = self.key(step.table)
                 if step.columns:
@@ -362,7 +372,7 @@ class Catalog:
             self.indexes.pop(self.key(step.name), None)
             self.index_columns.pop(self.key(step.name), None)
         elif action is Action.CREATE_STATISTICS and step.table and step.name:
-            schema = self.key(step.table).split(".")[0]
+            schema = schema_in_key(self.key(step.table), step.table)
             self.statistics[f"{schema}.{local_name(step.name)}"] = self.key(step.table)
         elif action is Action.DROP_STATISTICS and step.name:
             self.statistics.pop(self.key(step.name), None)
@@ -391,7 +401,7 @@ class Catalog:
                 part.parent = None
                 part.default_partition = False
         elif action is Action.RENAME_TABLE and table is not None and step.name:
-            schema = table.key.split(".")[0]
+            schema = schema_in_key(table.key, step.table or table.key)
             self._rename(table, f"{schema}.{local_name(step.name)}")
         elif action is Action.RENAME_COLUMN and table is not None and step.column and step.name:
             old, new = local_name(step.column), local_name(step.name)
@@ -415,7 +425,7 @@ class Catalog:
         """A table renamed: what points at it (foreign keys, partitions, views, indexes)
         follows it."""
         old_key = table.key
-        self.relations.pop(old_key)
+        self.relations.pop(old_key, None)
         table.key = new_key
         self.relations[new_key] = table
         for relation in self.relations.values():
@@ -437,12 +447,12 @@ class Catalog:
         old = self.key(step.name)
         if match is None or old not in self.indexes:
             return
-        new = f"{old.split('.')[0]}.{local_name(match.group(1))}"
+        new = f"{schema_in_key(old, step.name)}.{local_name(match.group(1))}"
         self.indexes[new] = self.indexes.pop(old)
         if old in self.index_columns:
             self.index_columns[new] = self.index_columns.pop(old)
         owner = self.relations.get(self.indexes[new])
-        old_name, new_name = old.split(".", 1)[1], new.split(".", 1)[1]
+        old_name, new_name = local_name(step.name), local_name(match.group(1))
         if owner is not None and old_name in owner.constraints:  # the index of a key
             con = owner.constraints.pop(old_name)
             con.name = new_name
@@ -489,7 +499,8 @@ class Catalog:
         if kind is None:
             return
         column = local_name(step.column) if step.column else None
-        name = local_name(step.name) if step.name else _default_name(table.key, column, kind)
+        own = local_name(step.table) if step.table else table.key.rpartition(".")[2]
+        name = local_name(step.name) if step.name else _default_name(own, column, kind)
         definition = _strip_prefix(step.definition_sql or "")
         references = self.key(step.references) if step.references else None
         replaced = table.constraints.get(name)
@@ -560,16 +571,16 @@ def _has_default(step: Step) -> bool:
     return step.default_sql is not None and step.volatility is not Volatility.NONE
 
 
-def _default_name(table_key: str, column: str | None, kind: ConstraintType) -> str:
-    table = table_key.split(".", 1)[1]
+def _default_name(table: str, column: str | None, kind: ConstraintType) -> str:
+    """The name PostgreSQL gives an unnamed constraint of ``table`` (its own name)."""
     suffix = {
         ConstraintType.CHECK: "check", ConstraintType.FOREIGN_KEY: "fkey",
         ConstraintType.UNIQUE: "key", ConstraintType.PRIMARY_KEY: "pkey",
         ConstraintType.EXCLUDE: "excl", ConstraintType.NOT_NULL: "not_null",
     }[kind]
     if kind is ConstraintType.PRIMARY_KEY or column is None:
-        return f"{table}_{suffix}"
-    return f"{table}_{column}_{suffix}"
+        return pg_object_name(table, None, suffix)
+    return pg_object_name(table, column, suffix)
 
 
 def _strip_prefix(definition: str) -> str:

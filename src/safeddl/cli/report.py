@@ -80,7 +80,7 @@ def short_sql(sql: str, width: int = _STATEMENT_WIDTH) -> str:
 def statement_object(file: str, result: Result) -> JsonObject:
     """One statement as in the command-line contract (DESIGN.md)."""
     statement = result.statement
-    return {
+    item: JsonObject = {
         "file": file,
         "line": statement.line,
         "sql": statement.sql,
@@ -88,6 +88,9 @@ def statement_object(file: str, result: Result) -> JsonObject:
         "locks": [lock.as_json() for lock in statement.locks],
         "findings": [finding.as_json() for finding in result.findings],
     }
+    if statement.sql.startswith("\\"):
+        item["psql_meta_command"] = True  # run by psql; the server never sees it
+    return item
 
 
 def analyze_json(files: Iterable[FileResults]) -> str:

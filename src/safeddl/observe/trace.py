@@ -218,6 +218,8 @@ def run_trace(dsn: str, script: str, *, file: str = "<script>", pg_version: int 
 
 
 def _skip_reason(statement: Statement) -> str | None:
+    if statement.sql.startswith("\\"):
+        return "a psql meta-command: psql runs it, the server never sees it"
     if statement.kind is Action.TRANSACTION_CONTROL:
         return ("transaction control: the whole script runs in one transaction that is "
                 "rolled back")

@@ -6,10 +6,10 @@ import re
 from dataclasses import dataclass, field
 
 from safeddl.analysis import Action, Catalog, Statement, analyze_statement
-from safeddl.analysis.analyzer import check_version
+from safeddl.analysis.analyzer import analyze_meta_command, check_version, split_script_items
 from safeddl.rules import catalogue
 from safeddl.rules.base import Context, Finding, Rule
-from safeddl.sql import split_script
+from safeddl.sql import LIMITS
 
 _IGNORE = re.compile(r"safeddl:\s*ignore\[([^\]]*)\]\s*(.*)$", re.IGNORECASE)
 _SET_LOCK_TIMEOUT = re.compile(
@@ -58,14 +58,19 @@ def ignores_in(comments: tuple[str, ...]) -> dict[str, str]:
 
 def lint_script(script: str, *, version: int = 18, catalog: Catalog | None = None,
                 assume_in_transaction: bool = False,
-                rules: list[Rule] | None = None) -> list[Result]:
-    """Analyse and check every statement of a script, in order."""
+                rules: list[Rule] | None = None, psql: bool = True) -> list[Result]:
+    """Analyse and check every statement of a script, in order (with ``psql``: its
+    meta-commands as items of their own, inline COPY data skipped)."""
     check_version(version)
     catalog = catalog.copy() if catalog is not None else Catalog()
     context = Context(version=version, catalog=catalog, in_transaction=assume_in_transaction)
     results = []
-    for raw in split_script(script):
-        statement = analyze_statement(raw.text, version=version, catalog=catalog, line=raw.line)
+    for raw in split_script_items(script, psql):
+        if raw.psql:
+            statement = analyze_meta_command(raw, version, catalog)
+        else:
+            statement = analyze_statement(raw.text, version=version, catalog=catalog,
+                                          line=raw.line)
         ignores = ignores_in(raw.comments)
         result = Result(statement)
         for finding in check(statement, context, rules):
@@ -96,7 +101,10 @@ def _advance(context: Context, statement: Statement, text: str, assume: bool) ->
         return
     if statement.kind is Action.SET:
         _track_lock_timeout(context, text)
-    if context.in_transaction:
+    if context.in_transaction and len(context.transaction) < LIMITS.transaction_history:
+        # Rules compare a statement with the earlier ones of its transaction: past the
+        # bound the later statements are still checked, against the first ones only
+        # (linear work for any length).
         context.transaction.append(statement)
 
 

@@ -35,7 +35,7 @@ from collections.abc import Iterator
 
 from safeddl.analysis import Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
-from safeddl.sql.names import fold, quote_ident, split_name
+from safeddl.sql.names import case_fold, fold, quote_ident, split_name
 
 MAX_BYTES = 63  # NAMEDATALEN - 1
 
@@ -73,13 +73,12 @@ def _name_parts(statement: Statement) -> Iterator[str]:
             if not written:
                 continue
             for part, quoted in split_name(written):
-                yield fold(part, quoted)
+                yield case_fold(part, quoted)  # before the truncation this rule is about
 
 
 def truncated(name: str) -> str:
     """What PostgreSQL keeps: the first 63 bytes, not cutting a character in two."""
-    data = name.encode()[:MAX_BYTES]
-    return data.decode(errors="ignore")
+    return fold(name, quoted=True)
 
 
 def shortened(name: str) -> str:

@@ -32,8 +32,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from safeddl.analysis import Statement
+from safeddl.model import shorten
 from safeddl.rules.base import Context, Finding, Severity, compose
 from safeddl.rules.support import statement_sql
+
+_SHOWN = 2000  # characters of a very long statement shown in the message
 
 
 class UnparsedStatement:
@@ -47,7 +50,8 @@ class UnparsedStatement:
         alternative = "\n".join([
             "-- write it out as plain SQL statements, or check its locks on a copy:",
             "BEGIN;",
-            statement_sql(statement),
+            statement_sql(statement) if len(statement.sql) <= _SHOWN
+            else f"{shorten(statement.sql, _SHOWN)}  -- (shortened: {len(statement.sql):,} characters)",
             ("SELECT relation::regclass, mode FROM pg_locks "
             "WHERE pid = pg_backend_pid() AND locktype = 'relation';"),
             "ROLLBACK;",

@@ -15,13 +15,14 @@ from collections.abc import Mapping, Sequence
 
 from safeddl.analysis import Action, Catalog, Statement, analyze_statement
 from safeddl.locks import Holds
+from safeddl.model import Step
 from safeddl.rules import Context, Finding, check
 from safeddl.rules.engine import ignores_in
 from safeddl.runtime.plan import Decision, Plan, PlanStep, Rewriter, SessionFacts, Waiver
 from safeddl.runtime.policy import UNPARSED_RULE, Policy, RuleAction
 from safeddl.runtime.rewrite import repair, rewrite
 from safeddl.runtime.scope import Allowances
-from safeddl.sql import split_script
+from safeddl.sql import LIMITS, first_words, split_script
 
 _SIZE_INDEPENDENT_RULES = frozenset({"concurrently-in-transaction", UNPARSED_RULE})
 # Rules whose lock lasts until COMMIT whatever the table's size: a small table is not a
@@ -70,6 +71,10 @@ def analyse(text: str, facts: SessionFacts) -> list[tuple[Statement, dict[str, s
     raws = split_script(text)
     if len(raws) <= 1 and (not raws or "safeddl:" not in raws[0].preamble):
         return [(analyze_statement(text, version=facts.version, catalog=catalog), {}, catalog)]
+    if len(raws) > LIMITS.script_statements:
+        # Each statement is analysed against what the ones before it did (a catalog
+        # copy each): past the bound the string is not read, and the policy decides.
+        return [(_too_many(text, len(raws)), {}, catalog)]
     learning = catalog.copy() if len(raws) > 1 else catalog
     out = []
     for raw in raws:
@@ -79,6 +84,13 @@ def analyse(text: str, facts: SessionFacts) -> list[tuple[Statement, dict[str, s
             learning = learning.copy()
             learning.learn(statement.steps)
     return out or [(analyze_statement(text, version=facts.version, catalog=catalog), {}, catalog)]
+
+
+def _too_many(text: str, count: int) -> Statement:
+    return Statement(text, 1, Action.UNPARSED, (Step(Action.UNPARSED, text=text),), (), True,
+                     understood=False,
+                     reason=f"{count:,} statements in one string; safeddl analyses at most "
+                            f"{LIMITS.script_statements:,} (send them in several strings)")
 
 
 def _action_for(finding: Finding, statement: Statement, catalog: Catalog, facts: SessionFacts,
@@ -105,10 +117,11 @@ def _action_for(finding: Finding, statement: Statement, catalog: Catalog, facts:
 def _harmless_here(finding: Finding, statement: Statement, catalog: Catalog,
                    facts: SessionFacts, policy: Policy, sized: bool = False) -> str | None:
     """Why a strong lock does not matter here: every relation it scans, rewrites or
-    empties was created in this transaction, is tiny, or does not exist. Tiny counts
-    only for statements whose hold time grows with the table (or with ``sized``): not
-    for TRUNCATE, whose ACCESS EXCLUSIVE lasts until COMMIT (a reload after it keeps
-    every reader waiting) and which is not MVCC-safe, whatever the table's size."""
+    empties was created in this transaction, or is tiny. Tiny counts only for
+    statements whose hold time grows with the table (or with ``sized``): not for
+    TRUNCATE, whose ACCESS EXCLUSIVE lasts until COMMIT (a reload after it keeps every
+    reader waiting) and which is not MVCC-safe, whatever the table's size. A relation the
+    catalog does not have is never a reason: unknown means refuse."""
     if finding.rule in _SIZE_INDEPENDENT_RULES or not facts.live:
         return None
     small_counts = sized or finding.rule not in _HELD_UNTIL_COMMIT_RULES
@@ -133,7 +146,7 @@ def _relation_is_harmless(written: str, catalog: Catalog, policy: Policy,
         table = catalog.index_table(written)
         relation = catalog.relations.get(table) if table else None
         if relation is None:
-            return "does not exist (the server will say so)"
+            return None  # not found (a name safeddl may have folded differently)
     if relation.new:
         return "was created in this transaction"
     if small_counts and relation.rows is not None and relation.rows < policy.small_table_rows:
@@ -142,20 +155,11 @@ def _relation_is_harmless(written: str, catalog: Catalog, policy: Policy,
 
 
 def looks_like_dml(sql: str) -> bool:
-    """For a statement safeddl could not read: does it start like a query or DML?"""
-    stripped = _strip_leading_comments(sql)
-    word = stripped.split(None, 1)[0].upper() if stripped.split() else ""
-    return word in _DML_WORDS or word.startswith("(")
-
-
-def _strip_leading_comments(sql: str) -> str:
-    text = sql.lstrip()
-    while text.startswith(("--", "/*")):
-        if text.startswith("--"):
-            text = text.split("\n", 1)[1].lstrip() if "\n" in text else ""
-        else:
-            text = text.split("*/", 1)[1].lstrip() if "*/" in text else ""
-    return text
+    """For a statement safeddl could not read: is it one statement whose first token
+    (after comments of every kind, nested ones and ``\\r`` line ends included) starts
+    a query or DML? Text that is not one complete statement is not DML."""
+    words = first_words(sql, 1)
+    return bool(words) and words[0] in _DML_WORDS
 
 
 def _combine(statements: tuple[Statement, ...], findings: tuple[Finding, ...],

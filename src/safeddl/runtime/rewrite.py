@@ -54,9 +54,9 @@ from safeddl.rules.support import beside, first_group, group_columns, split_comm
 from safeddl.runtime.errors import NOT_NULL_VIOLATION
 from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
 from safeddl.sql import local_name, quote_ident
+from safeddl.sql.names import fold, pg_object_name
+from safeddl.sql.names import name_addition as _name_addition
 from safeddl.sql.tokens import SqlTokenError, tokenize
-
-NAME_BYTES = 63  # NAMEDATALEN - 1
 
 Builder = Callable[[Statement, Catalog, int], "Plan | None"]
 
@@ -156,7 +156,7 @@ def _is_invalid(catalog: Catalog, table: str, name: str) -> bool:
     relation = catalog.get(table)
     table_key = relation.key if relation is not None else catalog.key(table)
     wanted = local_name(name)
-    return any(key.split(".", 1)[1] == wanted and catalog.indexes.get(key) == table_key
+    return any(key.endswith("." + wanted) and catalog.indexes.get(key) == table_key
                for key in catalog.invalid_indexes)
 
 
@@ -197,7 +197,7 @@ def _validate_separately(statement: Statement, catalog: Catalog, version: int) -
 def _default_name(step: Step, relation: Relation, definition: str) -> str | None:
     """The name PostgreSQL would give the constraint, or None when that cannot be
     known for sure (the name is taken, the columns of the table are unknown)."""
-    table = relation.key.split(".", 1)[1]
+    table = local_name(step.table or relation.key)  # the key cannot be split at a dot
     if step.constraint_type is ConstraintType.FOREIGN_KEY:
         columns = [local_name(c) for c in group_columns(definition)]
         if not columns:
@@ -222,10 +222,9 @@ def _columns_in(definition: str, relation: Relation) -> list[str] | None:
         return None
     found: list[str] = []
     for i, token in enumerate(tokens):
-        if token.kind == "IDENTIFIER":
-            name = token.text
-        elif token.word and token.kind not in ("L_PAREN", "R_PAREN"):
-            name = token.text.lower()
+        if token.kind == "IDENTIFIER" or (token.word and token.kind not in ("L_PAREN",
+                                                                         "R_PAREN")):
+            name = fold(token.text, token.kind == "IDENTIFIER")  # as PostgreSQL stores it
         else:
             continue
         after = tokens[i + 1].kind if i + 1 < len(tokens) else ""
@@ -251,7 +250,7 @@ def _set_not_null(statement: Statement, catalog: Catalog, version: int) -> Plan 
 def not_null_steps(table: str, column: str, relation: Relation) -> list[PlanStep]:
     """SET NOT NULL without a scan under ACCESS EXCLUSIVE (PostgreSQL 12+): a CHECK
     (col IS NOT NULL) added NOT VALID and validated proves it; then it is dropped."""
-    proof = _free_name(relation, relation.key.split(".", 1)[1], local_name(column),
+    proof = _free_name(relation, local_name(table), local_name(column),
                        "is_not_null")
     return [
         PlanStep(f"ALTER TABLE {table} ADD CONSTRAINT {proof} CHECK ({column} IS NOT NULL) "
@@ -288,7 +287,7 @@ def _unique_using_index(statement: Statement, catalog: Catalog, version: int) ->
     kind = "PRIMARY KEY" if primary else "UNIQUE"
     table = step.table
     name = step.name or quote_ident(pg_object_name(
-        relation.key.split(".", 1)[1], None if primary else _name_addition(columns + include),
+        local_name(step.table or relation.key), None if primary else _name_addition(columns + include),
         "pkey" if primary else "key"))
     index = beside(table, name)
     steps = [PlanStep(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} {index_tail}",
@@ -413,37 +412,6 @@ def _deletes_like_truncate(catalog: Catalog, table: str, only: bool) -> bool:
 
 
 # --------------------------------------------------------------------------- names
-
-
-def pg_object_name(name1: str, name2: str | None, label: str) -> str:
-    """PostgreSQL's ``makeObjectName``: ``name1_name2_label`` cut to 63 bytes by
-    shortening the longer of name1 / name2 first."""
-    overhead = (len(label.encode()) + 1 if label else 0) + (1 if name2 else 0)
-    available = NAME_BYTES - overhead
-    first, second = name1.encode(), (name2 or "").encode()
-    keep1, keep2 = len(first), len(second)
-    while keep1 + keep2 > available:
-        if keep1 > keep2:
-            keep1 -= 1
-        else:
-            keep2 -= 1
-    parts = [first[:keep1].decode(errors="ignore")]
-    if name2:
-        parts.append(second[:keep2].decode(errors="ignore"))
-    if label:
-        parts.append(label)
-    return "_".join(parts)
-
-
-def _name_addition(columns: list[str]) -> str:
-    """Column names joined by ``_``, as PostgreSQL builds them for a constraint or
-    index name (it stops once 64 bytes are reached)."""
-    out = ""
-    for column in columns:
-        out = f"{out}_{column}" if out else column
-        if len(out.encode()) >= NAME_BYTES + 1:
-            break
-    return out
 
 
 def _free_name(relation: Relation, name1: str, name2: str, label: str) -> str:

@@ -8,23 +8,27 @@ comes back with ``error`` set.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
-from sqlglot.errors import ParseError, SqlglotError
+from sqlglot.errors import ParseError, SqlglotError, TokenError
 
 from safeddl.model import Action, Step
 from safeddl.sql.clauses import NotUnderstood
 from safeddl.sql.ddl import read_ddl
 from safeddl.sql.dml import dml_steps, number_positional
 from safeddl.sql.names import local_name, qualified_name, quote_ident, schema_of, split_name
+from safeddl.sql.scan import LIMITS, Unterminated, head_of, nesting, statement_ends
 from safeddl.sql.split import RawStatement, split_script
-from safeddl.sql.tokens import Cursor, SqlTokenError, tokenize
+from safeddl.sql.tokens import Cursor, SqlTokenError, Token, tokenize
 
 __all__ = [
+    "LIMITS",
     "RawStatement",
     "Syntax",
+    "first_words",
     "local_name",
     "qualified_name",
     "quote_ident",
@@ -77,22 +81,147 @@ class Syntax:
 
 
 def read(text: str) -> Syntax:
-    """Read one statement. Never raises."""
+    """Read one statement. Never raises, and its work is bounded (:data:`LIMITS`):
+    past a bound the statement is not understood, with the bound as the reason."""
+    if len(text) > LIMITS.parse_bytes:
+        large = _read_large(text)
+        if large is not None:
+            return large
     try:
         tokens = tokenize(text)
     except SqlTokenError as exc:
-        return Syntax((Step(Action.UNPARSED, text=text),), f"cannot tokenize: {exc}")
+        return _unparsed(text, f"cannot tokenize: {_unterminated(text) or exc}")
     if not tokens:
         return Syntax((Step(Action.OTHER, text=""),))
+    depth, brackets = nesting([t.kind for t in tokens])
+    if depth > LIMITS.depth or brackets > LIMITS.bracket_depth:
+        return _unparsed(text, f"parentheses and brackets nest {depth} deep ({brackets} "
+                         f"brackets); safeddl reads at most {LIMITS.depth} "
+                         f"({LIMITS.bracket_depth} brackets)")
     try:
         return Syntax(tuple(_read_tokens(Cursor(tokens, text))))
     except NotUnderstood as exc:
-        return Syntax((Step(Action.UNPARSED, text=text),), str(exc))
+        return _unparsed(text, str(exc))
     except IndexError:
-        return Syntax((Step(Action.UNPARSED, text=text),), "the statement is incomplete")
+        return _unparsed(text, "the statement is incomplete (it ends at "
+                         f"{_where(text, tokens[-1].end)})")
     except (SqlglotError, ValueError, KeyError, AttributeError, TypeError,
             RecursionError) as exc:
-        return Syntax((Step(Action.UNPARSED, text=text),), f"cannot parse: {_short(exc)}")
+        return _unparsed(text, f"cannot parse: {_short(exc)}")
+
+
+def _unparsed(text: str, reason: str) -> Syntax:
+    return Syntax((Step(Action.UNPARSED, text=text),), reason)
+
+
+def _where(text: str, offset: int) -> str:
+    """``line 3, column 7`` of an offset (1-based, as PostgreSQL's editors count)."""
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1) + 1
+    return f"line {line}, column {column}"
+
+
+def _near(text: str, tok: Token) -> str:
+    return f'syntax error at or near "{tok.text}" ({_where(text, tok.start)})'
+
+
+def _unterminated(text: str) -> str | None:
+    try:
+        statement_ends(text + ";")  # the ';' makes the scan look at the whole text
+    except Unterminated as exc:
+        return f"{exc.what} starting at {_where(text, exc.offset)} does not end"
+    return None
+
+
+_LARGE_DML = {"INSERT", "DELETE"}
+# Words after the target that would bring more relations into a large INSERT / DELETE.
+_MORE_RELATIONS = ("select", "from", "using", "join", "table", "with", "returning")
+_WORD_CHAR = re.compile(r"[\w$]")
+
+
+def _names_more_relations(text: str, start: int) -> bool:
+    """Whether one of :data:`_MORE_RELATIONS` appears as a word after ``start`` (in a
+    literal too: then the statement is not classified, which only fails closed). A
+    plain substring search per word, in C: linear, and fast on megabytes."""
+    lowered = text.lower()
+    for word in _MORE_RELATIONS:
+        at = lowered.find(word, start)
+        for _ in range(100):  # past 100 partial matches, count it as found
+            if at < 0:
+                break
+            before = lowered[at - 1] if at else " "
+            after = lowered[at + len(word)] if at + len(word) < len(lowered) else " "
+            if not _WORD_CHAR.match(before) and not _WORD_CHAR.match(after):
+                return True
+            at = lowered.find(word, at + 1)
+        else:
+            return True
+    return False
+
+
+def _read_large(text: str) -> Syntax | None:
+    """A statement longer than safeddl parses: INSERT ... VALUES and DELETE FROM t
+    WHERE ... are classified by their leading keywords and target (their cost stays
+    linear: the text is scanned, not tokenized); other DML is not understood; None
+    for DDL, which is read from tokens up to ``LIMITS.token_bytes``."""
+    head = head_of(text, LIMITS.head_bytes)
+    try:
+        tokens = tokenize(head)
+    except SqlTokenError:
+        tokens = []
+    words = [t.word for t in tokens[:3]]
+    first = words[0] if words else ""
+    if first not in _DML_WORDS and len(text) <= LIMITS.token_bytes:
+        return None
+    size = (f"a statement of {len(text):,} characters (safeddl parses statements of up "
+            f"to {LIMITS.parse_bytes:,}")
+    try:
+        ends = statement_ends(text)
+    except Unterminated as exc:
+        return _unparsed(text, f"cannot tokenize: {exc.what} starting at "
+                         f"{_where(text, exc.offset)} does not end")
+    if ends and text[ends[0] + 1 :].strip(" \t\r\n;"):
+        return _unparsed(text, f"{size}) holds more than one statement")
+    if first in _LARGE_DML:
+        c = Cursor(tokens, head)
+        c.accept(first)
+        c.accept("FROM") if first == "DELETE" else c.accept("INTO")
+        only = c.accept("ONLY")
+        table = c.read_name()
+        after = tokens[c.pos].start if not c.done else len(head)
+        rest_ok = table is not None and (
+            (first == "INSERT" and (c.at("VALUES") or c.peek_word() == "(")
+             and not _names_more_relations(text, after))
+            or (first == "DELETE" and c.at("WHERE")
+                and not _names_more_relations(text, after)))
+        if rest_ok:
+            action = Action.INSERT if first == "INSERT" else Action.DELETE
+            return Syntax((Step(action, table=table, only=only,
+                                text="read by its leading keywords (" + size + "))"),))
+    if len(text) > LIMITS.token_bytes:
+        return _unparsed(text, f"{size}; statements other than INSERT ... VALUES and "
+                         f"DELETE ... WHERE are read up to {LIMITS.token_bytes:,})")
+    return _unparsed(text, f"{size}; a larger one is read only when it is an INSERT ... "
+                     "VALUES or a DELETE ... WHERE on one table)")
+
+
+def first_words(text: str, count: int = 2) -> list[str]:
+    """The first keywords of one statement (comments of every kind skipped), upper-cased,
+    read from a bounded head of the text; [] when the text is not one complete
+    statement (an unterminated quote or comment, or a ``;`` with more after it) or
+    cannot be tokenized: nothing is guessed from text safeddl cannot read."""
+    try:
+        ends = statement_ends(text)
+    except Unterminated:
+        return []
+    if ends and text[ends[0] + 1 :].strip(" \t\r\n\f;"):
+        return []
+    try:
+        tokens = tokenize(head_of(text, LIMITS.head_bytes) if len(text) > LIMITS.head_bytes
+                          else text)
+    except SqlTokenError:
+        return []
+    return [t.word or t.kind for t in tokens[:count]]
 
 
 def _read_tokens(c: Cursor) -> list[Step]:
@@ -128,13 +257,17 @@ def _read_tokens(c: Cursor) -> list[Step]:
         return _do_block(c)
     if first in ("DO", "CALL", "EXECUTE", "IMPORT"):
         raise NotUnderstood(f"{first} runs code whose statements safeddl cannot see")
-    raise NotUnderstood(f"unknown statement {' '.join(w for w in pair if w)}")
+    raise NotUnderstood(f"unknown statement {' '.join(w for w in pair if w)}: "
+                        + _near(c.source, c.tokens[c.pos]))
 
 
 def _dml(c: Cursor) -> list[Step]:
+    if len(c.source) > LIMITS.parse_bytes:
+        raise NotUnderstood(f"a query of {len(c.source):,} characters is longer than the "
+                            f"{LIMITS.parse_bytes:,} safeddl parses")
     tree = _parse(number_positional(c.source, c.tokens))
     if isinstance(tree, exp.Command) or tree is None:
-        raise NotUnderstood("sqlglot could not read this statement")
+        raise NotUnderstood(_parse_error(c.source) or "sqlglot could not read this statement")
     steps = dml_steps(tree)
     if not steps:
         return [Step(Action.SELECT)]  # SELECT 1, VALUES (...): no relation
@@ -324,8 +457,32 @@ def _parse(text: str) -> exp.Expr | None:
         return sqlglot.parse_one(text, read="postgres")
     except ParseError:
         return None
+    except TokenError:
+        if "$" not in text:
+            raise
+        # ``$1+$2``: sqlglot takes ``$1+$`` for a dollar quote; a space after each
+        # positional parameter reads the same statement.
+        return _parse(_SPACED_POSITIONAL.sub(r"$\1 ", text))
     finally:
         logger.setLevel(previous)
+
+
+_SPACED_POSITIONAL = re.compile(r"(?<![\w$])\$(\d+)(?! )")
+
+
+def _parse_error(text: str) -> str | None:
+    """Where sqlglot's parser stopped, as PostgreSQL would say it."""
+    try:
+        sqlglot.parse_one(text, read="postgres")
+    except ParseError as exc:
+        for error in exc.errors[:1]:
+            near = str(error.get("highlight") or "").strip()
+            where = f"line {error.get('line')}, column {error.get('col')}"
+            return (f'syntax error at or near "{near}" ({where}): '
+                    f"{error.get('description') or 'cannot parse'}")
+    except SqlglotError:
+        return None
+    return None
 
 
 def sqlglot_form(text: str) -> str:

@@ -17,6 +17,7 @@ from sqlglot import exp
 
 from safeddl.locks import LockMode
 from safeddl.model import Action, KeyTerm, Step
+from safeddl.sql.names import fold
 from safeddl.sql.tokens import Token
 
 _WRITES: dict[type[exp.Expr], Action] = {
@@ -101,7 +102,7 @@ def _column_name(column: exp.Expr) -> str | None:
     ident = column.this if isinstance(column, exp.Column) else None
     if isinstance(ident, exp.Identifier):
         name = str(ident.this)
-        return name if ident.quoted else name.lower()
+        return fold(name, bool(ident.quoted))
     return None
 
 

@@ -72,9 +72,27 @@ def split_relation_name(written: str) -> list[tuple[str, bool]] | None:
     return split_name(written)
 
 
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+#: PostgreSQL's NAMEDATALEN - 1: identifiers are cut to this many bytes.
+NAME_BYTES = 63
+
+
+def case_fold(part: str, quoted: bool) -> str:
+    """An identifier's case as PostgreSQL reads it, before any truncation: unquoted ones
+    lower-cased, ASCII letters only (in UTF8 unquoted ``ÄRGER`` is ``Ärger``)."""
+    return part if quoted else part.translate(_ASCII_LOWER)
+
+
 def fold(part: str, quoted: bool) -> str:
-    """PostgreSQL's case folding: unquoted identifiers are lower-cased."""
-    return part if quoted else part.lower()
+    """An identifier as PostgreSQL stores it: :func:`case_fold`, then cut to 63 bytes
+    without splitting a multi-byte character (``truncate_identifier``)."""
+    folded = case_fold(part, quoted)
+    raw = folded.encode()
+    if len(raw) > NAME_BYTES:
+        folded = raw[:NAME_BYTES].decode("utf-8", errors="ignore")
+    return folded
 
 
 @lru_cache(maxsize=65536)
@@ -105,3 +123,41 @@ def schema_of(written: str) -> str | None:
         return None
     part, quoted = parts[-2]
     return '"' + part.replace('"', '""') + '"' if quoted else part
+
+
+def schema_in_key(key: str, written: str) -> str:
+    """The schema part of a catalog key, given the relation's name as written (a key
+    ``schema.name`` cannot be split at a dot: ``"my.sch".t`` has the key ``my.sch.t``)."""
+    return key[: len(key) - len(local_name(written)) - 1]
+
+
+def pg_object_name(name1: str, name2: str | None, label: str) -> str:
+    """PostgreSQL's ``makeObjectName`` (what ChooseConstraintName / ChooseRelationName
+    build on): ``name1_name2_label`` cut to 63 bytes by shortening the longer of name1 /
+    name2 first, never inside a multi-byte character (``pg_mbcliplen``)."""
+    overhead = (len(label.encode()) + 1 if label else 0) + (1 if name2 else 0)
+    available = NAME_BYTES - overhead
+    first, second = name1.encode(), (name2 or "").encode()
+    keep1, keep2 = len(first), len(second)
+    while keep1 + keep2 > available:
+        if keep1 > keep2:
+            keep1 -= 1
+        else:
+            keep2 -= 1
+    parts = [first[:keep1].decode(errors="ignore")]
+    if name2:
+        parts.append(second[:keep2].decode(errors="ignore"))
+    if label:
+        parts.append(label)
+    return "_".join(parts)
+
+
+def name_addition(columns: list[str]) -> str:
+    """Column names joined by ``_``, as PostgreSQL builds them for a constraint or
+    index name (it stops once 64 bytes are reached)."""
+    out = ""
+    for column in columns:
+        out = f"{out}_{column}" if out else column
+        if len(out.encode()) >= NAME_BYTES + 1:
+            break
+    return out

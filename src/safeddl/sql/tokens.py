@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import ClassVar, NamedTuple
 
@@ -63,11 +64,26 @@ class Token(NamedTuple):
         return self.kind == "IDENTIFIER" or (self.text[:1].isalpha() or self.text[:1] == "_")
 
 
+# A positional parameter ``$1``: sqlglot reads ``$1+$2`` as the start of a dollar-quoted
+# string tagged ``1+`` and fails; PostgreSQL's tags cannot start with a digit.
+_POSITIONAL = re.compile(r"(?<![\w$])\$(?=\d)")
+
+
 def tokenize(text: str) -> list[Token]:
     try:
         raw = _Tokenizer().tokenize(text)
     except TokenError as exc:
-        raise SqlTokenError(str(exc)) from None
+        if "$" not in text:
+            raise SqlTokenError(str(exc)) from None
+        # Read ``$1`` as ``?1`` (same length: offsets stay) and give the parameters
+        # back their own text.
+        try:
+            raw = _Tokenizer().tokenize(_POSITIONAL.sub("?", text))
+        except TokenError:
+            raise SqlTokenError(str(exc)) from None
+        return [Token("PARAMETER", "$", t.start, t.end + 1, t.line)
+                if t.token_type.name == "PLACEHOLDER" and text[t.start] == "$"
+                else Token(t.token_type.name, t.text, t.start, t.end + 1, t.line) for t in raw]
     return [Token(t.token_type.name, t.text, t.start, t.end + 1, t.line) for t in raw]
 
 
