@@ -41,8 +41,10 @@ from safeddl.runtime.errors import (
     SafeDDLError,
     is_lock_timeout,
 )
+from safeddl.runtime.interrupted import PlanInterrupted, PlanStepLockTimeout
 from safeddl.runtime.live_catalog import LiveCatalog, names_in
 from safeddl.runtime.plan import Decision, PlanStep, Rewriter, SessionFacts
+from safeddl.runtime.resume import busy, check_expectations, holds, wait_while_busy
 from safeddl.runtime.policy import Policy, RuleAction, as_timedelta
 from safeddl.runtime.scope import ALLOWANCES, Allowances
 from safeddl.runtime.session import (
@@ -60,6 +62,8 @@ logger = logging.getLogger("safeddl")
 _PLAIN_LIMIT = 20_000
 _DECISION_LIMIT = 4_096
 _NOWAIT = re.compile(r"(?i)\bNOWAIT\b")
+# Sent instead of the statement when the guard ran every step of a plan itself.
+NOOP = "DO $$BEGIN END$$"
 
 
 def set_rewriter(rewriter: Rewriter | None) -> None:
@@ -99,6 +103,7 @@ class Ticket:
     live: LiveCatalog | None = None
     steps_done: int = 0  # plan steps run before the statement
     statement_timeout_ms: int | None = None  # the statement_timeout set now (None: session's)
+    leaves: str = ""  # the state the plan's steps so far have left
 
 
 # =========================================================================== the guard
@@ -186,7 +191,7 @@ class Guard:
                error: BaseException) -> SafeDDLError | None:
         """The statement failed: restore, and turn a lock timeout into LockTimeout
         (with the blocking sessions). Returns the exception to raise instead, if any."""
-        if ticket is not None and ticket.decision.plan is not None:
+        if ticket is not None and ticket.decision.plan is not None and ticket.replacement != NOOP:
             self._undo_plan(ticket, session, ticket.decision.plan.steps[-1])
         if ticket is not None and ticket.restore:
             restore_or_discard(session)
@@ -257,33 +262,83 @@ class Guard:
 
     # -- rewrite plans --------------------------------------------------------------------
     def _run_plan(self, ticket: Ticket, session: Session) -> None:
-        """Run every step but the last (which the integration sends instead of the
-        statement); on failure undo the steps that ran and raise (LockTimeout on a lock
-        timeout)."""
+        """Run the plan's steps, resuming where an earlier, interrupted run (or another
+        session running the same plan) got to: a step whose effect is already there is
+        skipped, a step another session is running is waited for. The last step is sent
+        by the integration instead of the statement, unless it needs its own transaction:
+        then the guard runs it too and a no-op is sent. A failure raises PlanInterrupted
+        (PlanStepLockTimeout on a lock timeout) naming the step and the state left."""
         plan = ticket.decision.plan
         assert plan is not None
         if ticket.decision.action is RuleAction.REWRITE:
             logger.info("safeddl: instead of `%s` (%s), running:\n%s",
                         shorten(ticket.decision.statement.sql, 80),
                         ", ".join(f.rule for f in ticket.decision.deciding), plan.render())
-        for step in plan.steps[:-1]:
+        if not plan.steps:
+            return
+        check_expectations(ticket.decision, session)
+        run_all = plan.steps[-1].needs_autocommit
+        for number, step in enumerate(plan.steps):
+            if number == len(plan.steps) - 1 and not run_all:
+                self._step_timeout(ticket, session, step)
+                ticket.replacement = step.sql
+                return
+            self._run_step(ticket, session, step, number)
+            ticket.steps_done += 1
+        ticket.replacement = NOOP
+
+    def _run_step(self, ticket: Ticket, session: Session, step: PlanStep, number: int) -> None:
+        try:
+            wait_while_busy(session, step)
             if step.only_if_invalid_index and not _index_is_invalid(session,
                                                                     step.only_if_invalid_index):
-                ticket.steps_done += 1
-                continue
+                return
+            if step.done_if is not None and holds(session, step.done_if):
+                logger.info("safeddl: already done, skipped: %s", shorten(step.sql))
+                ticket.leaves = step.leaves or ticket.leaves
+                return
             logger.info("safeddl: rewrite step: %s", shorten(step.sql))
-            try:
-                self._step_timeout(ticket, session, step)
-                session.run(step.sql)
-            except Exception as exc:
-                self._undo_plan(ticket, session, step)
-                if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
-                    raise self._lock_timeout(ticket, step.sql, session.state, exc) from exc
-                raise
-            ticket.steps_done += 1
-        if plan.steps:
-            self._step_timeout(ticket, session, plan.steps[-1])
-            ticket.replacement = plan.steps[-1].sql
+            self._step_timeout(ticket, session, step)
+            session.run(step.sql)
+        except Exception as exc:
+            if self._done_meanwhile(session, step):
+                logger.info("safeddl: another session did `%s` meanwhile", shorten(step.sql))
+                ticket.leaves = step.leaves or ticket.leaves
+                return
+            raise self._interrupted(ticket, session, step, number, exc) from exc
+        ticket.leaves = step.leaves or ticket.leaves
+
+    @staticmethod
+    def _done_meanwhile(session: Session, step: PlanStep) -> bool:
+        """After a failure: another session running the same plan did this step (it
+        created the same index or constraint first)."""
+        if step.done_if is None:
+            return False
+        try:
+            wait_while_busy(session, step)
+            return holds(session, step.done_if)
+        except Exception:  # noqa: BLE001 - the connection is gone: the failure stands
+            return False
+
+    def _interrupted(self, ticket: Ticket, session: Session, step: PlanStep, number: int,
+                     exc: Exception) -> Exception:
+        """The error for a failed step: the driver's own when nothing was changed, else
+        one naming the step and the state left."""
+        plan = ticket.decision.plan
+        assert plan is not None
+        leftover = self._undo_plan(ticket, session, step)
+        parts = [ticket.leaves] if ticket.leaves else []
+        if leftover:
+            parts.append(f"the interrupted build may have left the INVALID index {leftover} "
+                         "(running the statement again drops it and builds it anew)")
+        state = "; ".join(parts) or "nothing was changed"
+        where = (number + 1, len(plan.steps), state)
+        if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
+            return self._lock_timeout(ticket, step.sql, session.state, exc, step=where)
+        if not parts:
+            return exc
+        return PlanInterrupted(ticket.decision.statement.sql, step.sql, number + 1,
+                               len(plan.steps), state, purpose=step.purpose, orig=exc)
 
     def _step_timeout(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
         """The step's own statement_timeout (a concurrent build: none), else the one the
@@ -305,20 +360,21 @@ class Guard:
         apply_settings(session, {"statement_timeout": value}, local=not decision.session_level)
         ticket.statement_timeout_ms = wanted
 
-    def _undo_plan(self, ticket: Ticket, session: Session, failed: PlanStep) -> None:
+    def _undo_plan(self, ticket: Ticket, session: Session, failed: PlanStep) -> str | None:
         """After a failed step (outside a transaction block, where the steps before it
-        were committed): drop the INVALID index a failed concurrent build left, then
-        undo the steps that ran, last first, so the end state is the one the failed
-        original statement would have left. What cannot be undone is logged with the
-        statement to run."""
+        were committed): drop the INVALID index the failed concurrent build left (under
+        the same SHARE UPDATE EXCLUSIVE the build took; never one another session is
+        still building), and run the undo steps a custom plan gives, last first.
+        safeddl's own plans give none: they resume when the statement runs again.
+        Returns the INVALID index that may be left, if any."""
         plan = ticket.decision.plan
         if plan is None:
-            return
+            return None
         try:
             if session.in_transaction():
-                return  # the transaction is rolled back as a whole
+                return None  # the transaction is rolled back as a whole
         except Exception:  # noqa: BLE001 - a closed connection: nothing can be done
-            return
+            return failed.leftover_index
         actions: list[PlanStep] = []
         if failed.leftover_index:
             actions.append(PlanStep(
@@ -328,17 +384,25 @@ class Guard:
                 purpose="drop the INVALID index the failed concurrent build left"))
         for step in reversed(plan.steps[:ticket.steps_done]):
             actions.extend(step.undo)
+        leftover = None
         for action in actions:
             try:
-                if action.only_if_invalid_index and not _index_is_invalid(
-                        session, action.only_if_invalid_index):
-                    continue
+                if action.only_if_invalid_index and (
+                        busy(session, action) or not _index_is_invalid(
+                            session, action.only_if_invalid_index)):
+                    continue  # gone, valid, or another session's build in progress
                 self._step_timeout(ticket, session, action)
-                logger.info("safeddl: undoing a rewrite step: %s", shorten(action.sql))
+                logger.info("safeddl: cleaning up after a failed step: %s", shorten(action.sql))
                 session.run(action.sql)
             except Exception as exc:  # noqa: BLE001 - the original error is what matters
-                logger.warning("safeddl: could not undo a step of the rewrite (%s); run it "
-                               "yourself: %s;", exc, action.sql)
+                if action.only_if_invalid_index:
+                    leftover = action.only_if_invalid_index
+                    logger.warning("safeddl: could not drop the INVALID index %s (%s); running "
+                                   "the statement again drops it first", leftover, exc)
+                else:
+                    logger.warning("safeddl: could not undo a step of the rewrite (%s); run "
+                                   "it yourself: %s;", exc, action.sql)
+        return leftover
 
     # -- pre-flight -------------------------------------------------------------------------
     def _preflight(self, ticket: Ticket, session: Session) -> None:
@@ -360,11 +424,17 @@ class Guard:
 
     # -- lock timeouts --------------------------------------------------------------------
     def _lock_timeout(self, ticket: Ticket | None, text: str, state: ConnectionState,
-                      error: BaseException) -> LockTimeout:
+                      error: BaseException, step: tuple[int, int, str] | None = None,
+                      ) -> LockTimeout:
+        """``step``: (number, of, state left) when ``text`` is a step of the ticket's plan
+        (its own locks are reported, not the statement's)."""
         live: LiveCatalog | None = None
         waited_ms: int | None = None
         if ticket is not None:
             statements, live = ticket.decision.statements, ticket.live
+            if step is not None:
+                statements = (analyze_statement(text, version=self.version_for(
+                    state.server_version)),)
             if ticket.decision.set_lock_timeout:
                 waited_ms = ticket.decision.lock_timeout_ms
         else:
@@ -373,9 +443,16 @@ class Guard:
         requests = lock_requests(statements, live)
         blockers, note = report_blockers(state.conninfo(), requests, state.pid)
         target = _waited_for(requests, {b.relation for b in blockers})
-        timeout = LockTimeout(text, target.relation if target else None,
-                              target.mode if target else None, blockers,
-                              lock_timeout_ms=waited_ms, orig=error, note=note)
+        if step is not None and ticket is not None:
+            timeout: LockTimeout = PlanStepLockTimeout(
+                text, target.relation if target else None, target.mode if target else None,
+                blockers, lock_timeout_ms=waited_ms, orig=error, note=note,
+                plan_statement=ticket.decision.statement.sql, number=step[0], total=step[1],
+                state=step[2])
+        else:
+            timeout = LockTimeout(text, target.relation if target else None,
+                                  target.mode if target else None, blockers,
+                                  lock_timeout_ms=waited_ms, orig=error, note=note)
         timeout.__cause__ = error
         logger.info("%s", timeout)
         return timeout

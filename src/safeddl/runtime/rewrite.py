@@ -50,7 +50,7 @@ from collections.abc import Callable
 from safeddl.analysis import Action, Catalog, ConstraintType, Statement, Step
 from safeddl.analysis.catalog import Relation
 from safeddl.rules.support import beside, first_group, group_columns, split_commas
-from safeddl.runtime.plan import Decision, Plan, PlanStep, SessionFacts
+from safeddl.runtime.plan import Check, Decision, Expectation, Plan, PlanStep, SessionFacts
 from safeddl.sql import local_name, quote_ident
 from safeddl.sql.tokens import SqlTokenError, tokenize
 
@@ -75,6 +75,8 @@ def repair(decision: Decision, facts: SessionFacts) -> Plan | None:
     """For ``CREATE INDEX CONCURRENTLY IF NOT EXISTS i`` allowed as written: when an
     INVALID index ``i`` exists (a failed build), drop it first, so that IF NOT EXISTS
     does not keep the broken index."""
+    if facts.catalog is not None and decision.statement.kind is Action.SET_NOT_NULL:
+        return _finish_not_null(decision.statement, facts.catalog)
     step = _single(decision.statement)
     if (step is None or step.action is not Action.CREATE_INDEX or not step.concurrently
             or not step.if_not_exists or not step.name or not step.table
@@ -102,10 +104,15 @@ def _create_index(statement: Statement, catalog: Catalog, version: int) -> Plan 
         return None
     index = beside(step.table, step.name)
     steps = [_drop_invalid(index)] if _is_invalid(catalog, step.table, step.name) else []
+    probe = _probe_sql(statement.sql, "ON")
     steps.append(PlanStep(concurrent, needs_autocommit=True,
                           purpose="build the index without blocking writes",
-                          leftover_index=index))
-    return Plan(tuple(steps), summary=f"CREATE INDEX CONCURRENTLY {index}")
+                          leftover_index=index, done_if=_valid_index(index),
+                          leaves=f"index {index} exists, valid"))
+    expects = () if step.if_not_exists or probe is None else (
+        Expectation("index", step.table, local_name(step.name), (_probe_table(step.table),
+                                                                 probe)),)
+    return Plan(tuple(steps), summary=f"CREATE INDEX CONCURRENTLY {index}", expects=expects)
 
 
 def _drop_index(statement: Statement, catalog: Catalog, version: int) -> Plan | None:
@@ -156,7 +163,70 @@ def _is_invalid(catalog: Catalog, table: str, name: str) -> bool:
 def _drop_invalid(index: str) -> PlanStep:
     return PlanStep(f"DROP INDEX CONCURRENTLY {index}", needs_autocommit=True,
                     only_if_invalid_index=index,
-                    purpose="drop the INVALID index a failed concurrent build left")
+                    purpose="drop the INVALID index a failed concurrent build left",
+                    done_if=Check("SELECT NOT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid "
+                                  "= to_regclass(%s) AND NOT indisvalid)", (index,)))
+
+
+# --------------------------------------------------------------------------- resuming
+
+_CONSTRAINT = ("EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = to_regclass(%s) "
+               "AND conname = %s{})")
+_NOT_NULL = ("EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+             "AND attname = %s AND attnotnull)")
+
+
+def _constraint_there(table: str, name: str, valid: bool = False) -> tuple[str, tuple[str, ...]]:
+    return (_CONSTRAINT.format(" AND convalidated" if valid else ""),
+            (table, local_name(name)))
+
+
+def _not_null(table: str, column: str) -> tuple[str, tuple[str, ...]]:
+    return _NOT_NULL, (table, local_name(column))
+
+
+def _any(*parts: tuple[str, tuple[str, ...]]) -> Check:
+    """A check that holds when one of the conditions does."""
+    return Check("SELECT " + " OR ".join(sql for sql, _ in parts),
+                 tuple(p for _, params in parts for p in params))
+
+
+def _valid_index(index: str) -> Check:
+    return Check("SELECT EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass(%s) "
+                 "AND indisvalid)", (index,))
+
+
+def _probe_table(table: str) -> str:
+    """A column copy of the table, for the server to render a planned definition on."""
+    return f"CREATE TEMP TABLE safeddl_probe (LIKE {table} INCLUDING INDEXES)"
+
+
+def _probe_sql(sql: str, after: str) -> str | None:
+    """``sql`` with the relation name that follows the first top-level ``after`` keyword
+    replaced by ``pg_temp.safeddl_probe`` (``ON t`` of CREATE INDEX, ``REFERENCES p``
+    of a foreign key, then naming ``pg_temp.safeddl_probe_ref``), or None."""
+    target = "pg_temp.safeddl_probe" if after == "ON" else "pg_temp.safeddl_probe_ref"
+    try:
+        tokens = tokenize(sql)
+    except SqlTokenError:
+        return None
+    depth = 0
+    for i, token in enumerate(tokens):
+        if token.kind == "L_PAREN":
+            depth += 1
+        elif token.kind == "R_PAREN":
+            depth -= 1
+        elif depth == 0 and token.word == after:
+            j = i + 1
+            if j < len(tokens) and tokens[j].word == "ONLY":
+                j += 1
+            if j >= len(tokens):
+                return None
+            end = j
+            while end + 2 < len(tokens) and tokens[end + 1].kind == "DOT":
+                end += 2
+            return f"{sql[:tokens[j].start]}{target}{sql[tokens[end].end:]}"
+    return None
 
 
 # --------------------------------------------------------------------------- constraints
@@ -180,11 +250,29 @@ def _validate_separately(statement: Statement, catalog: Catalog, version: int) -
     add = PlanStep(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition} NOT VALID",
                    needs_autocommit=True,
                    purpose="add the constraint for new rows only (brief)",
-                   undo=(PlanStep(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {name}"),))
+                   done_if=_any(_constraint_there(table, name)),
+                   leaves=f"{name} exists on {table}, NOT VALID (new rows are checked, the "
+                          "existing ones not yet)")
     validate = PlanStep(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}",
                         needs_autocommit=True,
-                        purpose="check the existing rows under SHARE UPDATE EXCLUSIVE")
-    return Plan((add, validate), summary=f"{name} NOT VALID, then VALIDATE")
+                        purpose="check the existing rows under SHARE UPDATE EXCLUSIVE",
+                        leaves=f"{name} exists on {table}, validated")
+    probe: list[str] = [_probe_table(table)]
+    wanted: str | None = definition
+    references = None
+    if step.constraint_type is ConstraintType.FOREIGN_KEY:
+        references = step.references
+        wanted = _probe_sql(definition, "REFERENCES")
+        probe.append(f"CREATE TEMP TABLE safeddl_probe_ref (LIKE {references} "
+                     "INCLUDING INDEXES)")
+    expects: tuple[Expectation, ...] = ()
+    if wanted is not None and (references is not None or step.constraint_type
+                               is ConstraintType.CHECK):
+        probe.append(f"ALTER TABLE pg_temp.safeddl_probe ADD CONSTRAINT {name} {wanted} "
+                     "NOT VALID")
+        expects = (Expectation("constraint", table, local_name(name), tuple(probe),
+                               references),)
+    return Plan((add, validate), summary=f"{name} NOT VALID, then VALIDATE", expects=expects)
 
 
 def _default_name(step: Step, relation: Relation, definition: str) -> str | None:
@@ -201,7 +289,16 @@ def _default_name(step: Step, relation: Relation, definition: str) -> str | None
         if referenced is None:
             return None
         name = pg_object_name(table, referenced[0] if len(referenced) == 1 else None, "check")
-    return None if name in relation.constraints else quote_ident(name)
+    return None if _taken_by_another(relation, name, step.constraint_type) \
+        else quote_ident(name)
+
+
+def _taken_by_another(relation: Relation, name: str, kind: ConstraintType | None) -> bool:
+    """The name is taken by a constraint that cannot be a leftover of this very plan
+    (another type). One of the same type is checked against the planned definition
+    before the plan runs (refused when it differs, resumed when it is the same)."""
+    there = relation.constraints.get(name)
+    return there is not None and there.type is not kind
 
 
 def _columns_in(definition: str, relation: Relation) -> list[str] | None:
@@ -241,24 +338,90 @@ def _set_not_null(statement: Statement, catalog: Catalog, version: int) -> Plan 
     return Plan(tuple(steps), summary=f"prove {step.column} NOT NULL with a CHECK first")
 
 
+def _finish_not_null(statement: Statement, catalog: Catalog) -> Plan | None:
+    """``SET NOT NULL`` allowed as written (the column is NOT NULL already, or a valid
+    CHECK proves it) while an interrupted rewrite left its helper CHECK: run it, then
+    drop the helper, so that no helper outlives a statement that succeeded."""
+    step = _single(statement)
+    if (step is None or step.action is not Action.SET_NOT_NULL or step.table is None
+            or step.column is None):
+        return None
+    relation = catalog.get(step.table)
+    helper = leftover_helper(relation, step.column) if relation is not None else None
+    if helper is None:
+        return None
+    return Plan((PlanStep(statement.sql, needs_autocommit=True,
+                          purpose="no scan: the valid CHECK proves it",
+                          done_if=_any(_not_null(step.table, step.column)),
+                          leaves=f"{step.column} is NOT NULL; the helper CHECK {helper} is "
+                                 "still there"),
+                 drop_helper(step.table, step.column, helper)),
+                summary=f"drop the helper CHECK {helper} an interrupted run left")
+
+
 def not_null_steps(table: str, column: str, relation: Relation) -> list[PlanStep]:
     """SET NOT NULL without a scan under ACCESS EXCLUSIVE (PostgreSQL 12+): a CHECK
     (col IS NOT NULL) added NOT VALID and validated proves it; then it is dropped."""
-    proof = _free_name(relation, relation.key.split(".", 1)[1], local_name(column),
-                       "is_not_null")
+    proof = _proof_name(relation, column)
+    is_not_null = _not_null(table, column)
     return [
         PlanStep(f"ALTER TABLE {table} ADD CONSTRAINT {proof} CHECK ({column} IS NOT NULL) "
                  "NOT VALID", needs_autocommit=True,
                  purpose="new rows must not be NULL (brief)",
-                 undo=(PlanStep(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {proof}"),)),
+                 done_if=_any(_constraint_there(table, proof), is_not_null),
+                 leaves=f"the helper CHECK {proof} exists on {table}, NOT VALID"),
         PlanStep(f"ALTER TABLE {table} VALIDATE CONSTRAINT {proof}", needs_autocommit=True,
-                 purpose="check the existing rows under SHARE UPDATE EXCLUSIVE"),
+                 purpose="check the existing rows under SHARE UPDATE EXCLUSIVE",
+                 done_if=_any(_constraint_there(table, proof, valid=True), is_not_null),
+                 leaves=f"the helper CHECK {proof} exists on {table}, validated; {column} is "
+                        "not yet NOT NULL"),
         PlanStep(f"ALTER TABLE {table} ALTER COLUMN {column} SET NOT NULL",
                  needs_autocommit=True, purpose="no scan: the valid CHECK proves it",
-                 undo=(PlanStep(f"ALTER TABLE {table} ALTER COLUMN {column} DROP NOT NULL"),)),
-        PlanStep(f"ALTER TABLE {table} DROP CONSTRAINT {proof}",
-                 purpose="the CHECK is no longer needed"),
+                 done_if=_any(is_not_null),
+                 leaves=f"{column} is NOT NULL; the helper CHECK {proof} is still there"),
+        drop_helper(table, column, proof),
     ]
+
+
+def drop_helper(table: str, column: str, proof: str) -> PlanStep:
+    """The last step of the NOT NULL proof: the helper CHECK goes (IF EXISTS: a rerun
+    or another session may have dropped it already)."""
+    return PlanStep(f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {proof}",
+                    needs_autocommit=True, purpose="the helper CHECK is no longer needed",
+                    done_if=Check("SELECT NOT " + _CONSTRAINT.format(""),
+                                  (table, local_name(proof))),
+                    leaves=f"{column} is NOT NULL, no helper CHECK left")
+
+
+def _proof_name(relation: Relation, column: str) -> str:
+    """The helper CHECK's name (quoted): a leftover helper of an interrupted run (same
+    name pattern, definition ``CHECK ((col IS NOT NULL))``) is taken up again, else the
+    first free ``<t>_<c>_is_not_null[N]``."""
+    name1, name2 = relation.key.split(".", 1)[1], local_name(column)
+    number = 0
+    while True:
+        name = pg_object_name(name1, name2, f"is_not_null{number or ''}")
+        there = relation.constraints.get(name)
+        if there is None or is_helper(there.definition, name2):
+            return quote_ident(name)
+        number += 1
+
+
+def leftover_helper(relation: Relation, column: str) -> str | None:
+    """The helper CHECK an interrupted NOT NULL proof left on the table (quoted), if any."""
+    name1, name2 = relation.key.split(".", 1)[1], local_name(column)
+    for number in range(10):
+        name = pg_object_name(name1, name2, f"is_not_null{number or ''}")
+        there = relation.constraints.get(name)
+        if there is not None and is_helper(there.definition, name2):
+            return quote_ident(name)
+    return None
+
+
+def is_helper(definition: str, column: str) -> bool:
+    """``CHECK ((col IS NOT NULL))`` as pg_get_constraintdef renders the helper."""
+    wanted = f"CHECK (({quote_ident(column)} IS NOT NULL))"
+    return definition.strip().removesuffix(" NOT VALID") == wanted
 
 
 def _unique_using_index(statement: Statement, catalog: Catalog, version: int) -> Plan | None:
@@ -282,22 +445,34 @@ def _unique_using_index(statement: Statement, catalog: Catalog, version: int) ->
         relation.key.split(".", 1)[1], None if primary else _name_addition(columns + include),
         "pkey" if primary else "key"))
     index = beside(table, name)
-    steps = [PlanStep(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} {index_tail}",
+    steps = [_drop_invalid(index),
+             PlanStep(f"CREATE UNIQUE INDEX CONCURRENTLY {name} ON {table} {index_tail}",
                       needs_autocommit=True, purpose="build the unique index without blocking",
-                      undo=(PlanStep(f"DROP INDEX CONCURRENTLY IF EXISTS {index}",
-                                     needs_autocommit=True),),
-                      leftover_index=index)]
+                      leftover_index=index, done_if=_valid_index(index),
+                      leaves=f"the unique index {index} exists, valid; no {kind} constraint "
+                             "yet")]
     if primary:
         for written in _written_columns(step.definition_sql):
             column = local_name(written)
-            if column in relation.not_null or catalog.proves_not_null(table, column):
+            helper = leftover_helper(relation, column)
+            if column in relation.not_null or (helper is None
+                                               and catalog.proves_not_null(table, column)):
+                if helper is not None:  # left by an interrupted run: it goes too
+                    steps.append(drop_helper(table, written, helper))
                 continue
             if version < 12:
                 return None
             steps.extend(not_null_steps(table, written, relation))
     steps.append(PlanStep(f"ALTER TABLE {table} ADD CONSTRAINT {name} {kind} USING INDEX "
-                          f"{name}{constraint_tail}", purpose="a brief catalog change"))
-    return Plan(tuple(steps), summary=f"{kind} {name} from a concurrently built index")
+                          f"{name}{constraint_tail}", needs_autocommit=True,
+                          purpose="a brief catalog change",
+                          done_if=_any(_constraint_there(table, name)),
+                          leaves=f"the {kind} constraint {name} exists"))
+    expects = (Expectation("index", table, local_name(name), (
+        _probe_table(table),
+        f"CREATE UNIQUE INDEX {name} ON pg_temp.safeddl_probe {index_tail}")),)
+    return Plan(tuple(steps), summary=f"{kind} {name} from a concurrently built index",
+                expects=expects)
 
 
 def _key_parts(definition: str) -> tuple[list[str], list[str], str, str] | None:
@@ -499,4 +674,5 @@ _BUILDERS: dict[frozenset[str], Builder] = {
     frozenset({"truncate"}): _delete_instead,
 }
 
-__all__ = ["not_null_steps", "pg_object_name", "repair", "rewrite"]
+__all__ = ["drop_helper", "is_helper", "leftover_helper", "not_null_steps", "pg_object_name",
+           "repair", "rewrite"]
