@@ -40,6 +40,7 @@ from safeddl.runtime.errors import (
     PreflightBlocked,
     SafeDDLError,
     is_lock_timeout,
+    sqlstate_of,
 )
 from safeddl.runtime.interrupted import PlanInterrupted, PlanStepLockTimeout
 from safeddl.runtime.live_catalog import LiveCatalog, names_in
@@ -335,8 +336,8 @@ class Guard:
         where = (number + 1, len(plan.steps), state)
         if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
             return self._lock_timeout(ticket, step.sql, session.state, exc, step=where)
-        if not parts:
-            return exc
+        if not parts and (sqlstate_of(exc) or "")[:2] in ("22", "23", "42"):
+            return exc  # nothing changed and the statement itself is at fault: as written
         return PlanInterrupted(ticket.decision.statement.sql, step.sql, number + 1,
                                len(plan.steps), state, purpose=step.purpose, orig=exc)
 
@@ -371,8 +372,8 @@ class Guard:
         if plan is None:
             return None
         try:
-            if session.in_transaction():
-                return None  # the transaction is rolled back as a whole
+            if session.in_transaction():  # rolled back as a whole, or the connection is gone
+                return failed.leftover_index if failed.needs_autocommit else None
         except Exception:  # noqa: BLE001 - a closed connection: nothing can be done
             return failed.leftover_index
         actions: list[PlanStep] = []

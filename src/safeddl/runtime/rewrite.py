@@ -256,6 +256,7 @@ def _validate_separately(statement: Statement, catalog: Catalog, version: int) -
     validate = PlanStep(f"ALTER TABLE {table} VALIDATE CONSTRAINT {name}",
                         needs_autocommit=True,
                         purpose="check the existing rows under SHARE UPDATE EXCLUSIVE",
+                        done_if=_any(_constraint_there(table, name, valid=True)),
                         leaves=f"{name} exists on {table}, validated")
     probe: list[str] = [_probe_table(table)]
     wanted: str | None = definition

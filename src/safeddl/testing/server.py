@@ -467,6 +467,14 @@ class PostgresServer:
             self._release_watchdog()
             logger.info("stopped PostgreSQL %s and removed %s", self.version, directory)
 
+    def restart(self) -> None:
+        """Stop the server in immediate mode (as a crash or a failover would: every
+        session is cut off, recovery runs at start) and start it again on the same data
+        directory and socket."""
+        self._require_directory()
+        self._stop_postmaster()
+        self._pg_ctl_start()
+
     # -- paths
 
     def _require_directory(self) -> Path:
