@@ -211,7 +211,7 @@ class Injector:
 class Announcements:
     """A logging handler passing the guard's log lines to the injector."""
 
-    def __init__(self, injector: Injector) -> None:
+    def __init__(self, injector: Injector | LockOnAnnounce) -> None:
         import logging
 
         class Handler(logging.Handler):
@@ -349,3 +349,69 @@ def test_report_counts() -> None:
     print(f"\nfault injection: {COUNTS}")
     faults = COUNTS["injected"] - COUNTS["missed (the step was over), injected again"]
     assert COUNTS["converged after one rerun"] == faults
+
+
+# --------------------------------------------------------------------------- lock timeouts
+
+
+class LockOnAnnounce:
+    """Takes ``mode`` on big when the guard announces a step containing ``step`` (the
+    first ``times`` times), and releases it ``hold_s`` later."""
+
+    def __init__(self, dsn: str, step: str, mode: str, hold_s: float, times: int = 1) -> None:
+        self.dsn, self.step, self.mode, self.hold_s, self.times = dsn, step, mode, hold_s, times
+        self.announced = 0
+        self.threads: list[threading.Thread] = []
+
+    def announce(self, message: str) -> None:
+        if not message.startswith("safeddl: rewrite step:") or self.step not in message:
+            return
+        self.announced += 1
+        if self.announced > self.times:
+            return
+        holder = psycopg.connect(self.dsn)
+        holder.execute(f"LOCK TABLE big IN {self.mode} MODE")
+        timer = threading.Timer(self.hold_s, holder.close)
+        timer.start()
+        self.threads.append(timer)
+
+    def finish(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+
+def test_a_lock_timeout_in_a_step_names_that_step_and_a_retry_resumes(fault_db: str) -> None:
+    from safeddl.locks import LockMode
+    from safeddl.runtime.errors import is_retryable
+
+    want = expected(fault_db, FOREIGN_KEY)
+    policy = Policy(small_table_rows=0, lock_timeout="300ms")
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        conn.execute(RESET)
+    blocker = LockOnAnnounce(fault_db, "VALIDATE", "SHARE UPDATE EXCLUSIVE", hold_s=1.0)
+    with safeddl.psycopg.connect(fault_db, policy=policy, autocommit=True) as conn:
+        try:
+            with Announcements(blocker), pytest.raises(safeddl.PlanStepLockTimeout) as info:
+                conn.execute(FOREIGN_KEY)
+        finally:
+            blocker.finish()
+    error = info.value
+    assert error.mode is LockMode.SHARE_UPDATE_EXCLUSIVE and error.relation == "big"
+    assert "VALIDATE CONSTRAINT big_parent_id_fkey" in error.step
+    assert "waited for SHARE UPDATE EXCLUSIVE on big" in str(error)
+    assert "step 2 of 2" in str(error) and "big_parent_id_fkey exists on big, NOT VALID" \
+        in str(error)
+    assert is_retryable(error) and isinstance(error.__cause__, psycopg.errors.LockNotAvailable)
+
+    # Through retry_statement: the first attempt times out in VALIDATE, the next resumes.
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        conn.execute(RESET)
+    blocker = LockOnAnnounce(fault_db, "VALIDATE", "SHARE UPDATE EXCLUSIVE", hold_s=1.0)
+    with safeddl.psycopg.connect(fault_db, policy=policy, autocommit=True) as conn:
+        try:
+            with Announcements(blocker):
+                safeddl.retry_statement(conn, FOREIGN_KEY, attempts=5, max_time="30s")
+        finally:
+            blocker.finish()
+    assert blocker.announced >= 2  # VALIDATE ran again, the ADD was skipped
+    assert end_state(fault_db) == want
