@@ -30,9 +30,13 @@ EXISTS] i ON t ...``                     of that name, then ``CREATE ... INDEX
 Everything but ``DELETE`` needs its own transactions (autocommit); inside a
 transaction block the guard refuses and prints the plan. Names PostgreSQL would have
 chosen (``t_a_fkey``, ``t_a_key``, ``t_pkey``, ``t_a_check``) are given explicitly, so
-the end state is the same. When a step fails, what the earlier steps did is undone
-and an INVALID index left by a failed concurrent build is dropped: the end state is
-then the one the failed original would have left.
+the end state is the same. Plans resume rather than undo: every step carries a
+``done_if`` check (its effect is already there: skipped) and the state it leaves, so
+running the statement again after a fault at any step finishes the job; an INVALID
+index left by a failed concurrent build is dropped (under the lock the build took,
+never while another session still builds it). Each object a plan creates under a
+fixed name comes with an :class:`~safeddl.runtime.plan.Expectation`: one of that name
+with another definition is refused before anything runs.
 
 No rewrite (the statement is refused instead) where it could not be exact: tables
 with partitions or inheritance children, unnamed indexes, a name PostgreSQL would
