@@ -140,7 +140,6 @@ def test_truncate_becomes_delete_only_where_exact() -> None:
 
 @pytest.mark.parametrize("sql", [
     "CREATE INDEX ON big (x)",  # unnamed: a failed build could not be cleaned up
-    "CREATE INDEX parted_x ON parted (x)",
     "ALTER TABLE parted ADD CHECK (x > 0)",
     "ALTER TABLE big ALTER COLUMN x SET NOT NULL, ALTER COLUMN y SET NOT NULL",
     "DROP INDEX big_old CASCADE",
@@ -150,6 +149,31 @@ def test_no_exact_rewrite_refuses(sql: str) -> None:
     result = decision(sql)
     assert result.action is RuleAction.REFUSE
     assert result.refusal_note is not None and "no exact rewrite" in result.refusal_note
+
+
+def test_index_on_a_partitioned_table_goes_partition_by_partition() -> None:
+    plan = plan_of("CREATE INDEX parted_x ON parted USING btree (x, lower(x::text)) "
+                   "INCLUDE (id) WHERE x > 0")
+    tail = " USING btree (x, lower(x::text)) INCLUDE (id) WHERE x > 0"
+    assert statements(plan) == [
+        f"CREATE INDEX parted_x ON ONLY parted{tail}",
+        "DROP INDEX CONCURRENTLY public.parted_1_x_lower_id_idx",  # only if INVALID
+        f"CREATE INDEX CONCURRENTLY parted_1_x_lower_id_idx ON public.parted_1{tail}",
+        "ALTER INDEX parted_x ATTACH PARTITION public.parted_1_x_lower_id_idx"]
+    assert plan.steps[2].leftover_index == "public.parted_1_x_lower_id_idx"
+    assert all(step.done_if is not None for step in plan.steps)
+    assert plan.refuse_if  # a partition's own unattached index: refused at run time
+
+
+@pytest.mark.parametrize(("element", "name"), [
+    ("x", "x"), ("x DESC NULLS LAST", "x"), ("x text_pattern_ops", "x"), ("(x::text)", "x"),
+    ('"Mixed" COLLATE "C"', "Mixed"), ("lower(x)", "lower"), ("public.f(x, y)", "f"),
+    ("(x + 1)", "expr"), ("(lower(x) || 'a')", "expr"), ("(CASE WHEN x > 0 THEN 1 END)", "case")])
+def test_partition_index_column_names_like_postgres(element: str, name: str) -> None:
+    from safeddl.runtime.rewrite import _index_column_names
+
+    assert _index_column_names(f" ({element})") == [name]
+    assert _index_column_names(f" ({element}, {element})") == [name, f"{name}1"]
 
 
 def test_inside_a_transaction_the_plan_is_refused_and_spelled_out() -> None:

@@ -149,8 +149,9 @@ class Injector:
     the server."""
 
     def __init__(self, fault: Fault, dsn: str, pid: int,
-                 restart: Callable[[], None] | None = None) -> None:
+                 restart: Callable[[], None] | None = None, table: str = "big") -> None:
         self.fault = fault
+        self.table = table
         self.dsn = dsn
         self.pid = pid
         self.restart = restart
@@ -166,7 +167,7 @@ class Injector:
         self.fired = True
         if self.fault.how == "waiting":
             self.blocker = psycopg.connect(self.dsn)
-            self.blocker.execute("LOCK TABLE big IN ACCESS EXCLUSIVE MODE")
+            self.blocker.execute(f"LOCK TABLE {self.table} IN ACCESS EXCLUSIVE MODE")
         self.thread = threading.Thread(target=self._strike, daemon=True)
         self.thread.start()
 

@@ -73,6 +73,8 @@ class Plan:
     steps: tuple[PlanStep, ...]
     summary: str = ""
     expects: tuple[Expectation, ...] = ()
+    # Checked before any step: when one holds, the statement is refused with its reason.
+    refuse_if: tuple[tuple[Check, str], ...] = ()
 
     def render(self) -> str:
         lines = []

@@ -88,6 +88,9 @@ def check_expectations(decision: Decision, session: Session) -> None:
     plan = decision.plan
     if plan is None:
         return
+    for check, reason in plan.refuse_if:
+        if holds(session, check):
+            raise _refused(decision, reason)
     for expected in plan.expects:
         there = _existing(session, expected)
         if there is None:
@@ -140,6 +143,15 @@ def _normal(expected: Expectation, definition: str) -> str:
         return _ON_TABLE.sub(" ON ? USING ", text, count=1)
     text = text.removesuffix(" NOT VALID")
     return _REFERENCES.sub("REFERENCES ?(", text, count=1)
+
+
+def _refused(decision: Decision, reason: str) -> UnsafeStatement:
+    first = decision.deciding[0] if decision.deciding else None
+    rule = first.rule if first else "unknown"
+    return UnsafeStatement(rule, decision.statement.sql,
+                           first.safe_alternative if first else None,
+                           f"safeddl refused this statement (it was not sent): {rule}: {reason}",
+                           decision.deciding)
 
 
 def _taken(decision: Decision, expected: Expectation, definition: str,

@@ -13,6 +13,13 @@ original                                run instead
 ``CREATE [UNIQUE] INDEX [IF NOT          ``DROP INDEX CONCURRENTLY`` of an INVALID index
 EXISTS] i ON t ...``                     of that name, then ``CREATE ... INDEX
                                          CONCURRENTLY ...``
+``CREATE [UNIQUE] INDEX i ON parted``     ``CREATE ... INDEX i ON ONLY parted`` (INVALID, no
+                                         scan), for each partition ``CREATE ... INDEX
+                                         CONCURRENTLY <partition>_<columns>_idx`` (the
+                                         name PostgreSQL gives it; ``ON ONLY`` for a
+                                         sub-partitioned one, recursively), then ``ALTER
+                                         INDEX i ATTACH PARTITION`` (``i`` turns valid
+                                         with the last one)
 ``DROP INDEX [IF EXISTS] i``             ``DROP INDEX CONCURRENTLY [IF EXISTS] i``
 ``REINDEX INDEX i``                      ``REINDEX INDEX CONCURRENTLY i`` (PostgreSQL 12+)
 ``ADD [CONSTRAINT c] FOREIGN KEY`` /     ``ADD CONSTRAINT c ... NOT VALID``, then
@@ -39,7 +46,9 @@ fixed name comes with an :class:`~safeddl.runtime.plan.Expectation`: one of that
 with another definition is refused before anything runs.
 
 No rewrite (the statement is refused instead) where it could not be exact: tables
-with partitions or inheritance children, unnamed indexes, a name PostgreSQL would
+with partitions or inheritance children (but for ``CREATE INDEX`` on a partitioned
+table whose partitions are plain or partitioned tables without an unattached index
+of their own), unnamed indexes, a name PostgreSQL would
 have had to number (already taken on the table), a CHECK without a name when the
 columns of the table are unknown, ``REINDEX TABLE`` / ``SCHEMA``, ``DROP INDEX`` of
 several indexes or with ``CASCADE``, and ``TRUNCATE`` of a table that has user
@@ -49,6 +58,7 @@ IDENTITY``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from safeddl.analysis import Action, Catalog, ConstraintType, Statement, Step
@@ -56,7 +66,7 @@ from safeddl.analysis.catalog import Relation
 from safeddl.rules.support import beside, first_group, group_columns, split_commas
 from safeddl.runtime.plan import Check, Decision, Expectation, Plan, PlanStep, SessionFacts
 from safeddl.sql import local_name, quote_ident
-from safeddl.sql.tokens import SqlTokenError, tokenize
+from safeddl.sql.tokens import SqlTokenError, Token, tokenize
 
 NAME_BYTES = 63  # NAMEDATALEN - 1
 
@@ -101,7 +111,11 @@ def repair(decision: Decision, facts: SessionFacts) -> Plan | None:
 def _create_index(statement: Statement, catalog: Catalog, version: int) -> Plan | None:
     step = _single(statement)
     if (step is None or step.action is not Action.CREATE_INDEX or step.concurrently
-            or not step.name or not step.table or _has_children(catalog, step.table)):
+            or not step.name or not step.table):
+        return None
+    if catalog.is_partitioned(step.table) and not step.only:
+        return _partitioned_index(statement, step, catalog)
+    if _has_children(catalog, step.table):
         return None
     concurrent = _insert_after(statement.sql, {"INDEX"}, "CONCURRENTLY")
     if concurrent is None:
@@ -117,6 +131,205 @@ def _create_index(statement: Statement, catalog: Catalog, version: int) -> Plan 
         Expectation("index", step.table, local_name(step.name), (_probe_table(step.table),
                                                                  probe)),)
     return Plan(tuple(steps), summary=f"CREATE INDEX CONCURRENTLY {index}", expects=expects)
+
+
+def _partitioned_index(statement: Statement, step: Step, catalog: Catalog) -> Plan | None:
+    """CREATE INDEX i ON parted -> ``CREATE INDEX i ON ONLY parted`` (INVALID, no scan);
+    for each partition ``CREATE INDEX CONCURRENTLY`` under the name PostgreSQL would
+    give it (``<partition>_<columns>_idx``), then ``ALTER INDEX i ATTACH PARTITION``;
+    sub-partitions get an ``ON ONLY`` index of their own, attached once theirs are.
+    ``i`` becomes valid when the last partition's index is attached."""
+    assert step.table is not None and step.name is not None
+    parent = catalog.get(step.table)
+    parts = _index_parts(statement.sql)
+    if parent is None or parts is None:
+        return None
+    head, tail = parts
+    names = _index_column_names(tail)
+    if names is None:
+        return None
+    addition = _name_addition(names)
+    kind = "CREATE UNIQUE INDEX" if step.unique else "CREATE INDEX"
+    index = beside(step.table, step.name)
+    steps = [PlanStep(f"{head} ONLY {step.table}{tail}", needs_autocommit=True,
+                      purpose="the partitioned index, INVALID until every partition's is "
+                              "attached (brief: no scan)",
+                      done_if=_exists(index), leaves=f"the index {index} exists, INVALID")]
+    expects = [Expectation("index", step.table, local_name(step.name),
+                           (_probe_table(step.table),
+                            f"{kind} {step.name} ON pg_temp.safeddl_probe{tail}"))]
+    children: list[str] = []
+    if not _partition_steps(catalog, parent, index, kind, tail, addition, steps, expects,
+                            children):
+        return None
+    refuse = (Check(
+        "SELECT EXISTS (SELECT 1 FROM pg_partition_tree(to_regclass(%s)) t JOIN pg_index i "
+        "ON i.indrelid = t.relid WHERE t.relid <> to_regclass(%s) AND NOT i.indexrelid = "
+        "ANY(ARRAY(SELECT to_regclass(n)::oid FROM unnest(%s::text[]) n WHERE to_regclass(n) "
+        "IS NOT NULL)) AND NOT EXISTS (SELECT 1 FROM pg_inherits h "
+        "WHERE h.inhrelid = i.indexrelid))",
+        (step.table, step.table, "{" + ",".join(_array_item(c) for c in children) + "}")),
+        f"a partition of {step.table} has an index of its own, attached to no partitioned "
+        "index: CREATE INDEX would attach it instead of building one when it is equivalent, "
+        "which the rewrite cannot tell. Attach or drop it first, or run the statement "
+        "yourself.")
+    return Plan(tuple(steps), summary=f"{index} on ONLY {step.table}, then each partition "
+                f"concurrently, attached", expects=tuple(expects), refuse_if=(refuse,))
+
+
+def _partition_steps(catalog: Catalog, parent: Relation, parent_index: str, kind: str,
+                     tail: str, addition: str, steps: list[PlanStep],
+                     expects: list[Expectation], children: list[str]) -> bool:
+    """Append the steps of every partition of ``parent`` (recursively); False when one
+    cannot be indexed exactly (a foreign table, an unknown kind)."""
+    partitions = sorted(key for key, relation in catalog.relations.items()
+                        if relation.parent == parent.key)
+    for key in partitions:
+        relation = catalog.relations[key]
+        schema, table_name = key.split(".", 1)
+        table = f"{quote_ident(schema)}.{quote_ident(table_name)}"
+        name = quote_ident(pg_object_name(table_name, addition or None, "idx"))
+        index = f"{quote_ident(schema)}.{name}"
+        children.append(index)
+        expects.append(Expectation("index", table, local_name(name), (
+            _probe_table(table), f"{kind} {name} ON pg_temp.safeddl_probe{tail}")))
+        if relation.kind == "partitioned":
+            steps.append(PlanStep(f"{kind} {name} ON ONLY {table}{tail}", needs_autocommit=True,
+                                  purpose="the sub-partitioned table's index (brief)",
+                                  done_if=_exists(index),
+                                  leaves=f"the index {index} exists, INVALID"))
+            if not _partition_steps(catalog, relation, index, kind, tail, addition, steps,
+                                    expects, children):
+                return False
+        elif relation.kind == "table":
+            steps.append(_drop_invalid(index))
+            steps.append(PlanStep(f"{kind} CONCURRENTLY {name} ON {table}{tail}",
+                                  needs_autocommit=True,
+                                  purpose="build the partition's index without blocking writes",
+                                  leftover_index=index, done_if=_valid_index(index),
+                                  leaves=f"the index {index} exists, valid, not attached"))
+        else:
+            return False
+        steps.append(PlanStep(f"ALTER INDEX {parent_index} ATTACH PARTITION {index}",
+                              needs_autocommit=True, purpose="attach it (brief)",
+                              done_if=Check("SELECT EXISTS (SELECT 1 FROM pg_inherits WHERE "
+                                            "inhrelid = to_regclass(%s) AND inhparent = "
+                                            "to_regclass(%s))", (index, parent_index)),
+                              leaves=f"the index {index} is attached to {parent_index}"))
+    return True
+
+
+def _array_item(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _exists(index: str) -> Check:
+    return Check("SELECT to_regclass(%s) IS NOT NULL", (index,))
+
+
+def _index_parts(sql: str) -> tuple[str, str] | None:
+    """``CREATE INDEX i ON [ONLY] t <tail>`` -> (``CREATE INDEX i ON``, `` <tail>``)."""
+    try:
+        tokens = tokenize(sql)
+    except SqlTokenError:
+        return None
+    depth = 0
+    for i, token in enumerate(tokens):
+        if token.kind == "L_PAREN":
+            depth += 1
+        elif token.kind == "R_PAREN":
+            depth -= 1
+        elif depth == 0 and token.word == "ON":
+            j = i + 1
+            if j < len(tokens) and tokens[j].word == "ONLY":
+                j += 1
+            if j >= len(tokens):
+                return None
+            end = j
+            while end + 2 < len(tokens) and tokens[end + 1].kind == "DOT":
+                end += 2
+            return sql[:token.end], sql[tokens[end].end:]
+    return None
+
+
+def _index_column_names(tail: str) -> list[str] | None:
+    """The names PostgreSQL's ChooseIndexColumnNames gives the key and INCLUDE columns
+    of ``[USING m] (a, lower(b), (c + 1)) INCLUDE (d)``: a column's own name, ``expr``
+    for an expression, made unique with a number."""
+    found = first_group(tail)
+    if found is None or not re.fullmatch(r"(?i)\s*(USING\s+\w+\s*)?", found[0]):
+        return None
+    elements = split_commas(found[1][1:-1])
+    rest = found[2].strip()
+    if rest.upper().startswith("INCLUDE"):
+        include = first_group(rest)
+        if include is None:
+            return None
+        elements += split_commas(include[1][1:-1])
+    names: list[str] = []
+    for element in elements:
+        try:
+            tokens = tokenize(element)
+        except SqlTokenError:
+            return None
+        if not tokens:
+            return None
+        name = _figure_index_colname(tokens)
+        candidate, number = name, 0
+        while candidate in names:
+            number += 1
+            candidate = f"{name}{number}"
+        names.append(candidate)
+    return names
+
+
+def _figure_index_colname(tokens: list[Token]) -> str:
+    """PostgreSQL's FigureIndexColname for one index element: a column's name (also
+    under a cast or in parentheses), a function call's name, else ``expr``."""
+    while len(tokens) > 2 and tokens[0].kind == "L_PAREN" and _closing(tokens, 0) == len(
+            tokens) - 1:
+        tokens = tokens[1:-1]
+    if tokens and tokens[0].word in ("CASE", "ARRAY", "ROW"):
+        return tokens[0].word.lower()
+    i, name = 0, None
+    while i < len(tokens) and tokens[i].kind not in _PUNCTUATION:
+        name = tokens[i].text if tokens[i].kind == "IDENTIFIER" else tokens[i].text.lower()
+        if i + 1 < len(tokens) and tokens[i + 1].kind == "DOT":
+            i += 2
+            continue
+        break
+    if name is None:
+        return "expr"
+    after = i + 1
+    if after < len(tokens) and tokens[after].kind == "L_PAREN":  # a function call
+        after = _closing(tokens, after) + 1
+        if after == 0:
+            return "expr"
+    rest = tokens[after:]
+    if rest and rest[0].kind == "DCOLON":
+        rest = [t for t in rest[1:] if t.kind not in ("L_PAREN", "R_PAREN", "NUMBER")]
+    if all(t.kind not in _PUNCTUATION and t.kind != "DCOLON" for t in rest):
+        return name
+    return "expr"
+
+
+_PUNCTUATION = frozenset({"L_PAREN", "R_PAREN", "DOT", "COMMA", "PLUS", "DASH", "STAR",
+                          "SLASH", "PIPE", "DPIPE", "EQ", "NEQ", "LT", "GT", "LTE", "GTE",
+                          "STRING", "NUMBER", "L_BRACKET", "R_BRACKET", "PARAMETER",
+                          "MOD", "CARET", "AMP", "TILDA", "DAMP", "ARROW", "DARROW"})
+
+
+def _closing(tokens: list[Token], start: int) -> int:
+    """The index of the parenthesis closing the one at ``start`` (-1: none)."""
+    depth = 0
+    for i in range(start, len(tokens)):
+        if tokens[i].kind == "L_PAREN":
+            depth += 1
+        elif tokens[i].kind == "R_PAREN":
+            depth -= 1
+            if depth == 0:
+                return i
+    return -1
 
 
 def _drop_index(statement: Statement, catalog: Catalog, version: int) -> Plan | None:
