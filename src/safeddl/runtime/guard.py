@@ -36,6 +36,8 @@ from safeddl.model import shorten
 from safeddl.runtime.blockers import LockRequest, read_blockers, report_blockers
 from safeddl.runtime.decision import analyse, current_rewriter, decide, needs_catalog, use_rewriter
 from safeddl.runtime.errors import (
+    DEADLOCK_DETECTED,
+    LOCK_NOT_AVAILABLE,
     LockTimeout,
     PreflightBlocked,
     SafeDDLError,
@@ -192,6 +194,9 @@ class Guard:
                error: BaseException) -> SafeDDLError | None:
         """The statement failed: restore, and turn a lock timeout into LockTimeout
         (with the blocking sessions). Returns the exception to raise instead, if any."""
+        if sqlstate_of(error) in (LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED):
+            ledger = session.state.ledger  # what it waited for was never granted
+            ledger.not_granted(ledger.mark)
         if ticket is not None and ticket.decision.plan is not None and ticket.replacement != NOOP:
             self._undo_plan(ticket, session, ticket.decision.plan.steps[-1])
         if ticket is not None and ticket.restore:

@@ -123,6 +123,7 @@ class Ledger:
     long_lock_seconds: float = 0.0  # 0: no report (the policy's, set when recording)
     pid: int | None = None
     strongest: LockMode | None = None  # of all held locks
+    mark: int = 0  # len(locks) before the statement being run (see not_granted)
     _savepoints: list[_Savepoint] = field(default_factory=list)
     # per relation key: the modes held, and everything they conflict with
     _modes: dict[str, set[LockMode]] = field(default_factory=dict)
@@ -168,6 +169,19 @@ class Ledger:
             for row in rows:
                 remember_greatest(self.greatest, row)
 
+    def not_granted(self, since: int) -> None:
+        """The statement that recorded ``locks[since:]`` failed waiting for a lock (lock
+        timeout, deadlock): it never held them for long, so they are not reported."""
+        if since >= len(self.locks):
+            return
+        kept = self.locks[:since]
+        self.locks.clear()
+        self._modes.clear()
+        self._conflicts.clear()
+        self.strongest = None
+        for lock in kept:
+            self._take(lock)
+
     def _take(self, lock: HeldLock) -> None:
         self.locks.append(lock)
         self._modes.setdefault(lock.key, set()).add(lock.mode)
@@ -184,6 +198,7 @@ class Ledger:
         self.statements.clear()
         self.new.clear()
         self._savepoints.clear()
+        self.mark = 0
 
     # -- transaction control -------------------------------------------------------------
     def savepoint(self, name: str) -> None:

@@ -83,6 +83,7 @@ class LockTracker:
             return
         ledger.long_lock_seconds = self.long_lock_seconds
         ledger.pid = state.pid
+        ledger.mark = len(ledger.locks)  # what this statement adds comes after it
         now = time.monotonic()
         if len(statements) == 1:  # the usual case: nothing to undo when it is refused
             statement = statements[0]
