@@ -106,3 +106,17 @@ def test_allow_reaches_tasks_created_inside_the_block_not_threads() -> None:
     assert seen["task after the block"] == (("create-index", "test"),)
     assert seen["thread"] == ()
     assert seen["block after it ended"] == ()
+
+
+def test_a_setting_changed_with_set_config_is_restored_to_its_new_value(db: str) -> None:
+    """The guard puts back the session's lock_timeout after a statement in autocommit;
+    a change made meanwhile by set_config() (invisible to the guard) is what it puts
+    back next time, not the value it saw first."""
+    policy = Policy(small_table_rows=0, lock_timeout="2s")
+    with safeddl.psycopg.connect(db, policy=policy, autocommit=True) as conn:
+        conn.execute("SET lock_timeout = '7s'")
+        conn.execute("ALTER TABLE t ADD COLUMN IF NOT EXISTS a int")
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("7s",)
+        conn.execute("SELECT set_config('lock_timeout', '9s', false)")
+        conn.execute("ALTER TABLE t ADD COLUMN IF NOT EXISTS b int")
+        assert conn.execute("SHOW lock_timeout").fetchone() == ("9s",)
