@@ -78,8 +78,12 @@ def test_drop_and_reindex() -> None:
     assert statements(plan_of("DROP INDEX IF EXISTS big_old")) == [
         "DROP INDEX CONCURRENTLY IF EXISTS big_old"]
     plan = plan_of("REINDEX (VERBOSE) INDEX big_old")
-    assert statements(plan) == ["REINDEX (VERBOSE) INDEX CONCURRENTLY big_old"]
-    assert plan.steps[0].leftover_index == "big_old_ccnew"
+    assert statements(plan) == ["DROP INDEX CONCURRENTLY big_old_ccnew",  # if INVALID
+                                "DROP INDEX CONCURRENTLY big_old_ccold",  # if INVALID
+                                "REINDEX (VERBOSE) INDEX CONCURRENTLY big_old"]
+    assert [s.only_if_invalid_index for s in plan.steps[:2]] == ["big_old_ccnew",
+                                                                 "big_old_ccold"]
+    assert plan.steps[-1].leftover_index == "big_old_ccnew"
 
 
 def test_foreign_key_gets_the_name_postgres_would_choose() -> None:

@@ -172,7 +172,7 @@ def _taken(decision: Decision, expected: Expectation, definition: str,
         f"  there:   {definition}\n  planned: {wanted_text}\n"
         f"Give the new one another name, or remove the old one first ({drop};) if it is a "
         f"leftover. To run the statement as written, allow the rule: "
-        f"safeddl.allow(\"{rule}\").")
+        f"safeddl.allow(\"{rule}\", reason=\"...\").")
     return UnsafeStatement(rule, decision.statement.sql, first.safe_alternative if first
                            else None, message, decision.deciding)
 

@@ -363,7 +363,11 @@ def _reindex(statement: Statement, catalog: Catalog, version: int) -> Plan | Non
     if concurrent is None:
         return None
     leftover = beside(step.name, quote_ident(pg_object_name(name, None, "ccnew")))
-    return Plan((PlanStep(concurrent, needs_autocommit=True,
+    old = beside(step.name, quote_ident(pg_object_name(name, None, "ccold")))
+    # An interrupted REINDEX CONCURRENTLY leaves <i>_ccnew (or, after the swap, <i>_ccold)
+    # INVALID, and a new run would add <i>_ccnew1: both go first.
+    return Plan((_drop_invalid(leftover), _drop_invalid(old),
+                 PlanStep(concurrent, needs_autocommit=True,
                           purpose="rebuild the index without blocking",
                           leftover_index=leftover),),
                 summary=f"REINDEX INDEX CONCURRENTLY {step.name}")
