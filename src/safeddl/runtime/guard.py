@@ -20,6 +20,7 @@ statement. Without one, ``rewrite`` refuses with the safe alternative spelled ou
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -282,7 +283,12 @@ class Guard:
                         ", ".join(f.rule for f in ticket.decision.deciding), plan.render())
         if not plan.steps:
             return
-        check_expectations(ticket.decision, session)
+        try:
+            check_expectations(ticket.decision, session)
+        except Exception as exc:
+            if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
+                raise self._lock_timeout(ticket, ticket.text, session.state, exc) from exc
+            raise
         run_all = plan.steps[-1].needs_autocommit
         for number, step in enumerate(plan.steps):
             if number == len(plan.steps) - 1 and not run_all:
@@ -294,25 +300,37 @@ class Guard:
         ticket.replacement = NOOP
 
     def _run_step(self, ticket: Ticket, session: Session, step: PlanStep, number: int) -> None:
-        try:
-            wait_while_busy(session, step)
-            if step.only_if_invalid_index and not _index_is_invalid(session,
-                                                                    step.only_if_invalid_index):
-                return
-            if step.done_if is not None and holds(session, step.done_if):
-                logger.info("safeddl: already done, skipped: %s", shorten(step.sql))
-                ticket.leaves = step.leaves or ticket.leaves
-                return
-            logger.info("safeddl: rewrite step: %s", shorten(step.sql))
-            self._step_timeout(ticket, session, step)
-            session.run(step.sql)
-        except Exception as exc:
-            if self._done_meanwhile(session, step):
-                logger.info("safeddl: another session did `%s` meanwhile", shorten(step.sql))
-                ticket.leaves = step.leaves or ticket.leaves
-                return
-            raise self._interrupted(ticket, session, step, number, exc) from exc
-        ticket.leaves = step.leaves or ticket.leaves
+        for attempt in range(_RACE_ATTEMPTS):
+            try:
+                wait_while_busy(session, step)
+                if step.only_if_invalid_index and not _index_is_invalid(
+                        session, step.only_if_invalid_index):
+                    return
+                if step.done_if is not None and holds(session, step.done_if):
+                    logger.info("safeddl: already done, skipped: %s", shorten(step.sql))
+                    ticket.leaves = step.leaves or ticket.leaves
+                    return
+                logger.info("safeddl: rewrite step: %s", shorten(step.sql))
+                self._step_timeout(ticket, session, step)
+                session.run(step.sql)
+            except Exception as exc:
+                if self._done_meanwhile(session, step):
+                    logger.info("safeddl: another session did `%s` meanwhile",
+                                shorten(step.sql))
+                    ticket.leaves = step.leaves or ticket.leaves
+                    return
+                if attempt + 1 < _RACE_ATTEMPTS and _lost_a_race(exc) and step.done_if:
+                    # Another session running the same plan got in the way (the name
+                    # taken a moment earlier, a deadlock between two concurrent builds):
+                    # clean up this attempt's leftover, and try the step again.
+                    logger.info("safeddl: `%s` collided with another session (%s); trying "
+                                "again", shorten(step.sql), sqlstate_of(exc))
+                    self._undo_plan(ticket, session, step, earlier_steps=False)
+                    time.sleep(random.uniform(0.05, 0.3))
+                    continue
+                raise self._interrupted(ticket, session, step, number, exc) from exc
+            ticket.leaves = step.leaves or ticket.leaves
+            return
 
     @staticmethod
     def _done_meanwhile(session: Session, step: PlanStep) -> bool:
@@ -366,7 +384,8 @@ class Guard:
         apply_settings(session, {"statement_timeout": value}, local=not decision.session_level)
         ticket.statement_timeout_ms = wanted
 
-    def _undo_plan(self, ticket: Ticket, session: Session, failed: PlanStep) -> str | None:
+    def _undo_plan(self, ticket: Ticket, session: Session, failed: PlanStep,
+                   earlier_steps: bool = True) -> str | None:
         """After a failed step (outside a transaction block, where the steps before it
         were committed): drop the INVALID index the failed concurrent build left (under
         the same SHARE UPDATE EXCLUSIVE the build took; never one another session is
@@ -388,7 +407,7 @@ class Guard:
                 needs_autocommit=True, statement_timeout_ms=0,
                 only_if_invalid_index=failed.leftover_index,
                 purpose="drop the INVALID index the failed concurrent build left"))
-        for step in reversed(plan.steps[:ticket.steps_done]):
+        for step in reversed(plan.steps[:ticket.steps_done] if earlier_steps else ()):
             actions.extend(step.undo)
         leftover = None
         for action in actions:
@@ -495,6 +514,21 @@ def _waited_for(requests: list[LockRequest], blocked: set[str]) -> LockRequest |
         if request.relation in blocked:
             return request
     return requests[0] if requests else None
+
+
+_RACE_ATTEMPTS = 4
+# duplicate_table, duplicate_object, deadlock_detected: what two sessions running the same
+# plan step at the same moment get.
+_RACE_STATES = frozenset({"42P07", "42710", "40P01"})
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    state = sqlstate_of(exc)
+    if state in _RACE_STATES:
+        return True
+    # the same name inserted into pg_class by two sessions at once
+    constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+    return state == "23505" and isinstance(constraint, str) and constraint.startswith("pg_")
 
 
 def _index_is_invalid(session: Session, index: str) -> bool:

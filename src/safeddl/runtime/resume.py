@@ -17,7 +17,7 @@ import re
 import time
 
 from safeddl.model import shorten
-from safeddl.runtime.errors import UnsafeStatement
+from safeddl.runtime.errors import UnsafeStatement, is_lock_timeout
 from safeddl.runtime.plan import Check, Decision, Expectation, PlanStep
 from safeddl.runtime.session import Session
 
@@ -131,6 +131,8 @@ def _wanted(session: Session, expected: Expectation) -> str | None:
         rows = session.run(query, [expected.name])
         return str(rows[0][0]) if rows else None
     except Exception as exc:  # noqa: BLE001 - reported as "could not be checked"
+        if is_lock_timeout(exc):
+            raise  # waiting behind another session: retryable, not a refusal
         logger.warning("safeddl: could not check the definition of %s (%s)", expected.name, exc)
         return None
     finally:
