@@ -30,7 +30,7 @@ from safeddl.testing.server import PostgresServer, ServerError, fresh_database, 
 pytestmark = [pytest.mark.timeout(240)]
 
 ROWS = 200_000
-POLICY = Policy(small_table_rows=0, lock_timeout="5s")
+POLICY = Policy(small_table_rows=0, lock_timeout="5s", actions={"drop-index": "rewrite"})
 
 SOURCE = f"""
 DROP SCHEMA public CASCADE;
@@ -92,6 +92,8 @@ FAULTS = [
     Fault(PRIMARY_KEY, "USING INDEX", "waiting"),
     Fault(REINDEX, "REINDEX", "running", prepare="CREATE INDEX big_x ON big (x)"),
     Fault(REINDEX, "REINDEX", "waiting", prepare="CREATE INDEX big_x ON big (x)"),
+    Fault("DROP INDEX big_x", "DROP INDEX CONCURRENTLY", "waiting",
+          prepare="CREATE INDEX big_x ON big (x)"),
 ]
 RESTARTS = [
     Fault(INDEX, "CREATE INDEX CONCURRENTLY", "restart"),
