@@ -458,3 +458,40 @@ def test_a_name_taken_with_another_definition_is_refused_naming_both(
     assert "already there with another definition" in message
     assert f"there:   {there}" in message and planned in message.split("planned:")[1], message
     assert end_state(fault_db) == state  # nothing was sent
+
+
+# --------------------------------------------------------------------------- SQLAlchemy
+
+
+def test_through_sqlalchemy_a_killed_validate_resumes(fault_db: str) -> None:
+    """The same fault through the SQLAlchemy integration (an AUTOCOMMIT engine, as
+    Alembic's autocommit_block() uses): the error names the step and the state, with
+    the driver's error as its cause, and the rerun converges."""
+    from sqlalchemy import create_engine, text
+
+    from safeddl.testing.server import sqlalchemy_url_from_dsn
+
+    want = expected(fault_db, FOREIGN_KEY)
+    with psycopg.connect(fault_db, autocommit=True) as conn:
+        conn.execute(RESET)
+    engine = create_engine(sqlalchemy_url_from_dsn(fault_db), isolation_level="AUTOCOMMIT")
+    safeddl.install(engine, POLICY)
+    try:
+        fault = Fault(FOREIGN_KEY, "VALIDATE", "waiting")
+        with engine.connect() as conn:
+            pid = conn.connection.dbapi_connection.info.backend_pid  # type: ignore[union-attr]
+            injector = Injector(fault, fault_db, pid)
+            try:
+                with Announcements(injector), pytest.raises(safeddl.PlanInterrupted) as info:
+                    conn.execute(text(FOREIGN_KEY))
+            finally:
+                injector.finish()
+        assert injector.hit and "VALIDATE CONSTRAINT big_parent_id_fkey" in info.value.step
+        assert "big_parent_id_fkey exists on big, NOT VALID" in str(info.value)
+        assert isinstance(info.value.__cause__, psycopg.errors.AdminShutdown)
+        with engine.connect() as conn:
+            conn.execute(text(FOREIGN_KEY))  # the rerun (a fresh pooled connection)
+    finally:
+        safeddl.uninstall(engine)
+        engine.dispose()
+    assert end_state(fault_db) == want
