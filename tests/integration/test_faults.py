@@ -25,6 +25,7 @@ import pytest
 import safeddl
 import safeddl.psycopg
 from safeddl import Policy
+from safeddl.runtime.guard import NOOP
 from safeddl.testing.server import PostgresServer, ServerError, fresh_database, start_server
 
 pytestmark = [pytest.mark.timeout(240)]
@@ -167,6 +168,7 @@ class Injector:
         self.thread: threading.Thread | None = None
         self.hit = False  # the fault struck at the intended point
         self.fired = False
+        self.done = threading.Event()  # the guarded statement has returned
 
     def announce(self, message: str) -> None:
         if self.fired or not message.startswith("safeddl: rewrite step:") \
@@ -184,7 +186,7 @@ class Injector:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             deadline = time.monotonic() + 20
             seen = False
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self.done.is_set():
                 row = conn.execute(
                     "SELECT a.query, EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid "
                     "AND NOT l.granted), (SELECT p.phase FROM pg_stat_progress_create_index p "
@@ -211,6 +213,7 @@ class Injector:
             conn.execute("SELECT pg_terminate_backend(%s)", [self.pid])
 
     def finish(self) -> None:
+        self.done.set()
         if self.thread is not None:
             self.thread.join(timeout=60)
         if self.blocker is not None:
@@ -256,6 +259,8 @@ def inject(fault: Fault, dsn: str, restart: Callable[[], None] | None) -> BaseEx
         with Announcements(injector):
             conn.execute(fault.sql)
     except safeddl.SafeDDLError as exc:
+        if getattr(exc, "step", "") == NOOP:
+            return None  # every step had completed: the fault came too late
         return exc
     finally:
         injector.finish()

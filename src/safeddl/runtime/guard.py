@@ -202,6 +202,13 @@ class Guard:
             self._undo_plan(ticket, session, ticket.decision.plan.steps[-1])
         if ticket is not None and ticket.restore:
             restore_or_discard(session)
+        if ticket is not None and ticket.decision.plan is not None \
+                and ticket.replacement == NOOP and not isinstance(error, SafeDDLError):
+            total = len(ticket.decision.plan.steps)
+            return PlanInterrupted(ticket.decision.statement.sql, NOOP, total, total,
+                                   ticket.leaves or "every step had completed",
+                                   purpose="every step had completed; this no-op stands in "
+                                           "for the statement", orig=error)
         if not is_lock_timeout(error) or isinstance(error, SafeDDLError) or _NOWAIT.search(text):
             return None
         return self._lock_timeout(ticket, text, session.state, error)
