@@ -39,7 +39,7 @@ CREATE SCHEMA public;
 CREATE TABLE parent (id int PRIMARY KEY);
 INSERT INTO parent SELECT g FROM generate_series(1, 100) g;
 CREATE TABLE big_src AS
-  SELECT g AS id, g AS x, 1 + g % 100 AS parent_id, md5(g::text) AS note
+  SELECT g AS id, g AS x, 1 + g % 100 AS parent_id, repeat(md5(g::text), 3) AS note
   FROM generate_series(1, {ROWS}) g;
 """
 RESET = """
@@ -273,7 +273,7 @@ def inject(fault: Fault, dsn: str, restart: Callable[[], None] | None) -> BaseEx
 
 def inject_and_rerun(fault: Fault, dsn: str, restart: Callable[[], None] | None = None) -> None:
     want = expected(dsn, fault.sql, fault.prepare)
-    for _ in range(3):  # a short step may be over before the fault strikes: again
+    for _ in range(5):  # a short step may be over before the fault strikes: again
         error = inject(fault, dsn, restart)
         if error is not None:
             break
