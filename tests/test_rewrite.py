@@ -78,8 +78,12 @@ def test_drop_and_reindex() -> None:
     assert statements(plan_of("DROP INDEX IF EXISTS big_old")) == [
         "DROP INDEX CONCURRENTLY IF EXISTS big_old"]
     plan = plan_of("REINDEX (VERBOSE) INDEX big_old")
-    assert statements(plan) == ["REINDEX (VERBOSE) INDEX CONCURRENTLY big_old"]
-    assert plan.steps[0].leftover_index == "big_old_ccnew"
+    assert statements(plan) == ["DROP INDEX CONCURRENTLY big_old_ccnew",  # if INVALID
+                                "DROP INDEX CONCURRENTLY big_old_ccold",  # if INVALID
+                                "REINDEX (VERBOSE) INDEX CONCURRENTLY big_old"]
+    assert [s.only_if_invalid_index for s in plan.steps[:2]] == ["big_old_ccnew",
+                                                                 "big_old_ccold"]
+    assert plan.steps[-1].leftover_index == "big_old_ccnew"
 
 
 def test_foreign_key_gets_the_name_postgres_would_choose() -> None:
@@ -88,7 +92,9 @@ def test_foreign_key_gets_the_name_postgres_would_choose() -> None:
         ("ALTER TABLE big ADD CONSTRAINT big_x_y_fkey FOREIGN KEY (x, y) REFERENCES parent "
          "(id, z) NOT VALID"),
         "ALTER TABLE big VALIDATE CONSTRAINT big_x_y_fkey"]
-    assert plan.steps[0].undo[0].sql == "ALTER TABLE big DROP CONSTRAINT IF EXISTS big_x_y_fkey"
+    assert not plan.steps[0].undo  # resumed by the next run, never undone
+    assert plan.steps[0].done_if is not None and "pg_constraint" in plan.steps[0].done_if.sql
+    assert [e.name for e in plan.expects] == ["big_x_y_fkey"]
     assert plan.steps[1].statement_timeout_ms == 0  # validate-constraint: no limit
 
 
@@ -106,7 +112,7 @@ def test_set_not_null_sequence() -> None:
         "ALTER TABLE big ADD CONSTRAINT big_x_is_not_null CHECK (x IS NOT NULL) NOT VALID",
         "ALTER TABLE big VALIDATE CONSTRAINT big_x_is_not_null",
         "ALTER TABLE big ALTER COLUMN x SET NOT NULL",
-        "ALTER TABLE big DROP CONSTRAINT big_x_is_not_null"]
+        "ALTER TABLE big DROP CONSTRAINT IF EXISTS big_x_is_not_null"]
     assert decision("ALTER TABLE big ALTER COLUMN x SET NOT NULL", version=11).action \
         is RuleAction.REFUSE  # SET NOT NULL would scan again before 12
 
@@ -114,13 +120,15 @@ def test_set_not_null_sequence() -> None:
 def test_unique_and_primary_key_through_a_concurrent_index() -> None:
     plan = plan_of("ALTER TABLE big ADD UNIQUE NULLS NOT DISTINCT (x, y) INCLUDE (z) "
                    "WITH (fillfactor=70) DEFERRABLE")
-    assert statements(plan) == [
+    assert statements(plan)[0] == "DROP INDEX CONCURRENTLY big_x_y_z_key"  # if INVALID
+    assert plan.steps[0].only_if_invalid_index == "big_x_y_z_key"
+    assert statements(plan)[1:] == [
         ("CREATE UNIQUE INDEX CONCURRENTLY big_x_y_z_key ON big (x, y) INCLUDE (z) "
          "NULLS NOT DISTINCT WITH (fillfactor=70)"),
         ("ALTER TABLE big ADD CONSTRAINT big_x_y_z_key UNIQUE USING INDEX big_x_y_z_key "
          "DEFERRABLE")]
     primary = statements(plan_of("ALTER TABLE big ADD PRIMARY KEY (id)"))
-    assert primary[0] == "CREATE UNIQUE INDEX CONCURRENTLY big_pkey ON big (id)"
+    assert primary[1] == "CREATE UNIQUE INDEX CONCURRENTLY big_pkey ON big (id)"
     assert "ALTER TABLE big ALTER COLUMN id SET NOT NULL" in primary  # id is nullable
     assert primary[-1] == "ALTER TABLE big ADD CONSTRAINT big_pkey PRIMARY KEY USING INDEX big_pkey"
 
@@ -136,7 +144,6 @@ def test_truncate_becomes_delete_only_where_exact() -> None:
 
 @pytest.mark.parametrize("sql", [
     "CREATE INDEX ON big (x)",  # unnamed: a failed build could not be cleaned up
-    "CREATE INDEX parted_x ON parted (x)",
     "ALTER TABLE parted ADD CHECK (x > 0)",
     "ALTER TABLE big ALTER COLUMN x SET NOT NULL, ALTER COLUMN y SET NOT NULL",
     "DROP INDEX big_old CASCADE",
@@ -146,6 +153,31 @@ def test_no_exact_rewrite_refuses(sql: str) -> None:
     result = decision(sql)
     assert result.action is RuleAction.REFUSE
     assert result.refusal_note is not None and "no exact rewrite" in result.refusal_note
+
+
+def test_index_on_a_partitioned_table_goes_partition_by_partition() -> None:
+    plan = plan_of("CREATE INDEX parted_x ON parted USING btree (x, lower(x::text)) "
+                   "INCLUDE (id) WHERE x > 0")
+    tail = " USING btree (x, lower(x::text)) INCLUDE (id) WHERE x > 0"
+    assert statements(plan) == [
+        f"CREATE INDEX parted_x ON ONLY parted{tail}",
+        "DROP INDEX CONCURRENTLY public.parted_1_x_lower_id_idx",  # only if INVALID
+        f"CREATE INDEX CONCURRENTLY parted_1_x_lower_id_idx ON public.parted_1{tail}",
+        "ALTER INDEX parted_x ATTACH PARTITION public.parted_1_x_lower_id_idx"]
+    assert plan.steps[2].leftover_index == "public.parted_1_x_lower_id_idx"
+    assert all(step.done_if is not None for step in plan.steps)
+    assert plan.refuse_if  # a partition's own unattached index: refused at run time
+
+
+@pytest.mark.parametrize(("element", "name"), [
+    ("x", "x"), ("x DESC NULLS LAST", "x"), ("x text_pattern_ops", "x"), ("(x::text)", "x"),
+    ('"Mixed" COLLATE "C"', "Mixed"), ("lower(x)", "lower"), ("public.f(x, y)", "f"),
+    ("(x + 1)", "expr"), ("(lower(x) || 'a')", "expr"), ("(CASE WHEN x > 0 THEN 1 END)", "case")])
+def test_partition_index_column_names_like_postgres(element: str, name: str) -> None:
+    from safeddl.runtime.rewrite import _index_column_names
+
+    assert _index_column_names(f" ({element})") == [name]
+    assert _index_column_names(f" ({element}, {element})") == [name, f"{name}1"]
 
 
 def test_inside_a_transaction_the_plan_is_refused_and_spelled_out() -> None:

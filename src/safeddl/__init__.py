@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from safeddl.runtime.errors import RetriesExhausted as RetriesExhausted
     from safeddl.runtime.errors import SafeDDLError as SafeDDLError
     from safeddl.runtime.errors import UnsafeStatement as UnsafeStatement
+    from safeddl.runtime.interrupted import PlanInterrupted as PlanInterrupted
+    from safeddl.runtime.interrupted import PlanStepLockTimeout as PlanStepLockTimeout
     from safeddl.runtime.ledger import LongHeldLock as LongHeldLock
     from safeddl.runtime.ledger import on_long_held_lock as on_long_held_lock
     from safeddl.runtime.plan import Decision as Decision
@@ -54,6 +56,8 @@ _LAZY = {
     "PreflightBlocked": ("safeddl.runtime.errors", "PreflightBlocked"),
     "SafeDDLError": ("safeddl.runtime.errors", "SafeDDLError"),
     "UnsafeStatement": ("safeddl.runtime.errors", "UnsafeStatement"),
+    "PlanInterrupted": ("safeddl.runtime.interrupted", "PlanInterrupted"),
+    "PlanStepLockTimeout": ("safeddl.runtime.interrupted", "PlanStepLockTimeout"),
     "RetriesExhausted": ("safeddl.runtime.errors", "RetriesExhausted"),
     "RetryPolicy": ("safeddl.recovery.retry", "RetryPolicy"),
     "attempts": ("safeddl.recovery.retry", "attempts"),
@@ -104,6 +108,8 @@ __all__ = [
     "Decision",
     "LockTimeout",
     "LongHeldLock",
+    "PlanInterrupted",
+    "PlanStepLockTimeout",
     "Policy",
     "Preflight",
     "PreflightBlocked",

@@ -208,7 +208,7 @@ class GuardedCursorMixin:
                 raise
         try:
             result = super().execute(call.query(query), params, **kwargs)  # type: ignore[misc]
-        except Exception as exc:
+        except BaseException as exc:  # also KeyboardInterrupt: restore
             call.failed(exc)
             raise
         call.succeeded()
@@ -219,7 +219,7 @@ class GuardedCursorMixin:
         base: Any = super()
         try:
             base.executemany(call.query(query) if call else query, params_seq, **kwargs)
-        except Exception as exc:
+        except BaseException as exc:
             if call is None:
                 _convert_plain(self, query, exc)
             else:
@@ -234,7 +234,9 @@ class GuardedCursorMixin:
         failed = False
         try:
             yield from base.stream(call.query(query) if call else query, params, **kwargs)
-        except Exception as exc:
+        except GeneratorExit:  # the caller stopped iterating early: not a failure
+            raise
+        except BaseException as exc:
             failed = True
             if call is None:
                 _convert_plain(self, query, exc)
@@ -254,7 +256,7 @@ class GuardedCursorMixin:
             with base.copy(call.query(statement) if call else statement, params,
                            **kwargs) as copy:
                 yield copy
-        except Exception as exc:
+        except BaseException as exc:
             failed = True
             if call is None:
                 _convert_plain(self, statement, exc)

@@ -91,8 +91,13 @@ class SqlaSession:
 
     def discard(self) -> None:
         """The pool replaces the connection when it comes back (soft invalidation: the
-        Connection using it now goes on undisturbed until then)."""
-        self.pooled.invalidate(soft=True)
+        Connection using it now goes on undisturbed until then). A connection already
+        lost (killed backend, restart during a plan step the guard ran itself, which
+        SQLAlchemy never saw fail) is invalidated at once, so that closing the
+        Connection does not try to roll back on it."""
+        lost = bool(getattr(self.driver, "broken", False) or getattr(self.driver, "closed",
+                                                                      False))
+        self.pooled.invalidate(soft=not lost)
 
 
 # =========================================================================== the hook

@@ -220,7 +220,7 @@ def _plan_repair(decision: Decision, facts: SessionFacts, policy: Policy) -> Dec
     """A statement allowed as written may still need a step first (e.g. an INVALID index
     that ``CREATE INDEX CONCURRENTLY IF NOT EXISTS`` would silently keep)."""
     if decision.plan is not None or len(decision.statements) != 1 \
-            or decision.statement.kind is not Action.CREATE_INDEX:
+            or decision.statement.kind not in (Action.CREATE_INDEX, Action.SET_NOT_NULL):
         return decision
     plan = repair(decision, facts)
     if plan is None:

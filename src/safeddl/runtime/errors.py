@@ -137,18 +137,6 @@ class PreflightBlocked(LockTimeout):
                 "did not join the lock queue behind them.")
 
 
-class RewriteFailed(SafeDDLError):
-    """A step of a rewrite failed where the original statement would have failed: raised
-    as the driver's error of the original statement (same SQLSTATE, an instance of the
-    driver's class for it, the original's message first), so the handlers written for
-    that error keep working. ``statement`` is the original statement, ``step`` the step
-    that failed, ``orig`` the step's own error (also ``__cause__``)."""
-
-    statement: str
-    step: str
-    orig: BaseException | None
-
-
 E = TypeVar("E", bound=SafeDDLError)
 _FLAVOURS: dict[tuple[type[Any], tuple[type[Any], ...]], type[Any]] = {}
 _FLAVOURS_LOCK = threading.Lock()
@@ -231,21 +219,6 @@ def driver_class_for(error: BaseException, sqlstate: str) -> type[BaseException]
         return psycopg.errors.lookup(sqlstate)
     except KeyError:
         return None
-
-
-def rewrite_failure(error: BaseException, sqlstate: str, message: str, statement: str,
-                    step: str) -> RewriteFailed | None:
-    """The error the original ``statement`` fails with (``sqlstate``, ``message``), as
-    the driver's own class for it, when its rewrite's ``step`` failed with ``error``."""
-    driver_class = driver_class_for(error, sqlstate)
-    if driver_class is None:
-        return None
-    text = (f"{message}\n(safeddl ran the safe form of `{shorten(statement)}`; its step "
-            f"`{shorten(step)}` found this; the steps before it were undone, as if the "
-            "original statement had failed)")
-    failure = driver_class(text)
-    return as_driver_error(failure, RewriteFailed, (driver_class,),
-                           {"statement": statement, "step": step, "orig": error})
 
 
 def driver_errors(exc: BaseException | None) -> list[BaseException]:
@@ -489,7 +462,6 @@ __all__ = [
     "LockTimeout",
     "PreflightBlocked",
     "RetriesExhausted",
-    "RewriteFailed",
     "SafeDDLError",
     "UnsafeStatement",
     "as_driver_error",
@@ -504,7 +476,6 @@ __all__ = [
     "is_lock_timeout",
     "is_retryable",
     "retry_reason",
-    "rewrite_failure",
     "server_context",
     "server_detail",
     "sqlstate_of",

@@ -24,6 +24,7 @@ statement. Without one, ``rewrite`` refuses with the safe alternative spelled ou
 from __future__ import annotations
 
 import logging
+import random
 import re
 import threading
 import time
@@ -64,15 +65,17 @@ from safeddl.runtime.errors import (
     SafeDDLError,
     UnsafeStatement,
     as_driver_error,
+    driver_class_for,
     driver_state,
     is_lock_timeout,
-    rewrite_failure,
     server_context,
     sqlstate_of,
 )
+from safeddl.runtime.interrupted import PlanInterrupted, PlanStepLockTimeout
 from safeddl.runtime.live_catalog import LiveCatalog, names_in
 from safeddl.runtime.plan import Decision, PlanStep, Rewriter, SessionFacts
 from safeddl.runtime.policy import UNPARSED_RULE, Policy, RuleAction, as_timedelta
+from safeddl.runtime.resume import busy, check_expectations, holds, wait_while_busy
 from safeddl.runtime.scope import ALLOWANCES, Allowances
 from safeddl.runtime.session import (
     ConnectionState,
@@ -95,6 +98,8 @@ PLAIN_ENTRIES, PLAIN_BYTES = 20_000, 8 * MiB
 TRACKED_ENTRIES, TRACKED_BYTES = 20_000, 16 * MiB
 DECISION_ENTRIES, DECISION_BYTES = 4_096, 8 * MiB
 _NOWAIT = re.compile(r"(?i)\bNOWAIT\b")
+# Sent instead of the statement when the guard ran every step of a plan itself.
+NOOP = "DO $$BEGIN END$$"
 _REPORT_STATEMENT_TIMEOUT = "2000ms"  # bounds the blocker report (Citus asks every node)
 _ABORT_AGAIN = ("DO $safeddl$BEGIN RAISE EXCEPTION USING ERRCODE = 'lock_not_available', "
                 "MESSAGE = 'safeddl: a lock wait timed out in this transaction, which is "
@@ -149,6 +154,7 @@ class Ticket:
     live: LiveCatalog | None = None
     steps_done: int = 0  # plan steps run before the statement
     statement_timeout_ms: int | None = None  # the statement_timeout set now (None: session's)
+    leaves: str = ""  # the state the plan's steps so far have left
     wrapped: bool = False  # autocommit: safeddl opened a transaction for the statement
     ledger_mark: bool = False  # the lock ledger has a savepoint before the statement
     savepoint: bool = False  # in a transaction block: SAVEPOINT before the statement
@@ -328,10 +334,17 @@ class Guard:
         wait = row_wait(server_context(error)) if lock else None  # a row's lock, or None
         if ticket is not None and (ticket.wrapped or ticket.savepoint):
             report = self._close_failed(ticket, session, lock, wait)
-        if ticket is not None and ticket.decision.plan is not None:
+        if ticket is not None and ticket.decision.plan is not None and ticket.replacement != NOOP:
             self._undo_plan(ticket, session, ticket.decision.plan.steps[-1])
         if ticket is not None and ticket.restore:
             restore_or_discard(session)
+        if ticket is not None and ticket.decision.plan is not None \
+                and ticket.replacement == NOOP and not isinstance(error, SafeDDLError):
+            total = len(ticket.decision.plan.steps)
+            return PlanInterrupted(ticket.decision.statement.sql, NOOP, total, total,
+                                   ticket.leaves or "every step had completed",
+                                   purpose="every step had completed; this no-op stands in "
+                                           "for the statement", orig=error)
         if not lock:
             return None
         return self._lock_timeout(ticket, text, session, error, report)
@@ -495,36 +508,116 @@ class Guard:
 
     # -- rewrite plans --------------------------------------------------------------------
     def _run_plan(self, ticket: Ticket, session: Session) -> None:
-        """Run every step but the last (which the integration sends instead of the
-        statement); on failure undo the steps that ran and raise (LockTimeout on a lock
-        timeout)."""
+        """Run the plan's steps, resuming where an earlier, interrupted run (or another
+        session running the same plan) got to: a step whose effect is already there is
+        skipped, a step another session is running is waited for. The last step is sent
+        by the integration instead of the statement, unless it needs its own transaction:
+        then the guard runs it too and a no-op is sent. A failure raises PlanInterrupted
+        (PlanStepLockTimeout on a lock timeout) naming the step and the state left."""
         plan = ticket.decision.plan
         assert plan is not None
         if ticket.decision.action is RuleAction.REWRITE:
             logger.info("safeddl: instead of `%s` (%s), running:\n%s",
                         shorten(ticket.decision.statement.sql, 80),
                         ", ".join(f.rule for f in ticket.decision.deciding), plan.render())
-        for step in plan.steps[:-1]:
-            if step.only_if_invalid_index and not _index_is_invalid(session,
-                                                                    step.only_if_invalid_index):
-                ticket.steps_done += 1
-                continue
-            logger.info("safeddl: rewrite step: %s", shorten(step.sql))
+        if not plan.steps:
+            return
+        try:
+            check_expectations(ticket.decision, session)
+        except Exception as exc:
+            if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
+                raise self._lock_timeout(ticket, ticket.text, session, exc) from exc
+            raise
+        run_all = plan.steps[-1].needs_autocommit
+        for number, step in enumerate(plan.steps):
+            if number == len(plan.steps) - 1 and not run_all:
+                self._bound_final(ticket, session, step)
+                ticket.replacement = step.sql
+                return
+            self._resume_step(ticket, session, step, number)
+            ticket.steps_done += 1
+        ticket.replacement = NOOP
+
+    def _resume_step(self, ticket: Ticket, session: Session, step: PlanStep,
+                     number: int) -> None:
+        """Run one step unless its effect is already there; when it collides with
+        another session running the same plan, clean up and try again."""
+        for attempt in range(_RACE_ATTEMPTS):
             try:
+                wait_while_busy(session, step)
+                if step.only_if_invalid_index and not _index_is_invalid(
+                        session, step.only_if_invalid_index):
+                    return
+                if step.done_if is not None and holds(session, step.done_if):
+                    logger.info("safeddl: already done, skipped: %s", shorten(step.sql))
+                    ticket.leaves = step.leaves or ticket.leaves
+                    return
+                logger.info("safeddl: rewrite step: %s", shorten(step.sql))
                 self._run_step(ticket, session, step)
             except Exception as exc:
-                self._undo_plan(ticket, session, step)
-                if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
-                    raise self._lock_timeout(ticket, step.sql, session, exc) from exc
-                if step.fails_like is not None and sqlstate_of(exc) == CHECK_VIOLATION:
-                    failure = rewrite_failure(exc, *step.fails_like, ticket.text, step.sql)
-                    if failure is not None:
-                        raise failure from exc
-                raise
-            ticket.steps_done += 1
-        if plan.steps:
-            self._bound_final(ticket, session, plan.steps[-1])
-            ticket.replacement = plan.steps[-1].sql
+                if self._done_meanwhile(session, step):
+                    logger.info("safeddl: another session did `%s` meanwhile",
+                                shorten(step.sql))
+                    ticket.leaves = step.leaves or ticket.leaves
+                    return
+                if attempt + 1 < _RACE_ATTEMPTS and _lost_a_race(exc) and step.done_if:
+                    # Another session running the same plan got in the way (the name
+                    # taken a moment earlier, a deadlock between two concurrent builds):
+                    # clean up this attempt's leftover, and try the step again.
+                    logger.info("safeddl: `%s` collided with another session (%s); trying "
+                                "again", shorten(step.sql), sqlstate_of(exc))
+                    self._undo_plan(ticket, session, step, earlier_steps=False)
+                    time.sleep(random.uniform(0.05, 0.3))
+                    continue
+                raise self._interrupted(ticket, session, step, number, exc) from exc
+            ticket.leaves = step.leaves or ticket.leaves
+            return
+
+    @staticmethod
+    def _done_meanwhile(session: Session, step: PlanStep) -> bool:
+        """After a failure: another session running the same plan did this step (it
+        created the same index or constraint first)."""
+        if step.done_if is None:
+            return False
+        try:
+            wait_while_busy(session, step)
+            return holds(session, step.done_if)
+        except Exception:  # noqa: BLE001 - the connection is gone: the failure stands
+            return False
+
+    def _interrupted(self, ticket: Ticket, session: Session, step: PlanStep, number: int,
+                     exc: Exception) -> Exception:
+        """The error for a failed step: the driver's own when nothing was changed, else
+        one naming the step and the state left (a lock timeout: the step's own lock)."""
+        plan = ticket.decision.plan
+        assert plan is not None
+        if not isinstance(exc, SafeDDLError) and _connection_lost(exc):
+            _discard_quietly(session)  # killed backend, restart: the pool must replace it
+        leftover = self._undo_plan(ticket, session, step)
+        parts = [ticket.leaves] if ticket.leaves else []
+        if leftover:
+            parts.append(f"the interrupted build may have left the INVALID index {leftover} "
+                         "(running the statement again drops it and builds it anew)")
+        state = "; ".join(parts) or "nothing was changed"
+        where = (number + 1, len(plan.steps), state)
+        if isinstance(exc, LockTimeout):  # read on the same connection by _run_step
+            return _as_step_timeout(exc, ticket, where)
+        if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
+            return self._lock_timeout(ticket, step.sql, session, exc, step=where)
+        if not parts and (sqlstate_of(exc) or "")[:2] in ("22", "23", "42"):
+            return exc  # nothing changed and the statement itself is at fault: as written
+        interrupted = PlanInterrupted(ticket.decision.statement.sql, step.sql, number + 1,
+                                      len(plan.steps), state, purpose=step.purpose, orig=exc)
+        if step.fails_like is not None and sqlstate_of(exc) == CHECK_VIOLATION:
+            # the original statement fails with its own error here (a NOT NULL: 23502):
+            # handlers written for that error catch this one too
+            sqlstate, message = step.fails_like
+            driver_class = driver_class_for(exc, sqlstate)
+            if driver_class is not None:
+                interrupted.fails_as(sqlstate, message)
+                as_driver_error(interrupted, PlanInterrupted, (driver_class,),
+                                driver_state(exc))
+        return interrupted
 
     def _run_step(self, ticket: Ticket, session: Session, step: PlanStep) -> None:
         """Run one step of a plan (or an undo step). In autocommit a transactional step
@@ -549,7 +642,8 @@ class Guard:
             if is_lock_timeout(exc) and not isinstance(exc, SafeDDLError):
                 report = self._read_report(session, lock_requests((statement,), ticket.live),
                                            row_wait(server_context(exc)), own_transaction=True)
-                raise self._lock_timeout(ticket, step.sql, session, exc, report) from exc
+                raise self._lock_timeout(ticket, step.sql, session, exc, report,
+                                         step=_STEP_NOT_PLACED) from exc
             raise
         except BaseException:
             _rollback_quietly(session)
@@ -589,20 +683,22 @@ class Guard:
         apply_settings(session, {"statement_timeout": value}, local=not decision.session_level)
         ticket.statement_timeout_ms = wanted
 
-    def _undo_plan(self, ticket: Ticket, session: Session, failed: PlanStep) -> None:
+    def _undo_plan(self, ticket: Ticket, session: Session, failed: PlanStep,
+                   earlier_steps: bool = True) -> str | None:
         """After a failed step (outside a transaction block, where the steps before it
-        were committed): drop the INVALID index a failed concurrent build left, then
-        undo the steps that ran, last first, so the end state is the one the failed
-        original statement would have left. What cannot be undone is logged with the
-        statement to run."""
+        were committed): drop the INVALID index the failed concurrent build left (under
+        the same SHARE UPDATE EXCLUSIVE the build took; never one another session is
+        still building), and run the undo steps a custom plan gives, last first.
+        safeddl's own plans give none: they resume when the statement runs again.
+        Returns the INVALID index that may be left, if any."""
         plan = ticket.decision.plan
         if plan is None:
-            return
+            return None
         try:
-            if session.in_transaction():
-                return  # the transaction is rolled back as a whole
+            if session.in_transaction():  # rolled back as a whole, or the connection is gone
+                return failed.leftover_index if failed.needs_autocommit else None
         except Exception:  # noqa: BLE001 - a closed connection: nothing can be done
-            return
+            return failed.leftover_index
         actions: list[PlanStep] = []
         if failed.leftover_index:
             actions.append(PlanStep(
@@ -610,18 +706,26 @@ class Guard:
                 needs_autocommit=True, statement_timeout_ms=0,
                 only_if_invalid_index=failed.leftover_index,
                 purpose="drop the INVALID index the failed concurrent build left"))
-        for step in reversed(plan.steps[:ticket.steps_done]):
+        for step in reversed(plan.steps[:ticket.steps_done] if earlier_steps else ()):
             actions.extend(step.undo)
+        leftover = None
         for action in actions:
             try:
-                if action.only_if_invalid_index and not _index_is_invalid(
-                        session, action.only_if_invalid_index):
-                    continue
-                logger.info("safeddl: undoing a rewrite step: %s", shorten(action.sql))
+                if action.only_if_invalid_index and (
+                        busy(session, action) or not _index_is_invalid(
+                            session, action.only_if_invalid_index)):
+                    continue  # gone, valid, or another session's build in progress
+                logger.info("safeddl: cleaning up after a failed step: %s", shorten(action.sql))
                 self._run_step(ticket, session, action)
             except Exception as exc:  # noqa: BLE001 - the original error is what matters
-                logger.warning("safeddl: could not undo a step of the rewrite (%s); run it "
-                               "yourself: %s;", exc, action.sql)
+                if action.only_if_invalid_index:
+                    leftover = action.only_if_invalid_index
+                    logger.warning("safeddl: could not drop the INVALID index %s (%s); running "
+                                   "the statement again drops it first", leftover, exc)
+                else:
+                    logger.warning("safeddl: could not undo a step of the rewrite (%s); run "
+                                   "it yourself: %s;", exc, action.sql)
+        return leftover
 
     # -- pre-flight -------------------------------------------------------------------------
     def _preflight(self, ticket: Ticket, session: Session) -> None:
@@ -700,12 +804,18 @@ class Guard:
                     "connection)")
 
     def _lock_timeout(self, ticket: Ticket | None, text: str, session: Session,
-                      error: BaseException, report: Report | None = None) -> LockTimeout:
+                      error: BaseException, report: Report | None = None,
+                      step: tuple[int, int, str] | None = None) -> LockTimeout:
+        """``step``: (number, of, state left) when ``text`` is a step of the ticket's plan
+        (its own locks are reported, not the statement's)."""
         state = session.state
         live: LiveCatalog | None = None
         waited_ms: int | None = None
         if ticket is not None:
             statements, live = ticket.decision.statements, ticket.live
+            if step is not None:
+                statements = (analyze_statement(text, version=self.version_for(
+                    state.server_version)),)
             if ticket.decision.set_lock_timeout:
                 waited_ms = ticket.decision.lock_timeout_ms
         else:
@@ -734,9 +844,11 @@ class Guard:
             timeout = LockTimeout(text, target.relation if target else None,
                                   target.mode if target else None, blockers,
                                   lock_timeout_ms=waited_ms, orig=error, note=note)
+        if step is not None and ticket is not None:
+            timeout = _as_step_timeout(timeout, ticket, step)
         timeout.__cause__ = error
         if not isinstance(error, SafeDDLError):  # caught by handlers for the driver's error
-            as_driver_error(timeout, LockTimeout, (type(error),), driver_state(error))
+            as_driver_error(timeout, type(timeout), (type(error),), driver_state(error))
         logger.info("%s", timeout)
         return timeout
 
@@ -847,6 +959,20 @@ def _analyzed(sql: str, version: int) -> Statement:
     return analyze_statement(sql, version=version)
 
 
+def _connection_lost(exc: BaseException) -> bool:
+    """The server connection is gone: no SQLSTATE (the socket closed), a connection
+    exception (08xxx) or an operator intervention that ends the session (57P0x)."""
+    state = sqlstate_of(exc)
+    return state is None or state.startswith(("08", "57P0"))
+
+
+def _discard_quietly(session: Session) -> None:
+    try:
+        session.discard()
+    except Exception as exc:  # noqa: BLE001 - already failing: the first error matters
+        logger.warning("safeddl: could not discard the lost connection: %s", exc)
+
+
 def _rollback_quietly(session: Session) -> None:
     try:
         session.run("ROLLBACK")
@@ -882,6 +1008,47 @@ def _unbounded_refusal(sql: str, mode: LockMode) -> UnsafeStatement:
         "with no lock_timeout); if the pooler pins sessions (session pooling), set "
         "pool_mode = \"session\".")
     return UnsafeStatement(rule, sql, "run it on a direct connection", message)
+
+
+_RACE_ATTEMPTS = 4
+# duplicate_table, duplicate_object, deadlock_detected: what two sessions running the same
+# plan step at the same moment get.
+_RACE_STATES = frozenset({"42P07", "42710", "40P01"})
+
+
+def _lost_a_race(exc: BaseException) -> bool:
+    state = sqlstate_of(exc)
+    if state in _RACE_STATES:
+        return True
+    # the same name inserted into pg_class by two sessions at once
+    constraint = getattr(getattr(exc, "diag", None), "constraint_name", None)
+    return state == "23505" and isinstance(constraint, str) and constraint.startswith("pg_")
+
+
+# A step's lock timeout raised before the step's place in the plan is known (the caller,
+# which knows it, makes it the PlanStepLockTimeout that names it).
+_STEP_NOT_PLACED = (0, 0, "")
+
+
+def _as_step_timeout(timeout: LockTimeout, ticket: Ticket,
+                     step: tuple[int, int, str]) -> LockTimeout:
+    """``timeout`` of a plan's step, as the PlanStepLockTimeout that names the step and
+    the state left (the driver classes it was made an instance of are kept)."""
+    if isinstance(timeout, PlanStepLockTimeout) and step is _STEP_NOT_PLACED:
+        return timeout
+    number, total, state = step
+    out = PlanStepLockTimeout(
+        timeout.statement, timeout.relation, timeout.mode, timeout.blockers,
+        lock_timeout_ms=timeout.lock_timeout_ms, orig=timeout.orig,
+        note=getattr(timeout, "base_note", timeout.note),
+        plan_statement=ticket.decision.statement.sql, number=number, total=total,
+        state=state)
+    out.__cause__ = timeout.__cause__
+    classes = type(timeout).__bases__[1:] if "_safeddl_base" in type(timeout).__dict__ else ()
+    if classes:
+        as_driver_error(out, PlanStepLockTimeout, classes,
+                        {k: v for k, v in vars(timeout).items() if k not in vars(out)})
+    return out
 
 
 def _index_is_invalid(session: Session, index: str) -> bool:

@@ -15,6 +15,33 @@ from safeddl.runtime.policy import RuleAction
 
 
 @dataclass(frozen=True)
+class Check:
+    """A catalog query returning one boolean (``SELECT EXISTS (...)``), with its
+    parameters."""
+
+    sql: str
+    params: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """An object a plan creates under a fixed name. When one of that name is already
+    there (left by an earlier, interrupted run, or made by another session running the
+    same plan), it must have exactly the definition the plan would give it: the plan
+    then resumes; otherwise the statement is refused, naming both definitions.
+
+    ``probe`` creates the object the plan would create on ``pg_temp.safeddl_probe`` (a
+    column copy of ``table``) inside a transaction that is rolled back, so the server
+    itself renders the wanted definition (no lock stronger than ACCESS SHARE)."""
+
+    kind: str  # "constraint" | "index"
+    table: str  # as written
+    name: str  # folded, unquoted
+    probe: tuple[str, ...]
+    references: str | None = None  # a foreign key's referenced table, as written
+
+
+@dataclass(frozen=True)
 class PlanStep:
     """One statement of a rewrite plan."""
 
@@ -35,6 +62,12 @@ class PlanStep:
     # the original statement fails with in that case (raised instead, as the driver's
     # error for that SQLSTATE).
     fails_like: tuple[str, str] | None = None
+    # The step's effect is already in place (an earlier run or another session did it):
+    # the step is skipped, and a failure of the step is none when it holds afterwards.
+    done_if: Check | None = None
+    # The state once this step has run ("orders_customer_id_fkey exists, NOT VALID"),
+    # named in the error when a later step fails.
+    leaves: str = ""
 
 
 @dataclass(frozen=True)
@@ -43,6 +76,9 @@ class Plan:
 
     steps: tuple[PlanStep, ...]
     summary: str = ""
+    expects: tuple[Expectation, ...] = ()
+    # Checked before any step: when one holds, the statement is refused with its reason.
+    refuse_if: tuple[tuple[Check, str], ...] = ()
 
     def render(self) -> str:
         lines = []
@@ -127,4 +163,4 @@ class Rewriter(Protocol):
     def __call__(self, decision: Decision, facts: SessionFacts) -> Plan | None: ...
 
 
-__all__ = ["Decision", "Plan", "PlanStep", "Rewriter", "SessionFacts", "Waiver"]
+__all__ = ["Check", "Decision", "Expectation", "Plan", "PlanStep", "Rewriter", "SessionFacts", "Waiver"]

@@ -99,13 +99,15 @@ def apply_settings(session: Session, values: Mapping[str, str], *, local: bool) 
 
 
 def remember_settings(session: Session, names: Sequence[str]) -> None:
-    """Read (once per connection) the values to restore after a session-level change."""
+    """Read the values to restore after a session-level change, each time: the session
+    may have changed them meanwhile by any means (``set_config()``, a function, ``SET``
+    inside a ``DO`` block), which the guard cannot see. Not while safeddl's own values
+    are in force (``dirty``: an earlier restore failed)."""
     state = session.state
-    missing = [n for n in names if n not in state.saved]
-    if not missing or state.dirty:
+    if state.dirty:
         return
     rows = session.run("SELECT name, current_setting(name), source FROM pg_settings "
-                       "WHERE name = ANY(%s)", [missing])
+                       "WHERE name = ANY(%s)", [list(names)])
     for name, value, source in rows:
         state.saved[name] = (value, source)
 

@@ -508,6 +508,26 @@ class PostgresServer:
             self._release_watchdog()
             logger.info("stopped PostgreSQL %s and removed %s", self.version, directory)
 
+    def restart(self) -> None:
+        """Stop the server in immediate mode (as a crash or a failover would: every
+        session is cut off, recovery runs at start) and start it again on the same data
+        directory and socket."""
+        self._require_directory()
+        pid = _postmaster_pid(self._data_dir)
+        if pid is None:
+            raise ServerError(f"{self!r}: no postmaster.pid")
+        os.kill(pid, signal.SIGQUIT)  # immediate shutdown, at once (pg_ctl takes a while)
+        deadline = time.monotonic() + _PG_CTL_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        else:
+            _kill_postmaster(pid)
+        self._pg_ctl_start()
+
     # -- paths
 
     def _require_directory(self) -> Path:
