@@ -6,6 +6,8 @@ the same transaction is still harmless (nobody else can see it)."""
 
 from __future__ import annotations
 
+import logging
+
 import psycopg
 import pytest
 
@@ -73,13 +75,18 @@ def test_the_plain_truncate_of_a_small_table_does_block_readers(db: str) -> None
         conn.rollback()
 
 
-def test_small_table_where_delete_would_differ_is_refused(db: str) -> None:
-    with safeddl.psycopg.connect(db, policy=Policy(lock_timeout="2s")) as conn, \
-            pytest.raises(safeddl.UnsafeStatement) as info:
-        conn.execute("TRUNCATE audited")  # an ON DELETE trigger would fire
-    assert info.value.rule == "truncate"
+def test_small_table_where_delete_would_differ_is_sent_with_a_warning(
+        db: str, caplog: pytest.LogCaptureFixture) -> None:
+    """No exact DELETE (an ON DELETE trigger would fire): on a small table the TRUNCATE
+    goes as written, with the rule's warning, so a test suite's teardown keeps working;
+    on a big one the default policy refuses it (see test_rules / test_guard_*)."""
+    caplog.set_level(logging.WARNING, logger="safeddl")
+    with safeddl.psycopg.connect(db, policy=Policy(lock_timeout="2s")) as conn:
+        conn.execute("TRUNCATE audited")
+        conn.commit()
+    assert any("truncate" in record.getMessage() for record in caplog.records)
     with psycopg.connect(db) as conn:
-        assert conn.execute("SELECT count(*) FROM audited").fetchone() == (100,)
+        assert conn.execute("SELECT count(*) FROM audited").fetchone() == (0,)
 
 
 def test_table_created_in_the_transaction_is_truncated_as_written(db: str) -> None:

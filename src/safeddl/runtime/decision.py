@@ -42,6 +42,7 @@ def decide(text: str, facts: SessionFacts, policy: Policy,
     findings: list[Finding] = []
     verdicts: list[tuple[Finding, RuleAction]] = []
     waived: list[Waiver] = []
+    small: list[Finding] = []  # rewritten only because the table is small
     for statement, ignores, catalog in analysed:
         context = Context(version=facts.version, catalog=catalog,
                           in_transaction=in_transaction, lock_timeout_set=True, runtime=True)
@@ -52,11 +53,21 @@ def decide(text: str, facts: SessionFacts, policy: Policy,
             verdicts.append((finding, action))
             if waiver is not None:
                 waived.append(waiver)
+            if action is RuleAction.REWRITE and finding.rule in _HELD_UNTIL_COMMIT_RULES \
+                    and policy.action_for(finding.rule) is not action:
+                small.append(finding)
     statements = tuple(item[0] for item in analysed)
     decision = _combine(statements, tuple(findings), verdicts, tuple(waived), facts, policy)
     if decision.action is RuleAction.REWRITE:
         decision = _plan_rewrite(decision, facts, policy,
                                  rewriter if rewriter is not None else current_rewriter())
+        if decision.action is RuleAction.REFUSE and decision.plan is None \
+                and decision.deciding and all(f in small for f in decision.deciding):
+            # a small table, and no exact DELETE (foreign keys, triggers, CASCADE, RESTART
+            # IDENTITY): sent as written with a warning, as a test suite's teardown expects
+            decision = dataclasses.replace(
+                decision, action=RuleAction.WARN, deciding=(), refusal_note=None,
+                warnings=decision.warnings + decision.deciding)
     elif decision.action is not RuleAction.REFUSE and facts.live and not facts.in_transaction:
         decision = _plan_repair(decision, facts, policy)
     return decision
