@@ -195,7 +195,7 @@ def remember_greatest(index: RowKeyIndex, row: RowLock) -> None:
     """Keep ``row`` in the index when its key is the greatest of its table so far."""
     slot = (row.key, row.columns)
     current = index.get(slot)
-    if current is None or _after(row.values, current.values):
+    if current is None or key_after(row.values, current.values):
         index[slot] = row
 
 
@@ -211,12 +211,13 @@ def first_out_of_order(greatest: Mapping[tuple[str, tuple[str, ...]], RowLock],
     """The greatest row lock taken so far on the same table and key columns, when its
     key comes after the new one's: locking ``new`` now breaks ascending key order."""
     earlier = greatest.get((new.key, new.columns))
-    if earlier is not None and _after(earlier.values, new.values):
+    if earlier is not None and key_after(earlier.values, new.values):
         return earlier
     return None
 
 
-def _after(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+def key_after(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    """Does key ``a`` come after key ``b`` (False when they cannot be compared)?"""
     try:
         return bool(a > b)
     except TypeError:  # keys of different types: no order to keep
@@ -243,5 +244,5 @@ def lock_ordered(items: Iterable[T], key: Callable[[T], Any],
 
 
 __all__ = ["DEFAULT_ORDER", "ROW_LOCKING", "WRITE", "HeldLock", "LockOrder", "RowKeyIndex", "RowLock",
-           "already_holds", "first_out_of_order", "greatest_keys", "key_values",
+           "already_holds", "first_out_of_order", "greatest_keys", "key_after", "key_values",
            "lock_ordered", "relation_key", "remember_greatest", "row_locks"]

@@ -113,6 +113,26 @@ def load_schema(schema_file: str | None, schema_dsn: str | None, version: int,
         raise click.BadParameter(str(exc), param_hint="--dsn") from None
 
 
+def traced_run_options(command: Callable[..., None]) -> Callable[..., None]:
+    """--format, --pg-version, --lock-timeout, --statement-timeout of the commands that
+    run statements on a server and compare their locks with the analysis."""
+    for option in reversed([
+        click.option("--format", "output", type=click.Choice(["table", "json"]),
+                     default="table", show_default=True,
+                     help="table for people, json for tools."),
+        click.option("--pg-version", metavar="N", default=None,
+                     callback=lambda ctx, param, value: None if value is None
+                     else parse_pg_version(ctx, param, value),
+                     help="Predict for this major version (default: the server's)."),
+        click.option("--lock-timeout", default="5s", show_default=True, metavar="DURATION",
+                     help="How long each statement may wait for a lock before it fails."),
+        click.option("--statement-timeout", default="10min", show_default=True,
+                     metavar="DURATION", help="How long each statement may run."),
+    ]):
+        command = option(command)
+    return command
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(tool_version(), prog_name="safeddl")
 def main() -> None:
@@ -244,16 +264,7 @@ def explain(rule: str) -> None:
 @main.command()
 @click.option("--dsn", required=True, metavar="URL",
               help="The database to run FILE on (libpq URL or conninfo): a staging copy.")
-@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="table for people, json for tools.")
-@click.option("--pg-version", metavar="N", default=None,
-              callback=lambda ctx, param, value: None if value is None
-              else parse_pg_version(ctx, param, value),
-              help="Predict for this major version (default: the server's).")
-@click.option("--lock-timeout", default="5s", show_default=True, metavar="DURATION",
-              help="How long each statement may wait for a lock before it fails.")
-@click.option("--statement-timeout", default="10min", show_default=True, metavar="DURATION",
-              help="How long each statement may run.")
+@traced_run_options
 @click.option("--yes", is_flag=True, help="Do not ask before running FILE on the database.")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 def trace(dsn: str, output: str, pg_version: int | None, lock_timeout: str,
@@ -279,16 +290,7 @@ def trace(dsn: str, output: str, pg_version: int | None, lock_timeout: str,
 @click.option("--alembic", is_flag=True,
               help="PATH is an Alembic project (the folder of alembic.ini, or the file): "
                    "replay the offline SQL of every revision, oldest first.")
-@click.option("--format", "output", type=click.Choice(["table", "json"]), default="table",
-              show_default=True, help="table for people, json for tools.")
-@click.option("--pg-version", metavar="N", default=None,
-              callback=lambda ctx, param, value: None if value is None
-              else parse_pg_version(ctx, param, value),
-              help="Predict for this major version (default: the server's).")
-@click.option("--lock-timeout", default="5s", show_default=True, metavar="DURATION",
-              help="How long each traced statement may wait for a lock.")
-@click.option("--statement-timeout", default="10min", show_default=True, metavar="DURATION",
-              help="How long each statement may run.")
+@traced_run_options
 @click.option("--keep", is_flag=True, help="Keep the scratch database (its name is printed).")
 @click.option("--yes", is_flag=True, help="Do not ask before running on the --dsn server.")
 @click.argument("paths", nargs=-1, required=True, metavar="PATH...",

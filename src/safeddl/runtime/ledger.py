@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 from safeddl.caches import MiB, TextCache
 from safeddl.locks import CONFLICTS, LockMode
 from safeddl.model import shorten
-from safeddl.ordering import WRITE, HeldLock, LockOrder, RowLock, relation_key
+from safeddl.ordering import WRITE, HeldLock, LockOrder, RowLock, key_after, relation_key
 from safeddl.sql.names import fold, split_name
 
 if TYPE_CHECKING:
@@ -219,7 +219,7 @@ class Ledger:
         """Keep the row's key when it is the greatest of its table so far."""
         slot = (row.key, row.columns)
         current = self.rows.get(slot)
-        if current is None or _after(row.values, current[0]):
+        if current is None or key_after(row.values, current[0]):
             self.rows[slot] = (row.values, row)
             self.used = True
 
@@ -353,13 +353,6 @@ class Ledger:
             if self._savepoints[index].name == name:
                 return index
         return None
-
-
-def _after(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
-    try:
-        return bool(a > b)
-    except TypeError:  # keys of different types: no order to keep
-        return False
 
 
 def _savepoint_name(text: str) -> str:
