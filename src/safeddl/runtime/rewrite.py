@@ -810,17 +810,6 @@ def _deletes_like_truncate(catalog: Catalog, table: str, only: bool) -> bool:
 # --------------------------------------------------------------------------- names
 
 
-def _free_name(relation: Relation, name1: str, name2: str, label: str) -> str:
-    """An invented constraint name not taken on the table (``label1``, ``label2``...
-    like PostgreSQL), quoted."""
-    name = pg_object_name(name1, name2, label)
-    number = 0
-    while name in relation.constraints:
-        number += 1
-        name = pg_object_name(name1, name2, f"{label}{number}")
-    return quote_ident(name)
-
-
 def _without_constraint_name(definition: str) -> str:
     """``CONSTRAINT c CHECK (...)`` -> ``CHECK (...)``."""
     try:
