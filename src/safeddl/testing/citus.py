@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING
 
 import psycopg
@@ -35,9 +34,10 @@ from safeddl.testing.server import (
     ServerInstall,
     ServerNotFound,
     ServerStartError,
-    _unprivileged_user,
+    StartedInBlock,
     find_server_installs,
     sqlalchemy_url_from_dsn,
+    unprivileged_user,
 )
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ def _choose_citus_install(version: int | None) -> ServerInstall:
     )
 
 
-class CitusCluster:
+class CitusCluster(StartedInBlock):
     """A coordinator and ``workers`` worker nodes, all on this machine.
 
     >>> with CitusCluster() as cluster:   # doctest: +SKIP
@@ -201,19 +201,6 @@ class CitusCluster:
 
     # -- lifecycle
 
-    def __enter__(self) -> Self:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> Self:
         if self._coordinator is not None:
             raise ServerError(f"{self!r} is already started")
@@ -301,7 +288,7 @@ class _CitusNode(PostgresServer):
     def initdb_only(self) -> Path:
         """Run initdb in a new directory (no server) and return the data directory;
         ``stop()`` removes it."""
-        self._run_as = _unprivileged_user()
+        self._run_as = unprivileged_user()
         self._directory = self._make_directory()
         try:
             self._bindir = self._runnable_bindir()

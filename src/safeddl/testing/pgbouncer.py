@@ -22,12 +22,10 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
@@ -37,15 +35,18 @@ from psycopg.rows import dict_row
 from safeddl.testing.server import (
     LOOPBACK,
     USER,
+    RunAs,
     ServerError,
     ServerHandle,
     ServerNotFound,
     ServerStartError,
-    _RunAs,
-    _temp_root,
-    _unprivileged_user,
+    StartedInBlock,
     free_tcp_port,
+    release_watchdog,
     sqlalchemy_url_from_dsn,
+    start_watchdog,
+    temp_root,
+    unprivileged_user,
 )
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def _stop_live() -> None:
         bouncer.stop()
 
 
-class PgBouncer:
+class PgBouncer(StartedInBlock):
     """A PgBouncer on 127.0.0.1 in front of ``server`` (any :class:`ServerHandle`).
 
     >>> with PgBouncer(server, pool_mode="transaction") as bouncer:   # doctest: +SKIP
@@ -154,7 +155,7 @@ class PgBouncer:
         self._query_wait_timeout = query_wait_timeout
         self._settings = dict(settings or {})
         self._program = Path(program) if program is not None else None
-        self._run_as: _RunAs | None = None
+        self._run_as: RunAs | None = None
         self._directory: Path | None = None
         self._port: int | None = None
         self._process: subprocess.Popen[bytes] | None = None
@@ -261,19 +262,6 @@ class PgBouncer:
 
     # -- lifecycle
 
-    def __enter__(self) -> Self:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> Self:
         """Write the configuration, start PgBouncer and wait until it answers."""
         if self._directory is not None:
@@ -287,7 +275,7 @@ class PgBouncer:
         started_at = time.monotonic()
         _live.add(self)
         try:
-            self._run_as = _unprivileged_user()
+            self._run_as = unprivileged_user()
             self._directory = self._make_directory()
             self._port = free_tcp_port()
             self._write_files()
@@ -348,7 +336,7 @@ class PgBouncer:
         return self._require_directory() / "pgbouncer.out"
 
     def _make_directory(self) -> Path:
-        directory = Path(tempfile.mkdtemp(prefix="safeddl-pgb-", dir=_temp_root(self._run_as)))
+        directory = Path(tempfile.mkdtemp(prefix="safeddl-pgb-", dir=temp_root(self._run_as)))
         if self._run_as is not None:
             os.chown(directory, self._run_as.uid, self._run_as.gid)
         return directory
@@ -462,32 +450,12 @@ class PgBouncer:
         process = self._process
         if process is None:
             return
-        argv = [
-            sys.executable, "-I", "-S", "-c", _WATCHDOG_SOURCE,
-            str(self._require_directory()), str(process.pid),
-        ]
-        try:
-            self._watchdog = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            logger.warning("no watchdog for PgBouncer (%s); relying on atexit", exc)
+        self._watchdog = start_watchdog(
+            _WATCHDOG_SOURCE, [str(self._require_directory()), str(process.pid)], "PgBouncer")
 
     def _release_watchdog(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is None or watchdog.stdin is None:
-            return
-        try:
-            watchdog.stdin.write(b"stopped")
-            watchdog.stdin.close()
-            watchdog.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            watchdog.kill()
-            watchdog.wait(timeout=5)
+        release_watchdog(watchdog)
 
 
 # The watchdog runs with ``python -I -S -c`` (stdlib only). It waits for its stdin to

@@ -288,7 +288,7 @@ def _not_found_message(version: int | None, available: Sequence[ServerInstall]) 
 
 
 @dataclass(frozen=True)
-class _RunAs:
+class RunAs:
     """The unprivileged OS user that runs the server programs when we are root."""
 
     name: str
@@ -296,7 +296,7 @@ class _RunAs:
     gid: int
 
 
-def _unprivileged_user() -> _RunAs | None:
+def unprivileged_user() -> RunAs | None:
     """None when not root (the programs run as ourselves), else the user to run them as."""
     if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return None
@@ -307,10 +307,10 @@ def _unprivileged_user() -> _RunAs | None:
             entry = pwd.getpwnam(name)
         except KeyError:
             continue
-        return _RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+        return RunAs(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
     _create_system_user(_CREATED_USER)
     entry = pwd.getpwnam(_CREATED_USER)
-    return _RunAs(name=_CREATED_USER, uid=entry.pw_uid, gid=entry.pw_gid)
+    return RunAs(name=_CREATED_USER, uid=entry.pw_uid, gid=entry.pw_gid)
 
 
 def _create_system_user(name: str) -> None:
@@ -343,7 +343,34 @@ def _stop_live_servers() -> None:
         server.stop()
 
 
-class PostgresServer:
+class StartedInBlock:
+    """``with thing:`` starts it (unless it runs already) and stops it at the end."""
+
+    @property
+    def running(self) -> bool:
+        raise NotImplementedError
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        if not self.running:
+            self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class PostgresServer(StartedInBlock):
     """A disposable PostgreSQL server in a temporary directory.
 
     >>> with PostgresServer(choose_install()) as server:   # doctest: +SKIP
@@ -367,7 +394,7 @@ class PostgresServer:
         self._tcp_port = tcp_port
         self._port = _PORT
         self._parent_dir = None if parent_dir is None else str(parent_dir)
-        self._run_as: _RunAs | None = None
+        self._run_as: RunAs | None = None
         self._bindir = install.bindir
         self._directory: Path | None = None
         self._version_num: int | None = None
@@ -446,19 +473,6 @@ class PostgresServer:
 
     # -- lifecycle
 
-    def __enter__(self) -> Self:
-        if not self.running:
-            self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
     def start(self) -> Self:
         """initdb, start, create the role and database; on any failure clean up and raise."""
         if self._directory is not None:
@@ -466,7 +480,7 @@ class PostgresServer:
         started_at = time.monotonic()
         _live_servers.add(self)
         try:
-            self._run_as = _unprivileged_user()
+            self._run_as = unprivileged_user()
             if self._tcp_port is not None:
                 self._port = self._tcp_port or free_tcp_port()
             self._directory = self._make_directory()
@@ -544,7 +558,7 @@ class PostgresServer:
         return self._require_directory() / "server.log"
 
     def _make_directory(self) -> Path:
-        parent = self._parent_dir or _temp_root(self._run_as)
+        parent = self._parent_dir or temp_root(self._run_as)
         directory = Path(tempfile.mkdtemp(prefix="safeddl-pg-", dir=parent))
         if len(str(directory / f".s.PGSQL.{_PORT}")) > _MAX_SOCKET_PATH:
             os.rmdir(directory)
@@ -715,29 +729,43 @@ class PostgresServer:
 
     def _start_watchdog(self) -> None:
         """Start a process that cleans up if this process dies without calling stop()."""
-        argv = [sys.executable, "-I", "-S", "-c", _WATCHDOG_SOURCE, str(self._require_directory())]
-        try:
-            self._watchdog = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                start_new_session=True,  # a Ctrl-C in the terminal must not kill it
-            )
-        except OSError as exc:
-            logger.warning("no watchdog for the test server (%s); relying on atexit", exc)
+        self._watchdog = start_watchdog(_WATCHDOG_SOURCE, [str(self._require_directory())],
+                                        "the test server")
 
     def _release_watchdog(self) -> None:
         watchdog, self._watchdog = self._watchdog, None
-        if watchdog is None or watchdog.stdin is None:
-            return
-        try:
-            watchdog.stdin.write(b"stopped")
-            watchdog.stdin.close()
-            watchdog.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            watchdog.kill()
-            watchdog.wait(timeout=5)
+        release_watchdog(watchdog)
+
+
+def start_watchdog(source: str, arguments: Sequence[str],
+                   label: str) -> subprocess.Popen[bytes] | None:
+    """A ``python -I -S -c source`` process that cleans up after this one if it dies
+    without stopping what it started: it waits for its stdin to close, and acts when
+    the word "stopped" did not come first (see :func:`release_watchdog`)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", source, *arguments],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a Ctrl-C in the terminal must not kill it
+        )
+    except OSError as exc:
+        logger.warning("no watchdog for %s (%s); relying on atexit", label, exc)
+        return None
+
+
+def release_watchdog(watchdog: subprocess.Popen[bytes] | None) -> None:
+    """Tell the watchdog everything was stopped, and let it go."""
+    if watchdog is None or watchdog.stdin is None:
+        return
+    try:
+        watchdog.stdin.write(b"stopped")
+        watchdog.stdin.close()
+        watchdog.wait(timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        watchdog.kill()
+        watchdog.wait(timeout=5)
 
 
 # The watchdog runs with ``python -I -S -c`` (stdlib only). It waits for its stdin
@@ -786,7 +814,7 @@ def free_tcp_port() -> int:
     return port
 
 
-def _temp_root(run_as: _RunAs | None) -> str | None:
+def temp_root(run_as: RunAs | None) -> str | None:
     """Where to create the directory: the usual temp dir, unless the server user cannot reach it."""
     root = tempfile.gettempdir()
     if run_as is None or _searchable_by_others(Path(root)):
@@ -853,7 +881,7 @@ def _copy_embedded_install(bindir: Path, destination: Path) -> Path:
     return target_package / "pginstall" / "bin"
 
 
-def _chown_tree(root: Path, run_as: _RunAs) -> None:
+def _chown_tree(root: Path, run_as: RunAs) -> None:
     for path in (root, *root.rglob("*")):
         os.chown(path, run_as.uid, run_as.gid, follow_symlinks=False)
 
