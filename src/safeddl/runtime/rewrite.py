@@ -233,8 +233,10 @@ def _exists(index: str) -> Check:
     return Check("SELECT to_regclass(%s) IS NOT NULL", (index,))
 
 
-def _index_parts(sql: str) -> tuple[str, str] | None:
-    """``CREATE INDEX i ON [ONLY] t <tail>`` -> (``CREATE INDEX i ON``, `` <tail>``)."""
+def _name_after(sql: str, keyword: str) -> tuple[int, int, int] | None:
+    """In ``sql``: where the first top-level ``keyword`` ends, and where the relation
+    name after it (and an ``ONLY``) starts and ends, schema-qualified or not; None when
+    there is none."""
     try:
         tokens = tokenize(sql)
     except SqlTokenError:
@@ -245,7 +247,7 @@ def _index_parts(sql: str) -> tuple[str, str] | None:
             depth += 1
         elif token.kind == "R_PAREN":
             depth -= 1
-        elif depth == 0 and token.word == "ON":
+        elif depth == 0 and token.word == keyword:
             j = i + 1
             if j < len(tokens) and tokens[j].word == "ONLY":
                 j += 1
@@ -254,8 +256,14 @@ def _index_parts(sql: str) -> tuple[str, str] | None:
             end = j
             while end + 2 < len(tokens) and tokens[end + 1].kind == "DOT":
                 end += 2
-            return sql[:token.end], sql[tokens[end].end:]
+            return token.end, tokens[j].start, tokens[end].end
     return None
+
+
+def _index_parts(sql: str) -> tuple[str, str] | None:
+    """``CREATE INDEX i ON [ONLY] t <tail>`` -> (``CREATE INDEX i ON``, `` <tail>``)."""
+    where = _name_after(sql, "ON")
+    return None if where is None else (sql[:where[0]], sql[where[2]:])
 
 
 def _index_column_names(tail: str) -> list[str] | None:
@@ -433,27 +441,10 @@ def _probe_sql(sql: str, after: str) -> str | None:
     replaced by ``pg_temp.safeddl_probe`` (``ON t`` of CREATE INDEX, ``REFERENCES p``
     of a foreign key, then naming ``pg_temp.safeddl_probe_ref``), or None."""
     target = "pg_temp.safeddl_probe" if after == "ON" else "pg_temp.safeddl_probe_ref"
-    try:
-        tokens = tokenize(sql)
-    except SqlTokenError:
+    where = _name_after(sql, after)
+    if where is None:
         return None
-    depth = 0
-    for i, token in enumerate(tokens):
-        if token.kind == "L_PAREN":
-            depth += 1
-        elif token.kind == "R_PAREN":
-            depth -= 1
-        elif depth == 0 and token.word == after:
-            j = i + 1
-            if j < len(tokens) and tokens[j].word == "ONLY":
-                j += 1
-            if j >= len(tokens):
-                return None
-            end = j
-            while end + 2 < len(tokens) and tokens[end + 1].kind == "DOT":
-                end += 2
-            return f"{sql[:tokens[j].start]}{target}{sql[tokens[end].end:]}"
-    return None
+    return f"{sql[:where[1]]}{target}{sql[where[2]:]}"
 
 
 # --------------------------------------------------------------------------- constraints
