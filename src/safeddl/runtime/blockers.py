@@ -161,15 +161,21 @@ def read_blockers(run: Run, requests: Sequence[LockRequest], exclude_pid: int | 
     the statement or behind it."""
     if not requests:
         return []
-    params = {
+    params = {**request_params(requests, min_age), "me": exclude_pid}
+    return _unique([_blocker(row) for row in run(_BLOCKERS_SQL, params)])
+
+
+def request_params(requests: Sequence[LockRequest],
+                   min_age: timedelta | None = None) -> dict[str, Any]:
+    """The parameters the blocker queries take for ``requests``: the relations (oid and
+    name) and, per relation, the modes that conflict with the one asked for."""
+    return {
         "limit": QUERY_LIMIT,
         "oids": [request.oid for request in requests],
         "names": [request.relation for request in requests],
         "modes": [",".join(conflicting_modes(request.mode)) for request in requests],
-        "me": exclude_pid,
         "min_age": min_age,
     }
-    return _unique([_blocker(row) for row in run(_BLOCKERS_SQL, params)])
 
 
 def _blocker(row: tuple[Any, ...]) -> Blocker:
@@ -479,5 +485,5 @@ def report_blockers(conninfo: str, requests: Sequence[LockRequest], exclude_pid:
 
 __all__ = ["Blocker", "LockRequest", "RowWait", "conflicting_modes", "conninfo_of",
            "read_all_blockers", "read_blockers", "read_queued_row_blockers",
-           "read_row_blockers", "report_blockers",
+           "read_row_blockers", "report_blockers", "request_params",
            "row_wait"]

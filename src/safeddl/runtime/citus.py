@@ -25,11 +25,10 @@ from datetime import timedelta
 from typing import Any
 
 from safeddl.runtime.blockers import (
-    QUERY_LIMIT,
     Blocker,
     LockRequest,
     Run,
-    conflicting_modes,
+    request_params,
 )
 from safeddl.runtime.live_catalog import LiveCatalog
 
@@ -91,14 +90,7 @@ def read_citus_blockers(run: Run, requests: Sequence[LockRequest],
     on the workers or any of its shards."""
     if not requests:
         return []
-    params = {
-        "limit": QUERY_LIMIT,
-        "oids": [request.oid for request in requests],
-        "names": [request.relation for request in requests],
-        "modes": [",".join(conflicting_modes(request.mode)) for request in requests],
-        "min_age": min_age,
-        "node_locks": _NODE_LOCKS,
-    }
+    params = {**request_params(requests, min_age), "node_locks": _NODE_LOCKS}
     seen: set[tuple[int, str, str, str]] = set()
     out = []
     for row in run(_CITUS_BLOCKERS_SQL, params):
