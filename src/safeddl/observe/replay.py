@@ -176,10 +176,12 @@ def replay_history(dsn: str, scripts: Sequence[tuple[str, str]], *,
 
 def _apply(dsn: str, script: str, statement_timeout: float) -> str | None:
     """Run the script for real, statement by statement, as a migration tool sends it
-    (its own BEGIN / COMMIT kept); the first error, or None."""
-    with psycopg.connect(dsn, autocommit=True, application_name="safeddl replay") as conn:
-        conn.execute(pgsql.SQL("SET statement_timeout = {}").format(
-            pgsql.Literal(f"{int(statement_timeout * 1000)}ms")))
+    (its own BEGIN / COMMIT kept); the first error, or None. The statement_timeout is a
+    startup option of this connection of its own, never a SET another client could
+    meet on a pooled server connection."""
+    with psycopg.connect(dsn, autocommit=True, application_name="safeddl replay",
+                         options=f"-c statement_timeout={int(statement_timeout * 1000)}"
+                         ) as conn:
         for raw in split_script(script):
             try:
                 conn.execute(raw.text.encode())
