@@ -78,9 +78,15 @@ def statement_ends_before(script: str, stop: int) -> list[int]:
 
 def _pieces(script: str, ends: list[int], stop: int) -> list[RawStatement]:
     out: list[RawStatement] = []
-    start = 0
+    start = scanned = 0
     lines, counted = 0, 0  # newlines before ``start``, counted forward once
+    nesting = _Nesting()
     for end in [*ends, stop]:
+        if end != stop and _still_open(script[scanned:end], nesting):
+            scanned = end + 1  # that ';' is inside parentheses or a BEGIN ATOMIC body
+            continue
+        nesting.reset()
+        scanned = end + 1
         lines += script.count("\n", counted, start)
         counted = start
         part = script[start:end]
@@ -100,15 +106,79 @@ def _pieces(script: str, ends: list[int], stop: int) -> list[RawStatement]:
     return out
 
 
+def _still_open(chunk: str, nesting: _Nesting) -> bool:
+    """Whether the statement is still open after ``chunk`` (its next piece up to a
+    ``;``); a piece too long to tokenize, or that does not tokenize, closes it."""
+    if len(chunk) > LIMITS.parse_bytes:
+        return False
+    try:
+        tokens = tokenize(chunk)
+    except SqlTokenError:
+        return False
+    for tok in tokens:
+        nesting.see(tok)
+    return nesting.open
+
+
+class _Nesting:
+    """Where a ``;`` does not end the statement, as psql decides it: inside parentheses
+    (a rule's ``DO (a; b)``), and inside ``BEGIN ... END`` of a statement that starts
+    ``CREATE [OR REPLACE] FUNCTION | PROCEDURE`` (a ``BEGIN ATOMIC`` body; ``CASE``
+    also ends with ``END``)."""
+
+    __slots__ = ("begin", "head", "paren", "words")
+
+    def __init__(self) -> None:
+        self.paren = 0
+        self.begin = 0
+        self.words = 0  # words of the statement so far
+        self.head = ""  # first letters of its leading CREATE / OR / REPLACE / FUNCTION...
+
+    @property
+    def open(self) -> bool:
+        return self.paren > 0 or self.begin > 0
+
+    def see(self, tok: Token) -> None:
+        kind = tok.kind
+        if kind == "L_PAREN":
+            self.paren += 1
+        elif kind == "R_PAREN":
+            self.paren = max(self.paren - 1, 0)
+        elif kind != "IDENTIFIER" and tok.is_name:
+            word = tok.word
+            if self.words < 4:
+                self.head += word[0] if word in _ROUTINE_HEAD else "-"
+            self.words += 1
+            if self.paren == 0 and self.head.startswith(("CF", "CP", "CORF", "CORP")) \
+                    and word in ("BEGIN", "CASE", "END"):
+                if word == "BEGIN" or (word == "CASE" and self.begin > 0):
+                    self.begin += 1
+                elif word == "END" and self.begin > 0:
+                    self.begin -= 1
+
+    def reset(self) -> None:
+        self.paren = self.begin = self.words = 0
+        self.head = ""
+
+
+_ROUTINE_HEAD = frozenset({"CREATE", "OR", "REPLACE", "FUNCTION", "PROCEDURE"})
+
+
 def _split_tokens(script: str, tokens: list[Token]) -> list[RawStatement]:
     statements: list[RawStatement] = []
     previous_end = 0
     group: list[Token] = []
     counted_to, line = 0, 1  # lines are counted forward once: linear in the script
+    nesting = _Nesting()
     for tok in tokens:
         if tok.kind != "SEMICOLON":
             group.append(tok)
+            nesting.see(tok)
             continue
+        if nesting.open:
+            group.append(tok)
+            continue
+        nesting.reset()
         if group:
             line += script.count("\n", counted_to, group[0].start)
             counted_to = group[0].start
