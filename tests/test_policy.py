@@ -75,7 +75,13 @@ def test_default_actions_refuse_long_blocking_errors_and_warn_the_rest() -> None
         assert policy.action_for(rule) is RuleAction.REFUSE, rule
     for rule in ("drop-index", "detach-partition", "drop-column", "rename-table"):
         assert policy.action_for(rule) is RuleAction.WARN, rule
-    assert set(policy.actions) == set(known_rules()) - {"unparsed-statement"}
+    # opaque-statement follows unparsed_ddl unless set itself
+    assert set(policy.actions) == set(known_rules()) - {"unparsed-statement", "opaque-statement"}
+    assert policy.action_for("opaque-statement") is RuleAction.REFUSE
+    assert policy.action_for("drop-cascade") is RuleAction.REFUSE
+    assert Policy(unparsed_ddl="warn").action_for("opaque-statement") is RuleAction.WARN
+    assert Policy(unparsed_ddl="warn", actions={"opaque-statement": "refuse"}).action_for(
+        "opaque-statement") is RuleAction.REFUSE
 
 
 def test_actions_merge_over_defaults() -> None:

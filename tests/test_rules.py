@@ -44,7 +44,8 @@ ERROR_RULES = {
     "add-column-serial", "alter-column-type", "set-logged", "set-tablespace",
     "set-access-method", "attach-partition", "detach-partition", "vacuum-full", "cluster",
     "refresh-materialized-view", "concurrently-in-transaction",
-    "statements-after-access-exclusive", "missing-lock-timeout",
+    "statements-after-access-exclusive", "missing-lock-timeout", "drop-cascade",
+    "opaque-statement",
 }
 WARNING_RULES = {
     "multiple-alter-table", "drop-column", "rename-column", "rename-table", "drop-table",
@@ -99,6 +100,8 @@ EXPECTED = {
     "add-column-not-null-without-default": (
         "ACCESS EXCLUSIVE", "orders", "ALTER TABLE orders ADD COLUMN priority integer;"),
     "unparsed-statement": (None, None, "pg_locks"),
+    "drop-cascade": (None, None, "DROP TYPE order_status CASCADE;"),
+    "opaque-statement": (None, None, "CALL archive_old_orders();"),
     "identifier-too-long": (None, None, "CREATE INDEX CONCURRENTLY "
                             "orders_customer_id_created_at_status_reference_where_n_"),
     "lock-order": ("ROW EXCLUSIVE", "customers", "UPDATE customers SET email"),
@@ -865,7 +868,7 @@ def test_drop_table_names_the_tables_its_foreign_keys_lock() -> None:
 
 
 def test_unparsed_statement_gives_the_reason() -> None:
-    results = lint("CALL refresh_everything();")
+    results = lint("DO $$ BEGIN EXECUTE 'TRUNCATE ' || 'orders'; END $$;")
     finding = only(results, "unparsed-statement")
     assert finding.severity is Severity.WARNING
     assert results[0].statement.reason and results[0].statement.reason in finding.message

@@ -91,6 +91,12 @@ class Action(str, enum.Enum):
     DROP_FUNCTION = "drop-function"  # with CASCADE: the triggers that execute it
     PUBLISH_TABLE = "publish-table"  # CREATE / ALTER PUBLICATION ... TABLE t
     DROP_STATISTICS = "drop-statistics"  # SHARE UPDATE EXCLUSIVE on the statistics' table
+    # DROP <object> ... CASCADE of a catalog object (type, schema, extension...), DROP
+    # OWNED, REASSIGN OWNED: ACCESS EXCLUSIVE on tables the text does not name
+    DROP_CASCADE = "drop-cascade"
+    PREPARE = "prepare"  # PREPARE q AS <statement>: parse analysis locks what it names
+    EXECUTE = "execute"  # EXECUTE q: the prepared statement's locks, when it is known
+    CALL = "call"  # CALL p(): what the procedure's body does (not in the text)
     SET = "set"  # SET / SET LOCAL / RESET
     TRANSACTION_CONTROL = "transaction-control"  # BEGIN, COMMIT, SAVEPOINT, ...
     OTHER = "other"  # understood well enough to know it takes no table lock
@@ -190,6 +196,9 @@ class Statement:
     creates: tuple[str, ...] = ()  # relations this statement creates
     understood: bool = True
     reason: str | None = None  # why it was not understood
+    # Read, but its lock set cannot be known from the text (a procedure's body, what
+    # depends on a dropped type...): why. The locks listed are the known part.
+    unknown_locks: str | None = None
     notes: tuple[str, ...] = ()  # assumptions made (e.g. "column type unknown")
     leading_comments: tuple[str, ...] = field(default=(), compare=False)
 
@@ -226,6 +235,8 @@ _DML = frozenset(
         Action.COPY_TO,
         Action.SET,
         Action.TRANSACTION_CONTROL,
+        Action.PREPARE,
+        Action.EXECUTE,
     }
 )
 

@@ -149,6 +149,7 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
     filled: list[Step] = []
     transactional = True
     notes: list[str] = []
+    unknown: str | None = None
     for step in steps:
         if created and step is not head and step.table and catalog.key(step.table) == created:
             # A column or constraint of the table being created: only what it
@@ -162,6 +163,7 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
         takes.extend(result.takes)
         transactional = transactional and result.transactional
         notes.extend(n for n in result.notes if n not in notes)
+        unknown = unknown or result.unknown
         own = [t.mode for t in result.takes if step.table and t.relation == step.table]
         filled.append(dataclasses.replace(step, holds=result.holds,
                                           mode=step.mode or (max(own) if own else None)))
@@ -169,7 +171,7 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
     return Statement(
         sql=text, line=line, kind=head.action, steps=tuple(filled), locks=locks,
         transactional=transactional, creates=(head.table,) if created and head.table else (),
-        notes=tuple(notes),
+        notes=tuple(notes), unknown_locks=unknown,
     )
 
 

@@ -87,6 +87,8 @@ class Catalog:
         self.index_columns: dict[str, tuple[str, ...]] = {}
         # qualified extended statistics -> the qualified table they are on
         self.statistics: dict[str, str] = {}
+        # prepared statement name (folded) -> its statement's text (PREPARE q AS ...)
+        self.prepared: dict[str, str] = {}
         # the session's TimeZone when known (SET TimeZone, a live connection)
         self.timezone: str | None = None
         self.search_path: tuple[str, ...] = ("public",)
@@ -264,6 +266,10 @@ class Catalog:
         if not steps:
             return
         head = steps[0]
+        if head.action is Action.PREPARE:
+            if head.name and head.definition_sql:
+                self.prepared[local_name(head.name)] = head.definition_sql
+            return
         if head.action in (Action.CREATE_TABLE, Action.CREATE_VIEW,
                            Action.CREATE_MATERIALIZED_VIEW):
             self._create(head, steps[1:])

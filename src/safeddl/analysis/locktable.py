@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from safeddl.analysis.catalog import Catalog, Constraint
 from safeddl.locks import Holds, LockMode
 from safeddl.model import Action, ConstraintType, Step, Volatility
-from safeddl.sql import local_name
+from safeddl.sql import local_name, read
 
 AS = LockMode.ACCESS_SHARE
 RS = LockMode.ROW_SHARE
@@ -43,6 +43,9 @@ class Effect:
     holds: Holds  # what the step does to its own table's data
     transactional: bool = True
     notes: tuple[str, ...] = ()
+    # the step also locks relations the text does not show: why (the takes are the
+    # known part)
+    unknown: str | None = None
 
 
 # Storage parameters PostgreSQL changes under SHARE UPDATE EXCLUSIVE (reloptions.c);
@@ -383,7 +386,11 @@ def _drop_function(step: Step, version: int, catalog: Catalog) -> Effect:
     if not step.cascade or step.function is None:
         return Effect((), Holds.BRIEF)
     return Effect(tuple(Take(table, AE) for table in catalog.trigger_tables(step.function)),
-                  Holds.BRIEF)
+                  Holds.BRIEF, unknown=(
+                      f"DROP FUNCTION {step.function} ... CASCADE also drops the defaults, "
+                      "indexes, constraints and views that use it, under ACCESS EXCLUSIVE "
+                      "on their tables; which tables those are is not known from the text "
+                      "(its triggers' tables are)"))
 
 
 def effect_in_new_table(step: Step) -> Effect:
@@ -731,7 +738,67 @@ def _alter_type_add_value(step: Step, version: int, catalog: Catalog) -> Effect:
 
 
 def _other(step: Step, version: int, catalog: Catalog) -> Effect:
-    return Effect((), Holds.BRIEF, step.target_kind != "outside-transaction")
+    kind = step.target_kind or ""
+    if kind.startswith("subscription-connects"):
+        return Effect((), Holds.BRIEF, not kind.endswith("-outside"), unknown=(
+            f"{step.text} {step.name} connects to the publisher and takes ACCESS SHARE on "
+            "each local table the publication lists, which only the publisher knows"))
+    return Effect((), Holds.BRIEF, kind != "outside-transaction")
+
+
+def _execute(step: Step, version: int, catalog: Catalog) -> Effect:
+    """``EXECUTE q``: what the prepared statement takes when it runs (planned then:
+    partitions and children, foreign key checks), when the catalog saw it prepared."""
+    text = catalog.prepared.get(local_name(step.name)) if step.name else None
+    if text is None:
+        return Effect((), Holds.BRIEF, unknown=(
+            f"EXECUTE {step.name} runs a statement prepared elsewhere (PREPARE {step.name} "
+            "is not in the text): its locks are not known"))
+    takes: list[Take] = []
+    for inner in read(text).steps:
+        if inner.action not in (Action.PREPARE, Action.EXECUTE):
+            takes.extend(effect(inner, version, catalog).takes)
+    return Effect(tuple(takes), Holds.BRIEF)
+
+
+def _call(step: Step, version: int, catalog: Catalog) -> Effect:
+    return Effect((), Holds.BRIEF, unknown=(
+        f"CALL {step.function} runs the statements of the procedure's body, which are not "
+        "in the text: its locks are not known"))
+
+
+def _drop_cascade(step: Step, version: int, catalog: Catalog) -> Effect:
+    """DROP <object> ... CASCADE drops what depends on the object: columns of its type,
+    defaults, indexes, constraints, views, foreign tables, whole tables of a schema
+    (and DROP / REASSIGN OWNED reach every table a role owns), under ACCESS EXCLUSIVE
+    on each table. The catalog knows some (columns of a type or domain, relations of
+    a schema, the tables their foreign keys connect); the rest cannot be known from
+    the text, which the step says."""
+    kind, name = step.target_kind or "", step.name
+    takes: list[Take] = []
+    if name and kind in ("TYPE", "DOMAIN"):
+        wanted = local_name(name)
+        for key, relation in sorted(catalog.relations.items()):
+            if any(_type_name(t) == wanted for t in relation.columns.values()):
+                takes.append(Take(key, AE))
+    elif name and kind == "SCHEMA":
+        schema = local_name(name)
+        inside = [key for key in sorted(catalog.relations) if key.split(".")[0] == schema]
+        takes.extend(Take(key, AE) for key in inside)
+        for key in inside:
+            takes.extend(Take(table, AE) for table, _fk in catalog.referencing(key)
+                         if table.split(".")[0] != schema)
+    what = f"{step.text} {name}" if name else step.text
+    return Effect(tuple(takes), Holds.BRIEF, unknown=(
+        f"{what} also drops or changes what depends on it (or what the role owns): "
+        "columns, defaults, indexes, constraints, views, tables, under ACCESS EXCLUSIVE "
+        "on each of their tables; which tables those are is not known from the text"))
+
+
+def _type_name(type_sql: str) -> str:
+    """``public.mood[]`` -> ``mood``; ``varchar(20)`` -> ``varchar``."""
+    base = type_sql.strip().split("(")[0].strip().removesuffix("[]").strip()
+    return local_name(base) if base else ""
 
 
 def _set_default(step: Step, version: int, catalog: Catalog) -> Effect:
@@ -849,4 +916,8 @@ _RULES: dict[Action, RuleFn] = {
     Action.DROP_FUNCTION: _drop_function,
     Action.PUBLISH_TABLE: _publish_table,
     Action.DROP_STATISTICS: _drop_statistics,
+    Action.DROP_CASCADE: _drop_cascade,
+    Action.PREPARE: lambda step, version, catalog: Effect((), Holds.BRIEF),
+    Action.EXECUTE: _execute,
+    Action.CALL: _call,
 }

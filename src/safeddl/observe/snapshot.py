@@ -890,7 +890,9 @@ def disposable_database(admin_dsn: str, template: str) -> Iterator[str]:
 
 
 def drop_database(admin: psycopg.Connection[Any], name: str) -> None:
-    """Drop database ``name`` (if it exists), ending the sessions still connected to it."""
+    """Drop database ``name`` (if it exists), ending the sessions still connected to it
+    (and its logical replication subscriptions, which would keep it)."""
+    _drop_subscriptions(admin, name)
     if admin.info.server_version >= 130000:
         admin.execute(
             pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name))
@@ -902,3 +904,22 @@ def drop_database(admin: psycopg.Connection[Any], name: str) -> None:
         (name,),
     )
     admin.execute(pgsql.SQL("DROP DATABASE IF EXISTS {}").format(pgsql.Identifier(name)))
+
+
+def _drop_subscriptions(admin: psycopg.Connection[Any], name: str) -> None:
+    """A database with a subscription cannot be dropped: each is dropped first, without
+    its replication slot (``slot_name = NONE``: nothing is asked of the publisher)."""
+    subscriptions = [row[0] for row in admin.execute(
+        "SELECT s.subname FROM pg_catalog.pg_subscription s"
+        " JOIN pg_catalog.pg_database d ON d.oid = s.subdbid WHERE d.datname = %s",
+        (name,)).fetchall()]
+    if not subscriptions:
+        return
+    with psycopg.Connection.connect(
+            psycopg.conninfo.make_conninfo(admin.info.dsn, dbname=name),
+            autocommit=True) as conn:
+        for subscription in subscriptions:
+            ident = pgsql.Identifier(subscription)
+            conn.execute(pgsql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(ident))
+            conn.execute(pgsql.SQL("ALTER SUBSCRIPTION {} SET (slot_name = NONE)").format(ident))
+            conn.execute(pgsql.SQL("DROP SUBSCRIPTION {}").format(ident))

@@ -22,6 +22,7 @@ from safeddl.rules import (
     concurrently_in_transaction,
     create_index,
     detach_partition,
+    drop_cascade,
     drop_column,
     drop_index,
     drop_table,
@@ -29,6 +30,7 @@ from safeddl.rules import (
     lock_order,
     missing_lock_timeout,
     multiple_alter_table,
+    opaque_statement,
     refresh_materialized_view,
     reindex,
     rename_column,
@@ -78,6 +80,8 @@ _MODULES = [
     drop_table,
     add_column_not_null_without_default,
     identifier_too_long,
+    drop_cascade,
+    opaque_statement,
     unparsed_statement,
 ]
 

@@ -76,6 +76,10 @@ _BOUNDED_BY_LOCK_TIMEOUT = frozenset(
      "missing-lock-timeout"}
 )
 UNPARSED_RULE = "unparsed-statement"
+# Valid statements whose locks the text does not show (CALL, EXECUTE of a statement
+# prepared elsewhere...): unknown like an unread statement, so they follow
+# ``unparsed_ddl`` unless an action is set for the rule itself.
+_FOLLOWS_UNPARSED = frozenset({"opaque-statement"})
 # Error rules whose safe form safeddl can run instead, with the same end state (see
 # safeddl.runtime.rewrite); where it cannot be exact the statement is refused. Not `truncate`:
 # DELETE differs from TRUNCATE (triggers, identity, cascades), so that is opt-in, nor
@@ -226,6 +230,8 @@ class Policy:
     # -- reading ------------------------------------------------------------------
     def action_for(self, rule_id: str) -> RuleAction:
         action = self.actions.get(rule_id)
+        if action is None and rule_id in _FOLLOWS_UNPARSED:
+            return self.unparsed_action(False)
         return action if isinstance(action, RuleAction) else RuleAction.WARN
 
     def unparsed_action(self, looks_like_dml: bool) -> RuleAction:
@@ -468,7 +474,8 @@ def _normalize_actions(value: object) -> FrozenMap[str, RuleAction | str]:
     if unknown:
         raise ConfigError(_summary(unknown), unknown)
     merged: dict[str, RuleAction | str] = {
-        rule_id: action for rule_id, action in defaults.items() if rule_id != UNPARSED_RULE}
+        rule_id: action for rule_id, action in defaults.items()
+        if rule_id != UNPARSED_RULE and rule_id not in _FOLLOWS_UNPARSED}
     for rule_id, action in value.items():
         merged[rule_id] = RuleAction.parse(action, f"actions.{rule_id}")
     return FrozenMap(merged)

@@ -22,7 +22,7 @@ from safeddl.sql.dml import dml_steps, number_positional
 from safeddl.sql.names import local_name, qualified_name, quote_ident, schema_of, split_name
 from safeddl.sql.scan import LIMITS, Unterminated, head_of, nesting, statement_ends
 from safeddl.sql.split import RawStatement, split_script
-from safeddl.sql.tokens import Cursor, SqlTokenError, Token, tokenize
+from safeddl.sql.tokens import Cursor, SqlTokenError, Token, split_top_level, tokenize
 
 __all__ = [
     "LIMITS",
@@ -60,11 +60,11 @@ _NO_TABLE_LOCK = {
     ("DROP", "USER"), ("DROP", "SCHEMA"), ("ALTER", "FUNCTION"), ("ALTER", "ROLE"),
     ("ALTER", "USER"), ("ALTER", "SCHEMA"), ("ALTER", "DOMAIN"), ("ALTER", "EXTENSION"),
     ("ALTER", "DEFAULT"), ("ALTER", "DATABASE"), ("ALTER", "PROCEDURE"),
-    ("SECURITY", "LABEL"), ("REASSIGN", "OWNED"), ("DROP", "OWNED"),
+    ("SECURITY", "LABEL"), ("CREATE", "UNLOGGED"),  # CREATE UNLOGGED SEQUENCE (15+)
 }
 _OUTSIDE_TRANSACTION = {
     ("CREATE", "DATABASE"), ("DROP", "DATABASE"), ("ALTER", "SYSTEM"),
-    ("CREATE", "TABLESPACE"), ("DROP", "TABLESPACE"), ("CREATE", "SUBSCRIPTION"),
+    ("CREATE", "TABLESPACE"), ("DROP", "TABLESPACE"),
 }
 
 
@@ -233,6 +233,8 @@ def _read_tokens(c: Cursor) -> list[Step]:
         return _copy(c)
     if first == "EXPLAIN":
         return _explain(c)
+    if first == "PREPARE" and c.peek_word(1) != "TRANSACTION":
+        return _prepare(c)
     if first in _TRANSACTION_WORDS:
         if first == "SET":
             return [Step(Action.SET, text=c.text_of(0, c.stop))]
@@ -246,6 +248,10 @@ def _read_tokens(c: Cursor) -> list[Step]:
         if steps[0].target_kind == "sql-body":
             return _function_body_reads(steps[0])
         return steps + _query_reads(c, steps)
+    if first in ("DROP", "REASSIGN"):
+        cascade = _drop_cascade(c)
+        if cascade is not None:
+            return cascade
     if first in ("CREATE", "ALTER", "DROP") and _catalog_object(c):
         return [Step(Action.OTHER, text=" ".join(c.words(0, min(3, c.stop))))]
     if pair in _OUTSIDE_TRANSACTION:
@@ -255,10 +261,47 @@ def _read_tokens(c: Cursor) -> list[Step]:
         return [Step(Action.OTHER, text=" ".join(pair))]
     if first == "DO":
         return _do_block(c)
-    if first in ("DO", "CALL", "EXECUTE", "IMPORT"):
-        raise NotUnderstood(f"{first} runs code whose statements safeddl cannot see")
+    if first == "CALL":
+        c.accept("CALL")
+        name = c.read_name()
+        if name is None or c.peek_word() != "(":
+            raise NotUnderstood("CALL without a procedure and its arguments")
+        return [Step(Action.CALL, function=name)]
+    if first == "EXECUTE":
+        c.accept("EXECUTE")
+        name = c.read_name()
+        if name is None:
+            raise NotUnderstood("EXECUTE without a prepared statement's name")
+        return [Step(Action.EXECUTE, name=name)]
+    if c.at("IMPORT", "FOREIGN", "SCHEMA"):
+        # Creates foreign tables (the foreign server's), locks no existing table
+        words = c.words(0, c.stop)
+        if "SERVER" not in words or "INTO" not in words:
+            raise NotUnderstood("IMPORT FOREIGN SCHEMA without FROM SERVER ... INTO")
+        return [Step(Action.OTHER, text="IMPORT FOREIGN SCHEMA")]
     raise NotUnderstood(f"unknown statement {' '.join(w for w in pair if w)}: "
                         + _near(c.source, c.tokens[c.pos]))
+
+
+def _prepare(c: Cursor) -> list[Step]:
+    """``PREPARE q [(types)] AS statement``: the statement is parsed and analysed now
+    (ACCESS SHARE on what it reads, ROW EXCLUSIVE on its target, views expanded; not
+    planned: no partitions), and runs at ``EXECUTE q``."""
+    c.accept("PREPARE")
+    name = c.read_name()
+    if name is None:
+        raise NotUnderstood("PREPARE without a name")
+    if c.peek_word() == "(":
+        c.skip_group()
+    if not c.accept("AS") or c.done:
+        raise NotUnderstood("PREPARE without AS <statement>")
+    inner = c.text_of(c.pos, c.stop)
+    syntax = read(inner)
+    if not syntax.understood:
+        raise NotUnderstood(f"the prepared statement cannot be read: {syntax.error}")
+    head = Step(Action.PREPARE, name=name, definition_sql=inner)
+    return [head, *(dataclasses.replace(step, target_kind="function-body")
+                    for step in syntax.steps if step.table and step.action in _BODY_DML)]
 
 
 def _dml(c: Cursor) -> list[Step]:
@@ -267,6 +310,8 @@ def _dml(c: Cursor) -> list[Step]:
                             f"{LIMITS.parse_bytes:,} safeddl parses")
     tree = _parse(number_positional(c.source, c.tokens))
     if isinstance(tree, exp.Command) or tree is None:
+        tree = _insert_without_columns(c)
+    if isinstance(tree, exp.Command) or tree is None:
         raise NotUnderstood(_parse_error(c.source) or "sqlglot could not read this statement")
     steps = dml_steps(tree)
     if not steps:
@@ -274,10 +319,30 @@ def _dml(c: Cursor) -> list[Step]:
     return steps
 
 
+def _insert_without_columns(c: Cursor) -> exp.Expr | None:
+    """``INSERT INTO t (f.sub, a[1]) ...``: target columns sqlglot cannot parse (fields
+    of a composite column, array elements) are read as if the list were not written
+    (the steps are the same; the columns left NULL are then not known)."""
+    sub = c.sub(0, c.stop)
+    if not sub.accept("INSERT", "INTO") or sub.read_name() is None:
+        return None
+    if sub.accept("AS"):
+        sub.read_name()
+    if sub.peek_word() != "(":
+        return None
+    start = sub.pos
+    sub.skip_group()
+    if sub.done:
+        return None
+    text = c.source[:c.tokens[start].start] + c.source[c.tokens[sub.pos].start:]
+    return _parse(number_positional(text, tokenize(text)))
+
+
 def _copy(c: Cursor) -> list[Step]:
     """``COPY t [(cols)] FROM|TO ...`` or ``COPY (query) TO ...``, from tokens (sqlglot
     cannot parse every option list)."""
     c.accept("COPY")
+    c.accept("BINARY")  # the form before PostgreSQL 7.3, still accepted
     if c.peek() is not None and c.peek().kind == "L_PAREN":  # type: ignore[union-attr]
         start, stop = c.read_group()
         query = c.text_of(start, stop)
@@ -325,7 +390,54 @@ _CATALOG_OBJECTS = frozenset({
     "LANGUAGE", "PROCEDURAL", "TRUSTED", "ACCESS", "CAST", "GROUP", "ROUTINE", "TRANSFORM",
     "DATA",  # (FOREIGN) DATA WRAPPER
     "MAPPING",  # USER MAPPING
+    "LARGE",  # ALTER LARGE OBJECT
 })
+
+
+# DROP <kind> of objects other than relations that CASCADE may take tables with
+_DROPPED_KINDS = frozenset({
+    "TYPE", "DOMAIN", "SCHEMA", "EXTENSION", "SEQUENCE", "PROCEDURE", "ROUTINE",
+    "AGGREGATE", "OPERATOR", "COLLATION", "CONVERSION", "TEXT", "EVENT", "SERVER",
+    "LANGUAGE", "PROCEDURAL", "TRUSTED", "ACCESS", "CAST", "TRANSFORM", "FOREIGN",
+    "ROLE", "USER", "GROUP",
+})
+# words between DROP and the dropped object's name
+_KIND_WORDS = frozenset({"TYPE", "DOMAIN", "SCHEMA", "EXTENSION", "SEQUENCE", "PROCEDURE",
+                         "ROUTINE", "AGGREGATE", "OPERATOR", "CLASS", "FAMILY", "COLLATION",
+                         "CONVERSION", "TEXT", "SEARCH", "CONFIGURATION", "DICTIONARY",
+                         "PARSER", "TEMPLATE", "EVENT", "TRIGGER", "SERVER", "LANGUAGE",
+                         "PROCEDURAL", "TRUSTED", "ACCESS", "METHOD", "CAST", "TRANSFORM",
+                         "FOREIGN", "DATA", "WRAPPER", "IF", "EXISTS"})
+
+
+def _drop_cascade(c: Cursor) -> list[Step] | None:
+    """``DROP <object> ... CASCADE`` of an object other than a relation, ``DROP OWNED``
+    and ``REASSIGN OWNED``: they drop or change the tables, columns, indexes and
+    constraints that depend on the object (or that a role owns), under ACCESS
+    EXCLUSIVE on each table; which ones is known only to the catalog. None when the
+    statement is not one of those."""
+    words = c.words(0, c.stop)
+    if words[:2] in (["DROP", "OWNED"], ["REASSIGN", "OWNED"]):
+        text = " ".join(words[:2])
+        return [Step(Action.DROP_CASCADE, target_kind=text, text=text, cascade=True)]
+    if len(words) < 3 or words[1] not in _DROPPED_KINDS or words[-1] != "CASCADE":
+        return None
+    if words[1] in ("ROLE", "USER", "GROUP"):
+        return None  # DROP ROLE has no CASCADE: not valid SQL, left to the caller
+    i = 1
+    while i < c.stop and c.tokens[i].word in _KIND_WORDS:
+        i += 1
+    kind = " ".join(words[1:i]).replace(" IF EXISTS", "")
+    if kind == "FOREIGN TABLE":
+        return None
+    names = []
+    for start, stop in split_top_level(c.tokens, i, c.stop - 1):  # (not the CASCADE)
+        name = c.sub(start, stop).read_name() if c.tokens[start].is_name else None
+        names.append(name or c.text_of(start, stop))  # an operator: ``=== (int, int)``
+    if not names:
+        raise NotUnderstood(f"DROP {kind} without a name")
+    return [Step(Action.DROP_CASCADE, name=name, target_kind=kind, text=f"DROP {kind}",
+                 cascade=True) for name in names]
 
 
 def _catalog_object(c: Cursor) -> bool:
@@ -343,9 +455,6 @@ def _catalog_object(c: Cursor) -> bool:
         return True
     if kind not in _CATALOG_OBJECTS:
         return False
-    if words[0] == "DROP" and c.words(c.pos, c.stop)[-1:] == ["CASCADE"]:
-        raise NotUnderstood(f"DROP {kind} ... CASCADE also drops what depends on it "
-                            "(columns, indexes, foreign tables): not known here")
     return True
 
 

@@ -137,8 +137,9 @@ def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:
                     target_kind="finalize" if finalize else None)
     if c.accept("INHERIT") or c.accept("NO", "INHERIT"):
         return Step(Action.INHERIT, table=table, references=c.read_name())
-    if c.peek_word() in ("OF", "NOT", "SET"):
-        return Step(Action.ALTER_TABLE_OTHER, table=table)  # OF type, NOT OF, SET WITHOUT OIDS
+    if c.peek_word() in ("OF", "NOT", "SET", "OPTIONS"):
+        # OF type, NOT OF, SET WITHOUT OIDS, a foreign table's OPTIONS (...)
+        return Step(Action.ALTER_TABLE_OTHER, table=table)
     raise NotUnderstood(f"unknown ALTER TABLE sub-command: {c.text_of(c.pos, c.stop)[:60]}")
 
 
@@ -202,6 +203,9 @@ def _alter_column(c: Cursor, table: str, column: str) -> Step:
     if c.at("DROP", "EXPRESSION"):
         return Step(Action.ALTER_COLUMN_OTHER, table=table, column=column,
                     target_kind="drop-expression", text=text)
+    if c.at("OPTIONS"):  # a foreign table column's FDW options: ACCESS EXCLUSIVE
+        return Step(Action.ALTER_COLUMN_OTHER, table=table, column=column,
+                    target_kind="fdw-options", text=text)
     if c.peek_word() in ("SET", "RESTART", "DROP"):  # identity options
         return Step(Action.ALTER_COLUMN_OTHER, table=table, column=column,
                     target_kind="identity", text=text)

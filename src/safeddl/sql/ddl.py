@@ -463,6 +463,59 @@ def _publication(c: Cursor) -> list[Step]:
     return steps
 
 
+_FALSE = ("FALSE", "OFF", "0", "'FALSE'", "'OFF'", "'0'", "NONE")
+
+
+def _with_options(c: Cursor) -> dict[str, str]:
+    """``WITH (name = value, name, ...)`` at the end of the statement: upper-cased
+    names -> upper-cased values (a bare name is TRUE)."""
+    words = c.words(0, c.stop)
+    options: dict[str, str] = {}
+    for i in range(c.stop - 1, -1, -1):
+        if c.tokens[i].word == "WITH" and i + 1 < c.stop and c.tokens[i + 1].kind == "L_PAREN":
+            for start, stop in split_top_level(c.tokens, i + 2, c.stop - 1):
+                parts = words[start:stop]
+                if parts:
+                    value = c.tokens[stop - 1].text.upper() if len(parts) > 1 else "TRUE"
+                    options[parts[0]] = value if len(parts) > 1 else "TRUE"
+            break
+    return options
+
+
+def _subscription(c: Cursor) -> list[Step]:
+    """``CREATE / ALTER / DROP SUBSCRIPTION``: no lock on a table, unless it connects to
+    the publisher to list its tables (CREATE with ``connect``, the default; ALTER ...
+    REFRESH PUBLICATION, and SET / ADD / DROP PUBLICATION with ``refresh``, the
+    default): then ACCESS SHARE on each local table of that list, which only the
+    publisher knows. Creating a replication slot (CREATE's default ``create_slot``)
+    and refreshing cannot run inside a transaction block."""
+    verb = c.advance().word
+    c.accept("SUBSCRIPTION")
+    c.accept("IF", "EXISTS")
+    name = c.read_name()
+    if name is None:
+        raise NotUnderstood(f"{verb} SUBSCRIPTION without a name")
+    words = c.words(c.pos, c.stop)
+    options = _with_options(c)
+    connects, outside = False, False
+    if verb == "CREATE":
+        if "CONNECTION" not in words or "PUBLICATION" not in words:
+            raise NotUnderstood("CREATE SUBSCRIPTION without CONNECTION ... PUBLICATION")
+        connects = options.get("CONNECT", "TRUE") not in _FALSE
+        outside = connects and options.get("CREATE_SLOT", "TRUE") not in _FALSE \
+            and options.get("SLOT_NAME", "") != "NONE"
+    elif verb == "ALTER":
+        if not words:
+            raise NotUnderstood("ALTER SUBSCRIPTION without an action")
+        refresh = words[0] == "REFRESH" or (
+            words[1:2] == ["PUBLICATION"] and words[0] in ("SET", "ADD", "DROP")
+            and options.get("REFRESH", "TRUE") not in _FALSE)
+        connects = outside = refresh
+    kind = ("subscription-connects-outside" if outside
+            else "subscription-connects" if connects else "subscription")
+    return [Step(Action.OTHER, name=name, target_kind=kind, text=f"{verb} SUBSCRIPTION")]
+
+
 def _drop_function(c: Cursor) -> list[Step]:
     """``DROP FUNCTION [IF EXISTS] f [(args)], ... [CASCADE | RESTRICT]``."""
     c.accept("DROP", "FUNCTION")
@@ -626,6 +679,9 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("DROP", "STATISTICS"), _drop_statistics),
     (("ALTER", "STATISTICS"), _other),
     (("DROP", "FUNCTION"), _drop_function),
+    (("CREATE", "SUBSCRIPTION"), _subscription),
+    (("ALTER", "SUBSCRIPTION"), _subscription),
+    (("DROP", "SUBSCRIPTION"), _subscription),
     (("CREATE", "FUNCTION"), _create_function),
     (("CREATE", "OR", "REPLACE", "FUNCTION"), _create_function),
     (("CREATE", "PROCEDURE"), _create_function),
