@@ -11,7 +11,7 @@ import pytest
 
 from safeddl.analysis import analyze_statement
 from safeddl.analysis.analyzer import READINGS
-from safeddl.caches import MiB, TextCache
+from safeddl.caches import LARGEST_SHARE, MiB, TextCache
 
 
 def test_bounded_by_entries_and_by_bytes_oldest_first() -> None:
@@ -20,17 +20,31 @@ def test_bounded_by_entries_and_by_bytes_oldest_first() -> None:
     for i in range(5):
         cache.put(f"text {i}", i, f"text {i}")
     assert list(cache) == ["text 2", "text 3", "text 4"] and cache["text 4"] == 4
-    big: TextCache[str, int] = TextCache("test", entries=1000, max_bytes=10_000,
+    big: TextCache[str, int] = TextCache("test", entries=1000, max_bytes=20_000,
                                          per_char=1.0, overhead=100)
     for i in range(100):
         text = f"SELECT {i} " + "x" * 1000
         big.put(text, i, text)
-    assert 0 < big.bytes <= 10_000 and len(big) == 8  # ~1.15 KB each
+    assert 0 < big.bytes <= 20_000 and len(big) == 17  # ~1.15 KB each
     assert f"SELECT 99 {'x' * 1000}" in big and "SELECT 0 " + "x" * 1000 not in big
     big.put(next(iter(big)), -1, "small")  # the same key again: counted once
-    assert len(big) == 8 and big.bytes <= 10_000
+    assert len(big) == 17 and big.bytes <= 20_000
     big.forget()
     assert not big and big.bytes == 0
+
+
+def test_an_entry_too_large_is_not_kept_and_keeps_the_others() -> None:
+    cache: TextCache[str, int] = TextCache("test", entries=1000, max_bytes=MiB,
+                                           per_char=1.0, overhead=100)
+    for i in range(100):
+        cache.put(f"SELECT {i}", i, f"SELECT {i}")
+    held = cache.bytes
+    large = "INSERT INTO t VALUES " + ",".join(["(1)"] * 100_000)  # 400 KB > 1 MiB / 16
+    assert cache.put(large, -1, large) == -1
+    assert large not in cache and len(cache) == 100 and cache.bytes == held
+    fits = "x" * (MiB // LARGEST_SHARE - 1000)
+    cache.put(fits, 1, fits)
+    assert fits in cache and len(cache) == 101
 
 
 def distinct_statement(i: int, columns: int = 30) -> str:

@@ -7,7 +7,10 @@ millions of distinct texts, some of them large. :class:`TextCache` is a ``dict``
 lookup stays one C-level dictionary operation) that counts what its entries cost,
 an estimate of the memory they hold (the text, its size times a factor for what was
 built from it, plus a fixed overhead per entry), and forgets its oldest entries when
-either bound is passed. The README lists every cache with its bounds.
+either bound is passed. An entry that would cost more than a sixteenth of the byte
+bound (a statement of megabytes) is not kept at all: it would push out hundreds of
+hot entries and pin the large text in memory, for a text that is seldom sent twice.
+The README lists every cache with its bounds.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ K = TypeVar("K")
 V = TypeVar("V")
 
 MiB = 1 << 20
+LARGEST_SHARE = 16  # no entry costs more than this share of a cache's byte bound
 
 
 class TextCache(dict[K, V], Generic[K, V]):
@@ -46,6 +50,8 @@ class TextCache(dict[K, V], Generic[K, V]):
         """Remember ``value`` for ``key`` (made with ``text``, which its cost depends
         on); returns it."""
         cost = self.cost(text)
+        if cost > self.max_bytes // LARGEST_SHARE:
+            return value  # too large to keep (the others stay)
         with self._lock:
             old = self._costs.pop(key, None)
             if old is not None:
@@ -67,4 +73,4 @@ class TextCache(dict[K, V], Generic[K, V]):
             self.bytes = 0
 
 
-__all__ = ["MiB", "TextCache"]
+__all__ = ["LARGEST_SHARE", "MiB", "TextCache"]

@@ -243,5 +243,8 @@ _DML = frozenset(
 
 def shorten(sql: str, limit: int = 200) -> str:
     """A statement as messages show it: one line, at most ``limit`` characters."""
-    text = " ".join(sql.split())
+    head = sql[: 8 * limit + 8]  # enough unless the text is mostly blanks
+    text = " ".join(head.split())
+    if len(text) <= limit and len(head) < len(sql):
+        text = " ".join(sql.split())  # mostly blanks: all of it (linear, seldom)
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -15,7 +15,7 @@ from safeddl.analysis.locktable import (
     effect_in_new_table,
     effect_in_view_query,
 )
-from safeddl.caches import MiB, TextCache
+from safeddl.caches import LARGEST_SHARE, MiB, TextCache
 from safeddl.locks import Holds
 from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.sql import RawStatement, Syntax, quote_ident, read, split_script
@@ -41,7 +41,10 @@ READINGS: TextCache[str, Syntax] = TextCache("readings of statement texts", entr
 
 
 def read_cached(text: str) -> Syntax:
-    """Reading is the expensive part and depends on the text only."""
+    """Reading is the expensive part and depends on the text only (a text too large
+    to be kept is not looked up either: hashing megabytes costs milliseconds)."""
+    if READINGS.cost(text) > READINGS.max_bytes // LARGEST_SHARE:
+        return read(text)
     syntax = READINGS.get(text)
     if syntax is None:
         syntax = READINGS.put(text, read(text), text)

@@ -23,6 +23,7 @@ from safeddl.runtime.policy import UNPARSED_RULE, Policy, RuleAction
 from safeddl.runtime.rewrite import repair, rewrite
 from safeddl.runtime.scope import Allowances
 from safeddl.sql import LIMITS, first_words, split_script
+from safeddl.sql.scan import scans_remembered
 
 _SIZE_INDEPENDENT_RULES = frozenset({"concurrently-in-transaction", UNPARSED_RULE})
 # Rules whose lock lasts until COMMIT whatever the table's size: a small table is not a
@@ -34,10 +35,21 @@ _TIMEOUT_SETTING = re.compile(
     r"(?is)^\s*(?:SET|RESET)\b.*\b(lock_timeout|statement_timeout|ALL)\b|^\s*DISCARD\s+ALL\b")
 
 
+Analysed = list[tuple[Statement, dict[str, str], Catalog]]
+
+
 def decide(text: str, facts: SessionFacts, policy: Policy,
-           allowed: Allowances = (), rewriter: Rewriter | None = None) -> Decision:
-    """The decision for one statement text (or several, ``;``-separated)."""
-    analysed = analyse(text, facts)
+           allowed: Allowances = (), rewriter: Rewriter | None = None,
+           analysed: Analysed | None = None) -> Decision:
+    """The decision for one statement text (or several, ``;``-separated). ``analysed``:
+    what :func:`analyse` gave for this text and these facts, when the caller has it."""
+    with scans_remembered():  # a large text is scanned once for all that asks
+        return _decide(text, facts, policy, allowed, rewriter,
+                       analysed if analysed is not None else analyse(text, facts))
+
+
+def _decide(text: str, facts: SessionFacts, policy: Policy, allowed: Allowances,
+            rewriter: Rewriter | None, analysed: Analysed) -> Decision:
     in_transaction = facts.in_transaction or len(analysed) > 1
     findings: list[Finding] = []
     verdicts: list[tuple[Finding, RuleAction]] = []
@@ -73,11 +85,17 @@ def decide(text: str, facts: SessionFacts, policy: Policy,
     return decision
 
 
-def analyse(text: str, facts: SessionFacts) -> list[tuple[Statement, dict[str, str], Catalog]]:
+def analyse(text: str, facts: SessionFacts) -> Analysed:
     """Statements with their ``-- safeddl: ignore[...]`` comments; a catalog copy learns
     from each statement for the next when there are several."""
+    with scans_remembered():
+        return _analyse(text, facts)
+
+
+def _analyse(text: str, facts: SessionFacts) -> Analysed:
     catalog = facts.catalog if facts.catalog is not None else Catalog()
-    if ";" not in text and "safeddl:" not in text:
+    # (one large statement has no comment of its own: its preamble is blanks only)
+    if ";" not in text and (len(text) > LIMITS.parse_bytes or "safeddl:" not in text):
         return [(analyze_statement(text, version=facts.version, catalog=catalog), {}, catalog)]
     raws = split_script(text)
     if len(raws) <= 1 and (not raws or "safeddl:" not in raws[0].preamble):
@@ -269,5 +287,5 @@ def current_rewriter() -> Rewriter:
     return rewrite
 
 
-__all__ = ["analyse", "current_rewriter", "decide", "looks_like_dml", "needs_catalog",
+__all__ = ["Analysed", "analyse", "current_rewriter", "decide", "looks_like_dml", "needs_catalog",
            "use_rewriter"]

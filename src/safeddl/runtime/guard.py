@@ -89,6 +89,7 @@ from safeddl.runtime.session import (
 from safeddl.runtime.topology import SAVEPOINT
 from safeddl.runtime.tracking import LockTracker, Tracked, watch_commands
 from safeddl.sql.names import local_name
+from safeddl.sql.scan import scans_remembered
 
 logger = logging.getLogger("safeddl")
 
@@ -395,11 +396,13 @@ class Guard:
             return cached, None
         rewriter = self.rewriter or current_rewriter()
         facts = SessionFacts(version, in_transaction)
-        statements = [item[0] for item in analyse(text, facts)]
-        if not needs_catalog(statements):
-            decision = decide(text, facts, self.policy, allowed, rewriter)
-            self._remember(key, decision, state.server_version)
-            return decision, None
+        with scans_remembered():  # a large text: scanned once, not kept afterwards
+            analysed = analyse(text, facts)
+            statements = [item[0] for item in analysed]
+            if not needs_catalog(statements):
+                decision = decide(text, facts, self.policy, allowed, rewriter, analysed)
+                self._remember(key, decision, state.server_version)
+                return decision, None
         enrich = None
         if detect_topology(session).citus:
             def enrich(live: LiveCatalog) -> None:

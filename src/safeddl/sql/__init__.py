@@ -139,10 +139,23 @@ _MORE_RELATIONS = ("select", "from", "using", "join", "table", "with", "returnin
 _WORD_CHAR = re.compile(r"[\w$]")
 
 
+_ASCII_LOWER = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", b"abcdefghijklmnopqrstuvwxyz")
+_NOT_ASCII_LETTERS = bytes(b for b in range(256) if not chr(b).isascii()
+                           or not chr(b).isalpha())
+
+
 def _names_more_relations(text: str, start: int) -> bool:
     """Whether one of :data:`_MORE_RELATIONS` appears as a word after ``start`` (in a
     literal too: then the statement is not classified, which only fails closed). A
-    plain substring search per word, in C: linear, and fast on megabytes."""
+    plain substring search per word, in C: linear, and fast on megabytes.
+
+    First a look at the ASCII letters after ``start`` alone, lower-cased and side by
+    side (one ``bytes.translate``): a word that is not there is nowhere, and on a list
+    of numbers and short strings they are a fraction of the text."""
+    letters = text[start:].encode("utf-8", "surrogatepass").translate(
+        _ASCII_LOWER, _NOT_ASCII_LETTERS)
+    if not any(word.encode() in letters for word in _MORE_RELATIONS):
+        return False
     lowered = text.lower()
     for word in _MORE_RELATIONS:
         at = lowered.find(word, start)
@@ -159,16 +172,31 @@ def _names_more_relations(text: str, start: int) -> bool:
     return False
 
 
+_SHORT_HEAD = 512  # tokenizing costs about a microsecond a byte
+_HEAD_TOKENS = 16  # more than reading a large statement's keywords and target takes
+
+
+def _head_tokens(text: str, needed: int) -> tuple[str, list[Token]]:
+    """The head of a large text and its tokens: a short head when it holds ``needed``
+    tokens (the same first ones as a longer head: both are cut between tokens), else
+    :data:`LIMITS.head_bytes` of it. [] when the head does not tokenize."""
+    for size in (_SHORT_HEAD, LIMITS.head_bytes):
+        head = head_of(text, size)
+        try:
+            tokens = tokenize(head)
+        except SqlTokenError:
+            tokens = []
+        if len(tokens) >= needed or len(head) == len(text):
+            break
+    return head, tokens
+
+
 def _read_large(text: str) -> Syntax | None:
     """A statement longer than safeddl parses: INSERT ... VALUES and DELETE FROM t
     WHERE ... are classified by their leading keywords and target (their cost stays
     linear: the text is scanned, not tokenized); other DML is not understood; None
     for DDL, which is read from tokens up to ``LIMITS.token_bytes``."""
-    head = head_of(text, LIMITS.head_bytes)
-    try:
-        tokens = tokenize(head)
-    except SqlTokenError:
-        tokens = []
+    head, tokens = _head_tokens(text, _HEAD_TOKENS)
     words = [t.word for t in tokens[:3]]
     first = words[0] if words else ""
     if first not in _DML_WORDS and len(text) <= LIMITS.token_bytes:
@@ -216,9 +244,11 @@ def first_words(text: str, count: int = 2) -> list[str]:
         return []
     if ends and text[ends[0] + 1 :].strip(" \t\r\n\f;"):
         return []
+    if len(text) > LIMITS.head_bytes:
+        tokens = _head_tokens(text, count + 1)[1]
+        return [t.word or t.kind for t in tokens[:count]]
     try:
-        tokens = tokenize(head_of(text, LIMITS.head_bytes) if len(text) > LIMITS.head_bytes
-                          else text)
+        tokens = tokenize(text)
     except SqlTokenError:
         return []
     return [t.word or t.kind for t in tokens[:count]]

@@ -12,8 +12,10 @@ text) tells where a statement ends without tokenizing it.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -67,12 +69,99 @@ def statement_ends(text: str) -> list[int]:
         return []
     if len(text) < LIMITS.parse_bytes:
         return _statement_ends(text)
-    return list(_large_statement_ends(text))  # splitting and reading both ask
+    memo = _SCANS.get()
+    if memo is None:
+        return _large_statement_ends(text)
+    seen = memo.get(id(text))
+    if seen is None or seen[0] is not text:  # the text is held: its id is not reused
+        cut = _cut_from_remembered(memo, text)
+        if cut is not None:
+            return cut
+        try:
+            seen = (text, tuple(_large_statement_ends(text)))
+        except Unterminated as exc:
+            seen = (text, exc)
+        memo[id(text)] = seen
+    if isinstance(seen[1], Unterminated):
+        raise seen[1]
+    return list(seen[1])
 
 
-@lru_cache(maxsize=2)
-def _large_statement_ends(text: str) -> tuple[int, ...]:
-    return tuple(_statement_ends(text))
+def _cut_from_remembered(memo: dict[int, tuple[str, tuple[int, ...] | Unterminated]],
+                         text: str) -> list[int] | None:
+    """The ends of ``text`` when it is a remembered text without its trailing blanks
+    and ``;`` (reading strips them): the scan runs left to right, and blanks and ``;``
+    close nothing, so the ends before the cut are the same and nothing is left open."""
+    for seen, ends in memo.values():
+        if isinstance(ends, Unterminated) or len(seen) <= len(text):
+            continue
+        if not seen[len(text):].strip(" \t\r\n\f;") and seen.startswith(text):
+            return [end for end in ends if end < len(text)]
+    return None
+
+
+_SCANS: ContextVar[dict[int, tuple[str, tuple[int, ...] | Unterminated]] | None] = ContextVar(
+    "safeddl_large_scans", default=None)
+
+
+@contextmanager
+def scans_remembered() -> Iterator[None]:
+    """Within the block a large text is scanned once, however often splitting, reading
+    and the decision ask where its statements end; nothing is kept after the block."""
+    if _SCANS.get() is not None:
+        yield
+        return
+    token = _SCANS.set({})
+    try:
+        yield
+    finally:
+        _SCANS.reset(token)
+
+
+def _large_statement_ends(text: str) -> list[int]:
+    quick = _quick_ends(text)
+    return quick if quick is not None else _statement_ends(text)
+
+
+# The bytes that can change how a text is read: quotes, the statement end, and the
+# first characters of dollar quotes and comments (a backslash is looked for apart).
+_MARKS = b"'\";$-/*"
+_NOT_MARKS = bytes(b for b in range(256) if b not in _MARKS)
+
+
+def _quick_ends(text: str) -> list[int] | None:
+    """The statement ends of a large text whose only quoting outside its string
+    literals is ``'...'`` (no quoted identifier, dollar quote or comment outside them,
+    no backslash anywhere), found with a few passes of ``bytes`` methods in C (about
+    1 ms a MB, where the scan of :func:`_statement_ends` costs 8 ms a MB on text full
+    of string literals); None when the text is not of that kind (or a quote does not
+    end), for the full scan to read.
+
+    The text is cut at each ``'``: with standard strings only, the even pieces are
+    outside every literal (``''`` inside a literal makes an empty outside piece). The
+    pieces are cut from the marks alone (the few bytes that matter), so they are
+    mostly empty or of one byte, which Python does not allocate."""
+    if "\\" in text:
+        return None  # E'...' escapes: the full scan reads them
+    data = text.encode("utf-8", "surrogatepass")  # UTF-8 sequences hold no ASCII byte
+    pieces = data.translate(None, _NOT_MARKS).split(b"'")
+    if len(pieces) % 2 == 0:
+        return None  # a quote does not end: the full scan says where it starts
+    outside = b"".join(pieces[0::2])
+    if b'"' in outside or b"$" in outside:
+        return None
+    # Two marks side by side in ``outside`` may come from places apart in the text: a
+    # comment start counts only when the text itself has one (a cheap search in C).
+    if (b"--" in outside and "--" in text) or (b"/*" in outside and "/*" in text):
+        return None
+    found = outside.count(b";")
+    if not found:
+        return []
+    # Statement ends in the text's last run of blanks and ';' (outside every literal:
+    # the quotes are balanced): those may be all there are.
+    body = len(text.rstrip(" \t\r\n\f;"))
+    tail = [body + i for i, ch in enumerate(text[body:]) if ch == ";"]
+    return tail if len(tail) == found else None
 
 
 def _statement_ends(text: str) -> list[int]:
