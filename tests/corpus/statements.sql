@@ -14,6 +14,10 @@
 --                         or the plan (partition pruning, tuple routing): the
 --                         prediction may leave them out; where both sides lock
 --                         one, the modes must agree
+--   -- requires: ext        run only where the server ships extension "ext"
+-- When the analysis says a statement's lock set is not known from the text (DROP
+-- TYPE ... CASCADE, CALL...), the locks it names must be taken as predicted, and the
+-- server may take more.
 -- Everything after the directives is one statement, as users write it (comments
 -- included). It runs against tests/corpus/setup.sql, in a transaction that is
 -- rolled back, or (when the server refuses a transaction block) in a throwaway
@@ -969,3 +973,134 @@ CREATE FOREIGN TABLE remote_notes (id integer, body text) SERVER dummy_server OP
 -- note: a foreign partition: the parent and its default partition, as for a local one
 CREATE FOREIGN TABLE events_2030 PARTITION OF events
     FOR VALUES FROM ('2030-01-01') TO ('2031-01-01') SERVER dummy_server;
+-- @@
+-- ============================== BEGIN ATOMIC bodies, prepared statements, CALL
+-- min_version: 14
+-- note: one statement: the ';' inside BEGIN ATOMIC ... END do not end it
+CREATE FUNCTION tenant_count() RETURNS bigint LANGUAGE sql
+BEGIN ATOMIC
+    SELECT count(*) FROM tenants;
+    SELECT CASE WHEN count(*) > 0 THEN count(*) END FROM accounts;
+END;
+-- @@
+-- min_version: 14
+CREATE PROCEDURE add_tenant(n integer) LANGUAGE sql
+BEGIN ATOMIC
+    INSERT INTO tenants (id, name) VALUES (n, 'new');
+    UPDATE projects SET title = title WHERE id = n;
+END;
+-- @@
+-- note: a rule with several actions in parentheses is one statement
+CREATE RULE tasks_log AS ON DELETE TO tasks DO ALSO (
+    INSERT INTO tenants (id, name) VALUES (old.id + 200000, 'deleted');
+    UPDATE projects SET title = title WHERE id = old.project_id
+);
+-- @@
+-- note: PREPARE parses the statement: ACCESS SHARE on what it reads (no partitions)
+PREPARE recent_events (date) AS SELECT * FROM events WHERE created_at > $1;
+-- @@
+PREPARE drop_account (integer) AS DELETE FROM accounts WHERE id = $1;
+-- @@
+-- before: PREPARE drop_account (integer) AS DELETE FROM accounts WHERE id = $1
+-- note: EXECUTE takes the prepared statement's locks (foreign key checks included)
+EXECUTE drop_account (2999);
+-- @@
+-- before: PREPARE count_events AS SELECT count(*) FROM events
+EXECUTE count_events;
+-- @@
+-- before: CREATE PROCEDURE touch_tenants() LANGUAGE sql AS $$ UPDATE tenants SET name = name WHERE id = 1 $$
+-- note: the procedure's body is not in the text: its locks are reported as unknown
+CALL touch_tenants();
+-- @@
+-- ============================== DROP ... CASCADE of catalog objects, owned objects
+-- note: the columns of the type go: ACCESS EXCLUSIVE on their tables
+DROP TYPE mood CASCADE;
+-- @@
+DROP SCHEMA app CASCADE;
+-- @@
+-- before: CREATE DOMAIN positive_int AS integer CHECK (VALUE > 0)
+-- before: ALTER TABLE tenants ADD COLUMN headcount positive_int
+DROP DOMAIN positive_int CASCADE;
+-- @@
+-- before: CREATE COLLATION plain_c (provider = libc, locale = 'C')
+-- before: ALTER TABLE tenants ADD COLUMN sort_key text COLLATE plain_c
+-- note: the column's collation is not in the catalog: the lock on tenants is unknown
+DROP COLLATION plain_c CASCADE;
+-- @@
+-- before: CREATE FUNCTION twice(integer) RETURNS integer IMMUTABLE LANGUAGE sql AS 'SELECT $1 * 2'
+-- before: CREATE INDEX tenants_twice_idx ON tenants (twice(id))
+-- note: the expression index goes with the function: ACCESS EXCLUSIVE on tenants (unknown)
+DROP FUNCTION twice(integer) CASCADE;
+-- @@
+-- before: CREATE SEQUENCE tenant_seq
+-- before: ALTER TABLE tenants ALTER COLUMN id SET DEFAULT nextval('tenant_seq')
+DROP SEQUENCE tenant_seq CASCADE;
+-- @@
+-- before: DO $$ BEGIN CREATE ROLE safeddl_corpus_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$
+-- before: DO $$ BEGIN CREATE ROLE safeddl_corpus_heir; EXCEPTION WHEN duplicate_object THEN NULL; END $$
+-- before: ALTER TABLE tenants OWNER TO safeddl_corpus_owner
+-- note: ALTER ... OWNER TO on every table the role owns: ACCESS EXCLUSIVE (unknown)
+REASSIGN OWNED BY safeddl_corpus_owner TO safeddl_corpus_heir;
+-- @@
+-- before: DO $$ BEGIN CREATE ROLE safeddl_corpus_owner; EXCEPTION WHEN duplicate_object THEN NULL; END $$
+-- before: CREATE TABLE owned_notes (id integer)
+-- before: ALTER TABLE owned_notes OWNER TO safeddl_corpus_owner
+DROP OWNED BY safeddl_corpus_owner;
+-- @@
+-- ============================== foreign tables
+-- before: CREATE FOREIGN DATA WRAPPER plain_fdw
+-- before: CREATE SERVER plain_server FOREIGN DATA WRAPPER plain_fdw
+-- before: CREATE FOREIGN TABLE remote_notes (id integer, body text) SERVER plain_server
+ALTER FOREIGN TABLE remote_notes ALTER COLUMN body OPTIONS (ADD column_name 'text');
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER plain_fdw
+-- before: CREATE SERVER plain_server FOREIGN DATA WRAPPER plain_fdw
+-- before: CREATE FOREIGN TABLE remote_notes (id integer, body text) SERVER plain_server
+ALTER FOREIGN TABLE remote_notes OPTIONS (ADD table_name 'notes');
+-- @@
+-- before: CREATE FOREIGN DATA WRAPPER plain_fdw
+-- before: CREATE SERVER plain_server FOREIGN DATA WRAPPER plain_fdw
+-- before: CREATE FOREIGN TABLE remote_notes (id integer, body text) SERVER plain_server
+-- note: the server's foreign tables go with it (not known from the text)
+DROP SERVER plain_server CASCADE;
+-- @@
+-- requires: postgres_fdw
+-- before: CREATE EXTENSION postgres_fdw
+-- before: DO $$ BEGIN EXECUTE format('CREATE SERVER loopback FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host %L, port %L, dbname %L)', split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port'), current_database()); END $$
+-- before: CREATE USER MAPPING FOR CURRENT_USER SERVER loopback
+-- before: CREATE SCHEMA imported
+-- note: creates foreign tables, locks no existing table
+IMPORT FOREIGN SCHEMA app FROM SERVER loopback INTO imported;
+-- @@
+-- ============================== subscriptions (connect = false: no publisher needed)
+CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub
+    WITH (connect = false);
+-- @@
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false)
+ALTER SUBSCRIPTION corpus_sub DISABLE;
+-- @@
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false)
+ALTER SUBSCRIPTION corpus_sub SET PUBLICATION other_pub WITH (refresh = false);
+-- @@
+-- min_version: 14
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false)
+ALTER SUBSCRIPTION corpus_sub ADD PUBLICATION more_pub WITH (refresh = false);
+-- @@
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false)
+ALTER SUBSCRIPTION corpus_sub SET (synchronous_commit = off);
+-- @@
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false)
+ALTER SUBSCRIPTION corpus_sub CONNECTION 'dbname=elsewhere';
+-- @@
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false)
+ALTER SUBSCRIPTION corpus_sub RENAME TO corpus_subscription;
+-- @@
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false, slot_name = NONE)
+-- note: without a replication slot nothing is asked of the publisher
+DROP SUBSCRIPTION corpus_sub;
+-- @@
+-- ============================== more commands of PostgreSQL's reference
+-- min_version: 15
+CREATE UNLOGGED SEQUENCE scratch_seq;
+-- @@
+COPY BINARY accounts TO STDOUT;

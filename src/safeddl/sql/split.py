@@ -122,17 +122,21 @@ def _still_open(chunk: str, nesting: _Nesting) -> bool:
 
 class _Nesting:
     """Where a ``;`` does not end the statement, as psql decides it: inside parentheses
-    (a rule's ``DO (a; b)``), and inside ``BEGIN ... END`` of a statement that starts
-    ``CREATE [OR REPLACE] FUNCTION | PROCEDURE`` (a ``BEGIN ATOMIC`` body; ``CASE``
-    also ends with ``END``)."""
+    (a rule's ``DO (a; b)``), and inside ``BEGIN ATOMIC ... END`` of a statement that
+    starts ``CREATE [OR REPLACE] FUNCTION | PROCEDURE`` (``CASE`` also ends with
+    ``END``). Unlike psql, only ``BEGIN`` followed by ``ATOMIC`` opens a body, so that a
+    function named ``begin`` cannot hide the statements after it. Either way the text
+    kept together is one statement for the server too, or a syntax error that runs
+    nothing (a ``;`` inside parentheses never ends a statement in PostgreSQL's grammar)."""
 
-    __slots__ = ("begin", "head", "paren", "words")
+    __slots__ = ("after_begin", "begin", "head", "paren", "words")
 
     def __init__(self) -> None:
         self.paren = 0
         self.begin = 0
         self.words = 0  # words of the statement so far
         self.head = ""  # first letters of its leading CREATE / OR / REPLACE / FUNCTION...
+        self.after_begin = False  # the previous word was BEGIN (of a routine, at depth 0)
 
     @property
     def open(self) -> bool:
@@ -149,16 +153,21 @@ class _Nesting:
             if self.words < 4:
                 self.head += word[0] if word in _ROUTINE_HEAD else "-"
             self.words += 1
-            if self.paren == 0 and self.head.startswith(("CF", "CP", "CORF", "CORP")) \
-                    and word in ("BEGIN", "CASE", "END"):
-                if word == "BEGIN" or (word == "CASE" and self.begin > 0):
-                    self.begin += 1
-                elif word == "END" and self.begin > 0:
-                    self.begin -= 1
+            routine = self.paren == 0 and self.head.startswith(("CF", "CP", "CORF", "CORP"))
+            if routine and self.after_begin and word == "ATOMIC":
+                self.begin += 1
+            elif routine and self.begin > 0 and word == "CASE":
+                self.begin += 1
+            elif routine and self.begin > 0 and word == "END":
+                self.begin -= 1
+            self.after_begin = routine and word == "BEGIN"
+        else:
+            self.after_begin = False
 
     def reset(self) -> None:
         self.paren = self.begin = self.words = 0
         self.head = ""
+        self.after_begin = False
 
 
 _ROUTINE_HEAD = frozenset({"CREATE", "OR", "REPLACE", "FUNCTION", "PROCEDURE"})
