@@ -419,6 +419,8 @@ def test_weak_locks_in_the_lock_corpus_never_produce_an_error() -> None:
         statement = analyze_statement(entry, version=18, catalog=catalog.copy())
         if not statement.understood or statement.kind.value == "transaction-control":
             continue
+        if statement.unknown_locks:  # alone, its lock set is unknown, not weak
+            continue
         if any(lock.mode > LockMode.SHARE_UPDATE_EXCLUSIVE for lock in statement.locks):
             continue
         results = lint(entry, 18, catalog=catalog)
