@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine
 import safeddl
 import safeddl.psycopg
 from safeddl import Policy
+from safeddl.integrations.psycopg import slot_of
 from safeddl.runtime import tracking
 from safeddl.runtime.guard import state_of
 
@@ -251,8 +252,9 @@ def test_distinct_statements_keep_the_guard_caches_bounded(
             grown = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        guard = conn.__dict__["_safeddl_slot"].guard
-        version = conn.__dict__["_safeddl_slot"].server_version
+        slot = slot_of(conn)
+        assert slot is not None and slot.guard is not None
+        guard, version = slot.guard, slot.server_version
         caches = [guard.plain[version], guard.tracked[version], guard._decisions, READINGS,
                   SHAPES]
     assert all(cache.bytes <= bound for cache in caches), [c.bytes for c in caches]

@@ -11,6 +11,7 @@ plain, unguarded cursors of the same connection.
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, cast
@@ -24,7 +25,6 @@ from safeddl.runtime.policy import Policy, default_policy
 from safeddl.runtime.scope import current_scopes, scoped_guard
 from safeddl.runtime.session import ConnectionState, Params
 
-SLOT_ATTRIBUTE = "_safeddl_slot"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
 
 
@@ -66,9 +66,19 @@ class Slot:
         self.state = state
 
 
+# The slot of each hooked connection, by id(): the connection object is left alone (see
+# safeddl.runtime.guard.STATES); the entry goes when the connection is collected.
+SLOTS: dict[int, Slot] = {}
+
+
+def slot_of(conn: Any) -> Slot | None:
+    """The slot of a hooked connection (None: not hooked)."""
+    return SLOTS.get(id(conn))
+
+
 def active_guard(cursor: Any, conn: psycopg.Connection[Any]) -> Guard | None:
     """The guard() block's, else the connection slot's, else the cursor class's Guard."""
-    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    slot: Slot | None = SLOTS.get(id(conn))
     guard = slot.guard if slot is not None else None
     if guard is None:
         guard = cursor._class_guard
@@ -139,7 +149,7 @@ def _back_to_idle(conn: psycopg.Connection[Any]) -> None:
 def _prepare(cursor: Any, query: Any, params: Any = None, many: bool = False) -> _Call | None:
     """None when the statement needs nothing: the hot path, kept to a few lookups."""
     conn = cursor.connection
-    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    slot: Slot | None = SLOTS.get(id(conn))
     version: int | None = None
     if slot is not None and not current_scopes():
         guard, version = slot.guard, slot.server_version
@@ -174,7 +184,7 @@ class GuardedCursorMixin:
         # The hot path, inlined: a statement known to need nothing costs a few lookups
         # (``_conn``: psycopg's BaseCursor attribute behind the ``connection`` property).
         conn = self._conn  # type: ignore[attr-defined]
-        slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+        slot: Slot | None = SLOTS.get(id(conn))
         if slot is not None and slot.guard is not None and type(query) is str \
                 and not current_scopes():
             guard = slot.guard
@@ -323,10 +333,14 @@ def hook_connection(conn: psycopg.Connection[Any]) -> Slot:
                         "SQLAlchemy's async engine")
     conn.cursor_factory = guarded_class(conn.cursor_factory)
     conn.server_cursor_factory = guarded_class(conn.server_cursor_factory)
-    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    slot: Slot | None = SLOTS.get(id(conn))
     if slot is None:
-        slot = Slot(None, server_version(conn))
-        setattr(conn, SLOT_ATTRIBUTE, slot)
+        with _GUARDED_LOCK:
+            slot = SLOTS.get(id(conn))
+            if slot is None:
+                slot = Slot(None, server_version(conn))
+                weakref.finalize(conn, SLOTS.pop, id(conn), None)
+                SLOTS[id(conn)] = slot
         slot.state = state_of(conn)  # from now on its ledger follows commits and savepoints
     return slot
 
@@ -341,7 +355,7 @@ def install(conn: psycopg.Connection[Any], policy: Policy | None = None) -> Guar
 
 def uninstall(conn: psycopg.Connection[Any]) -> None:
     """Stop guarding this connection (``guard()`` blocks on it still work)."""
-    slot: Slot | None = conn.__dict__.get(SLOT_ATTRIBUTE)
+    slot: Slot | None = SLOTS.get(id(conn))
     if slot is not None:
         slot.guard = None
 
@@ -364,5 +378,5 @@ def connect(conninfo: str = "", *, policy: Policy | None = None,
 
 
 __all__ = ["GuardedClientCursor", "GuardedCursor", "GuardedCursorMixin", "GuardedServerCursor",
-           "PsycopgSession", "Slot", "connect", "cursor_factory", "guarded_class",
-           "hook_connection", "install", "scope_target", "uninstall"]
+           "PsycopgSession", "SLOTS", "Slot", "connect", "cursor_factory", "guarded_class",
+           "hook_connection", "install", "scope_target", "slot_of", "uninstall"]

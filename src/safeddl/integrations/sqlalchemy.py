@@ -39,7 +39,7 @@ from sqlalchemy.engine import URL, Connection, CreateEnginePlugin, Engine
 from sqlalchemy.engine.default import DefaultDialect
 
 from safeddl.runtime.errors import LockTimeout, PreflightBlocked, SafeDDLError, as_driver_error
-from safeddl.runtime.guard import STATE_ATTRIBUTE, Guard, Ticket, state_of
+from safeddl.runtime.guard import STATES, Guard, Ticket, state_of
 from safeddl.runtime.policy import Policy, Settings, default_policy, read_tool_table
 from safeddl.runtime.scope import current_scopes, scoped_guard
 from safeddl.runtime.session import ConnectionState, Params
@@ -49,7 +49,6 @@ logger = logging.getLogger("safeddl")
 URL_PREFIX = "safeddl_"
 POLICY_FILE_KEY = "safeddl_policy"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
-_NOTHING: dict[str, Any] = {}
 
 
 # =========================================================================== session port
@@ -150,7 +149,7 @@ class EngineHook:
             # the psycopg connection (``_conn``: psycopg's BaseCursor attribute behind
             # its ``connection`` property); the async adapter's cursor has none: full path
             driver: Any = getattr(cursor, "_conn", None) if tracked is not None else None
-            state = getattr(driver, "__dict__", _NOTHING).get(STATE_ATTRIBUTE)
+            state = STATES.get(id(driver)) if driver is not None else None
             if tracked is None or state is None:
                 self._guarded(guard, statement, context,
                               lambda sql: self._cursor_execute(cursor, sql, parameters,

@@ -426,13 +426,13 @@ def _psycopg_execute(conn: Any, sql: str, params: Any = None) -> list[tuple[Any,
 
 
 def _psycopg_guard(conn: Any) -> Guard | None:
-    from safeddl.integrations.psycopg import SLOT_ATTRIBUTE
+    from safeddl.integrations.psycopg import slot_of
     from safeddl.runtime.scope import scoped_guard
 
     scoped = scoped_guard((conn,))
     if scoped is not None:
         return scoped
-    slot = conn.__dict__.get(SLOT_ATTRIBUTE)
+    slot = slot_of(conn)
     if slot is not None and slot.guard is not None:
         guard: Guard = slot.guard
         return guard

@@ -144,9 +144,9 @@ def _installed_policy(target: Any) -> Policy | None:
 
         installed = hook_for(sync_engine_of(target)).guard
     elif library == "psycopg":
-        from safeddl.integrations.psycopg import SLOT_ATTRIBUTE
+        from safeddl.integrations.psycopg import slot_of
 
-        slot = getattr(target, "__dict__", {}).get(SLOT_ATTRIBUTE)
+        slot = slot_of(target)
         installed = slot.guard if slot is not None else None
     else:
         return None

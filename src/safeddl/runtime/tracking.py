@@ -419,8 +419,8 @@ def watch_commands(conn: Any, state: ConnectionState) -> None:
     """Follow the transaction commands psycopg sends by itself on this connection
     (commit, rollback, ``conn.transaction()`` savepoints): once per connection."""
     function = getattr(type(conn), "_exec_command", None)
-    if function is None or "_exec_command" in getattr(conn, "__dict__", {}):
-        return
+    if function is None or getattr(getattr(conn, "_exec_command", None), "_safeddl", False):
+        return  # (not conn.__dict__: see safeddl.runtime.guard.STATES)
     ref = weakref.ref(conn)
 
     def exec_command(command: Any, *args: Any, **kwargs: Any) -> Any:
@@ -436,6 +436,7 @@ def watch_commands(conn: Any, state: ConnectionState) -> None:
             logger.debug("safeddl: could not follow %r", command, exc_info=True)
         return function(owner, command, *args, **kwargs)
 
+    exec_command._safeddl = True  # type: ignore[attr-defined]
     conn._exec_command = exec_command
 
 
