@@ -19,6 +19,7 @@ from safeddl.caches import MiB, TextCache
 from safeddl.locks import Holds
 from safeddl.model import Action, RelationLock, Statement, Step
 from safeddl.sql import RawStatement, Syntax, quote_ident, read, split_script
+from safeddl.sql.tokens import Token
 from safeddl.sql.psql import split_psql
 
 logger = logging.getLogger("safeddl")
@@ -40,21 +41,23 @@ READINGS: TextCache[str, Syntax] = TextCache("readings of statement texts", entr
                                         max_bytes=16 * MiB, per_char=9.0, overhead=800)
 
 
-def read_cached(text: str) -> Syntax:
-    """Reading is the expensive part and depends on the text only."""
+def read_cached(text: str, tokens: list[Token] | None = None) -> Syntax:
+    """Reading is the expensive part and depends on the text only (``tokens``: the
+    text's tokens when the caller has them, see :func:`safeddl.sql.read`)."""
     syntax = READINGS.get(text)
     if syntax is None:
-        syntax = READINGS.put(text, read(text), text)
+        syntax = READINGS.put(text, read(text, tokens), text)
     return syntax
 
 
-
 def analyze_statement(text: str, *, version: int = NEWEST, catalog: Catalog | None = None,
-                      line: int = 1) -> Statement:
-    """The facts of one statement. Never raises for any input text."""
+                      line: int = 1, tokens: list[Token] | None = None) -> Statement:
+    """The facts of one statement. Never raises for any input text. ``tokens``: those
+    of ``text`` when known already (a :class:`RawStatement`'s ``tokens``)."""
     check_version(version)
     catalog = catalog if catalog is not None else Catalog()
-    syntax = read_cached(text.strip().rstrip(";").strip() if ";" in text[-3:] else text.strip())
+    key = text.strip().rstrip(";").strip() if ";" in text[-3:] else text.strip()
+    syntax = read_cached(key, tokens if key == text else None)
     return _facts(text.strip(), line, syntax, version, catalog)
 
 
@@ -81,7 +84,7 @@ def analyze_script(script: str, *, version: int = NEWEST, catalog: Catalog | Non
         if raw.error:
             syntax = Syntax((Step(Action.UNPARSED, text=raw.text),), f"cannot tokenize: {raw.error}")
         else:
-            syntax = read_cached(raw.text)
+            syntax = read_cached(raw.text, raw.tokens)
         statement = _facts(raw.text, raw.line, syntax, version, catalog)
         statement = dataclasses.replace(statement, leading_comments=raw.comments)
         out.append(statement)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
 from typing import ClassVar, NamedTuple
 
@@ -69,22 +70,56 @@ class Token(NamedTuple):
 _POSITIONAL = re.compile(r"(?<![\w$])\$(?=\d)")
 
 
-def tokenize(text: str) -> list[Token]:
+_LOCAL = threading.local()
+
+
+def _tokenizer() -> _Tokenizer:
+    """One tokenizer per thread: building one costs more than tokenizing a short
+    statement, and ``tokenize`` resets its state on every call."""
     try:
-        raw = _Tokenizer().tokenize(text)
+        tokenizer: _Tokenizer = _LOCAL.tokenizer
+    except AttributeError:
+        tokenizer = _LOCAL.tokenizer = _Tokenizer()
+    return tokenizer
+
+
+def tokenize(text: str) -> list[Token]:
+    return tokenize_checked(text)[0]
+
+
+def tokenize_checked(text: str) -> tuple[list[Token], bool]:
+    """The tokens, and whether sqlglot read the text as it is (False: only with its
+    positional parameters ``$1`` read as ``?1``, which a part of it alone may not need:
+    then the tokens of a part are not those of the part tokenized on its own)."""
+    try:
+        raw = _tokenizer().tokenize(text)
     except TokenError as exc:
         if "$" not in text:
             raise SqlTokenError(str(exc)) from None
         # Read ``$1`` as ``?1`` (same length: offsets stay) and give the parameters
         # back their own text.
         try:
-            raw = _Tokenizer().tokenize(_POSITIONAL.sub("?", text))
+            raw = _tokenizer().tokenize(_POSITIONAL.sub("?", text))
         except TokenError:
             raise SqlTokenError(str(exc)) from None
         return [Token("PARAMETER", "$", t.start, t.end + 1, t.line)
-                if t.token_type.name == "PLACEHOLDER" and text[t.start] == "$"
-                else Token(t.token_type.name, t.text, t.start, t.end + 1, t.line) for t in raw]
-    return [Token(t.token_type.name, t.text, t.start, t.end + 1, t.line) for t in raw]
+                if t.token_type._name_ == "PLACEHOLDER" and text[t.start] == "$"
+                else Token(t.token_type._name_, t.text, t.start, t.end + 1, t.line)
+                for t in raw], False
+    # ``_name_`` is the member's name as a plain attribute (``.name`` is a descriptor)
+    return [Token(t.token_type._name_, t.text, t.start, t.end + 1, t.line) for t in raw], True
+
+
+def rebased(tokens: list[Token]) -> list[Token]:
+    """Tokens of a part of a text as if that part, from its first token on, had been
+    tokenized on its own (offsets from its first token, lines from 1)."""
+    if not tokens:
+        return tokens
+    base, lines = tokens[0].start, tokens[0].line - 1
+    if not base and not lines:
+        return tokens
+    return [Token(kind, text, start - base, end - base, line - lines)
+            for kind, text, start, end, line in tokens]
 
 
 class Cursor:
