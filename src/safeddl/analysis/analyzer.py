@@ -17,7 +17,7 @@ from safeddl.analysis.locktable import (
 )
 from safeddl.caches import MiB, TextCache
 from safeddl.locks import Holds
-from safeddl.model import Action, RelationLock, Statement, Step
+from safeddl.model import Action, RelationLock, Statement, Step, evolve
 from safeddl.sql import RawStatement, Syntax, quote_ident, read, split_script
 from safeddl.sql.tokens import Token
 from safeddl.sql.psql import split_psql
@@ -166,8 +166,9 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
         transactional = transactional and result.transactional
         notes.extend(n for n in result.notes if n not in notes)
         own = [t.mode for t in result.takes if step.table and t.relation == step.table]
-        filled.append(dataclasses.replace(step, holds=result.holds,
-                                          mode=step.mode or (max(own) if own else None)))
+        mode = step.mode or (max(own) if own else None)
+        filled.append(step if step.holds is result.holds and step.mode is mode
+                      else evolve(step, holds=result.holds, mode=mode))
     locks = _merge(takes, catalog, exclude=created)
     return Statement(
         sql=text, line=line, kind=head.action, steps=tuple(filled), locks=locks,
@@ -188,7 +189,7 @@ def _merge(takes: list[Take], catalog: Catalog, exclude: str | None) -> tuple[Re
             merged[key] = RelationLock(_display(take.relation, catalog), take.mode, take.holds,
                                        take.object)
         else:
-            merged[key] = dataclasses.replace(
+            merged[key] = evolve(
                 current,
                 mode=max(current.mode, take.mode),
                 holds=max(current.holds, take.holds, key=_HOLD_ORDER.index),

@@ -42,6 +42,10 @@ class SqlTokenError(ValueError):
     """The text cannot be tokenized (e.g. an unterminated string or comment)."""
 
 
+_NOT_WORDS = frozenset({"IDENTIFIER", "STRING", "HEREDOC_STRING", "NATIONAL_STRING",
+                        "BYTE_STRING", "BIT_STRING", "HEX_STRING", "RAW_STRING", "NUMBER"})
+
+
 class Token(NamedTuple):
     """One token (a named tuple: tokenizing is on the hot path)."""
 
@@ -54,10 +58,7 @@ class Token(NamedTuple):
     @property
     def word(self) -> str:
         """Upper-cased text of a keyword or unquoted name; '' for quoted/literals."""
-        if self.kind in ("IDENTIFIER", "STRING", "HEREDOC_STRING", "NATIONAL_STRING",
-                         "BYTE_STRING", "BIT_STRING", "HEX_STRING", "RAW_STRING", "NUMBER"):
-            return ""
-        return self.text.upper()
+        return "" if self.kind in _NOT_WORDS else self.text.upper()
 
     @property
     def is_name(self) -> bool:
@@ -141,12 +142,17 @@ class Cursor:
         return self.tokens[i] if i < self.stop else None
 
     def peek_word(self, offset: int = 0) -> str:
-        tok = self.peek(offset)
-        return tok.word if tok else ""
+        i = self.pos + offset
+        return self.tokens[i].word if i < self.stop else ""
 
     def at(self, *words: str) -> bool:
         """True when the next tokens are these words (no consuming)."""
-        return all(self.peek_word(i) == w for i, w in enumerate(words))
+        tokens, i, stop = self.tokens, self.pos, self.stop
+        for word in words:
+            if (tokens[i].word if i < stop else "") != word:
+                return False
+            i += 1
+        return True
 
     # -- consuming -----------------------------------------------------------
     def advance(self) -> Token:
