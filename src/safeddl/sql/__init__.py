@@ -467,7 +467,11 @@ def _parse_one(text: str) -> exp.Expr:
     except AttributeError:
         dialect = Postgres()
         tokenizer, parser = _PARSING.tools = (dialect.tokenizer(), dialect.parser())
-    result = parser.parse(tokenizer.tokenize(text), text)
+    try:
+        result = parser.parse(tokenizer.tokenize(text), text)
+    finally:  # the shared tools keep nothing of the statement
+        tokenizer.tokenize("")
+        parser.reset()
     if not result or result[0] is None:
         raise ParseError(f"No expression was parsed from '{text}'")
     return exp.Block(expressions=result) if len(result) > 1 else result[0]

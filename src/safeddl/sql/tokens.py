@@ -93,6 +93,13 @@ def tokenize_checked(text: str) -> tuple[list[Token], bool]:
     positional parameters ``$1`` read as ``?1``, which a part of it alone may not need:
     then the tokens of a part are not those of the part tokenized on its own)."""
     try:
+        return _tokenize_checked(text)
+    finally:
+        _tokenizer().tokenize("")  # the shared tokenizer keeps no text nor tokens
+
+
+def _tokenize_checked(text: str) -> tuple[list[Token], bool]:
+    try:
         raw = _tokenizer().tokenize(text)
     except TokenError as exc:
         if "$" not in text:
