@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from safeddl.locks import Holds, LockMode
 
@@ -248,3 +249,20 @@ def shorten(sql: str, limit: int = 200) -> str:
     if len(text) <= limit and len(head) < len(sql):
         text = " ".join(sql.split())  # mostly blanks: all of it (linear, seldom)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_Value = TypeVar("_Value", "Step", "Statement", "RelationLock")
+
+
+def evolve(value: _Value, **changes: object) -> _Value:
+    """``dataclasses.replace`` for the frozen value classes above (every field is an
+    ``__init__`` argument, none has a ``__post_init__``), a few times cheaper: it is on
+    the lint path for every step of every statement."""
+    fields = value.__dict__
+    if not changes.keys() <= fields.keys():
+        raise TypeError(f"{type(value).__name__} has no field "
+                        f"{sorted(changes.keys() - fields.keys())[0]!r}")
+    new = object.__new__(type(value))
+    new.__dict__.update(fields)
+    new.__dict__.update(changes)
+    return new

@@ -17,8 +17,9 @@ from safeddl.analysis.locktable import (
 )
 from safeddl.caches import LARGEST_SHARE, MiB, TextCache
 from safeddl.locks import Holds
-from safeddl.model import Action, RelationLock, Statement, Step
+from safeddl.model import Action, RelationLock, Statement, Step, evolve
 from safeddl.sql import RawStatement, Syntax, quote_ident, read, split_script
+from safeddl.sql.tokens import Token
 from safeddl.sql.psql import split_psql
 
 logger = logging.getLogger("safeddl")
@@ -40,24 +41,26 @@ READINGS: TextCache[str, Syntax] = TextCache("readings of statement texts", entr
                                         max_bytes=16 * MiB, per_char=9.0, overhead=800)
 
 
-def read_cached(text: str) -> Syntax:
-    """Reading is the expensive part and depends on the text only (a text too large
-    to be kept is not looked up either: hashing megabytes costs milliseconds)."""
+def read_cached(text: str, tokens: list[Token] | None = None) -> Syntax:
+    """Reading is the expensive part and depends on the text only (``tokens``: the
+    text's tokens when the caller has them, see :func:`safeddl.sql.read`; a text too
+    large to be kept is not looked up either: hashing megabytes costs milliseconds)."""
     if READINGS.cost(text) > READINGS.max_bytes // LARGEST_SHARE:
-        return read(text)
+        return read(text, tokens)
     syntax = READINGS.get(text)
     if syntax is None:
-        syntax = READINGS.put(text, read(text), text)
+        syntax = READINGS.put(text, read(text, tokens), text)
     return syntax
 
 
-
 def analyze_statement(text: str, *, version: int = NEWEST, catalog: Catalog | None = None,
-                      line: int = 1) -> Statement:
-    """The facts of one statement. Never raises for any input text."""
+                      line: int = 1, tokens: list[Token] | None = None) -> Statement:
+    """The facts of one statement. Never raises for any input text. ``tokens``: those
+    of ``text`` when known already (a :class:`RawStatement`'s ``tokens``)."""
     check_version(version)
     catalog = catalog if catalog is not None else Catalog()
-    syntax = read_cached(text.strip().rstrip(";").strip() if ";" in text[-3:] else text.strip())
+    key = text.strip().rstrip(";").strip() if ";" in text[-3:] else text.strip()
+    syntax = read_cached(key, tokens if key == text else None)
     return _facts(text.strip(), line, syntax, version, catalog)
 
 
@@ -84,7 +87,7 @@ def analyze_script(script: str, *, version: int = NEWEST, catalog: Catalog | Non
         if raw.error:
             syntax = Syntax((Step(Action.UNPARSED, text=raw.text),), f"cannot tokenize: {raw.error}")
         else:
-            syntax = read_cached(raw.text)
+            syntax = read_cached(raw.text, raw.tokens)
         statement = _facts(raw.text, raw.line, syntax, version, catalog)
         statement = dataclasses.replace(statement, leading_comments=raw.comments)
         out.append(statement)
@@ -168,8 +171,9 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
         notes.extend(n for n in result.notes if n not in notes)
         unknown = unknown or result.unknown
         own = [t.mode for t in result.takes if step.table and t.relation == step.table]
-        filled.append(dataclasses.replace(step, holds=result.holds,
-                                          mode=step.mode or (max(own) if own else None)))
+        mode = step.mode or (max(own) if own else None)
+        filled.append(step if step.holds is result.holds and step.mode is mode
+                      else evolve(step, holds=result.holds, mode=mode))
     locks = _merge(takes, catalog, exclude=created)
     return Statement(
         sql=text, line=line, kind=head.action, steps=tuple(filled), locks=locks,
@@ -190,7 +194,7 @@ def _merge(takes: list[Take], catalog: Catalog, exclude: str | None) -> tuple[Re
             merged[key] = RelationLock(_display(take.relation, catalog), take.mode, take.holds,
                                        take.object)
         else:
-            merged[key] = dataclasses.replace(
+            merged[key] = evolve(
                 current,
                 mode=max(current.mode, take.mode),
                 holds=max(current.holds, take.holds, key=_HOLD_ORDER.index),

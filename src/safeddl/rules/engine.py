@@ -70,7 +70,7 @@ def lint_script(script: str, *, version: int = 18, catalog: Catalog | None = Non
             statement = analyze_meta_command(raw, version, catalog)
         else:
             statement = analyze_statement(raw.text, version=version, catalog=catalog,
-                                          line=raw.line)
+                                          line=raw.line, tokens=raw.tokens)
         ignores = ignores_in(raw.comments)
         result = Result(statement)
         for finding in check(statement, context, rules):

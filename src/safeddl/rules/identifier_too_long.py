@@ -70,8 +70,8 @@ def _name_parts(statement: Statement) -> Iterator[str]:
     for step in statement.steps:
         for written in (step.table, step.column, step.name, step.references,
                         step.using_index, step.parent, step.function):
-            if not written:
-                continue
+            if not written or len(written.encode()) <= MAX_BYTES:
+                continue  # no part of it can be longer
             for part, quoted in split_name(written):
                 yield case_fold(part, quoted)  # before the truncation this rule is about
 

@@ -8,11 +8,14 @@ comes back with ``error`` set.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
+import threading
 from dataclasses import dataclass
 
 import sqlglot
 from sqlglot import exp
+from sqlglot.dialects.postgres import Postgres
 from sqlglot.errors import ParseError, SqlglotError, TokenError
 
 from safeddl.model import Action, Step
@@ -80,15 +83,19 @@ class Syntax:
         return self.error is None
 
 
-def read(text: str) -> Syntax:
+def read(text: str, tokens: list[Token] | None = None) -> Syntax:
     """Read one statement. Never raises, and its work is bounded (:data:`LIMITS`):
-    past a bound the statement is not understood, with the bound as the reason."""
+    past a bound the statement is not understood, with the bound as the reason.
+
+    ``tokens``: ``tokenize(text)`` when the caller has it already (a
+    :class:`RawStatement`'s ``tokens``); read as is, never changed."""
     if len(text) > LIMITS.parse_bytes:
         large = _read_large(text)
         if large is not None:
             return large
     try:
-        tokens = tokenize(text)
+        if tokens is None:
+            tokens = tokenize(text)
     except SqlTokenError as exc:
         return _unparsed(text, f"cannot tokenize: {_unterminated(text) or exc}")
     if not tokens:
@@ -586,14 +593,34 @@ def _query_reads(c: Cursor, steps: list[Step]) -> list[Step]:
     return []
 
 
-def _parse(text: str) -> exp.Expr | None:
-    import logging
+_SQLGLOT_LOGGER = logging.getLogger("sqlglot")
+_PARSING = threading.local()
 
-    logger = logging.getLogger("sqlglot")
-    previous = logger.level
-    logger.setLevel(logging.ERROR)  # sqlglot warns when it falls back to Command
+
+def _parse_one(text: str) -> exp.Expr:
+    """``sqlglot.parse_one(text, read="postgres")`` with one dialect, tokenizer and
+    parser per thread (building them costs about as much as parsing a short
+    statement; both reset their state on every call)."""
     try:
-        return sqlglot.parse_one(text, read="postgres")
+        tokenizer, parser = _PARSING.tools
+    except AttributeError:
+        dialect = Postgres()
+        tokenizer, parser = _PARSING.tools = (dialect.tokenizer(), dialect.parser())
+    try:
+        result = parser.parse(tokenizer.tokenize(text), text)
+    finally:  # the shared tools keep nothing of the statement
+        tokenizer.tokenize("")
+        parser.reset()
+    if not result or result[0] is None:
+        raise ParseError(f"No expression was parsed from '{text}'")
+    return exp.Block(expressions=result) if len(result) > 1 else result[0]
+
+
+def _parse(text: str) -> exp.Expr | None:
+    previous = _SQLGLOT_LOGGER.level
+    _SQLGLOT_LOGGER.setLevel(logging.ERROR)  # sqlglot warns when it falls back to Command
+    try:
+        return _parse_one(text)
     except ParseError:
         return None
     except TokenError:
@@ -603,7 +630,7 @@ def _parse(text: str) -> exp.Expr | None:
         # positional parameter reads the same statement.
         return _parse(_SPACED_POSITIONAL.sub(r"$\1 ", text))
     finally:
-        logger.setLevel(previous)
+        _SQLGLOT_LOGGER.setLevel(previous)
 
 
 _SPACED_POSITIONAL = re.compile(r"(?<![\w$])\$(\d+)(?! )")
@@ -612,7 +639,7 @@ _SPACED_POSITIONAL = re.compile(r"(?<![\w$])\$(\d+)(?! )")
 def _parse_error(text: str) -> str | None:
     """Where sqlglot's parser stopped, as PostgreSQL would say it."""
     try:
-        sqlglot.parse_one(text, read="postgres")
+        _parse_one(text)
     except ParseError as exc:
         for error in exc.errors[:1]:
             near = str(error.get("highlight") or "").strip()

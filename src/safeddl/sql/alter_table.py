@@ -3,7 +3,7 @@ sub-command, read from tokens."""
 
 from __future__ import annotations
 
-from safeddl.model import Action, ConstraintType, Step, Volatility
+from safeddl.model import Action, ConstraintType, Step, Volatility, evolve
 from safeddl.sql.clauses import NotUnderstood, require_name, storage_options
 from safeddl.sql.columns import (
     TABLE_CONSTRAINT_WORDS,
@@ -43,9 +43,7 @@ def read_alter_table(c: Cursor) -> list[Step]:
 
 
 def _with(step: Step, **changes: object) -> Step:
-    from dataclasses import replace
-
-    return replace(step, **changes)  # type: ignore[arg-type]
+    return evolve(step, **changes)
 
 
 def _subcommand(cursor: Cursor, table: str, start: int, stop: int) -> Step:

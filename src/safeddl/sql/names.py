@@ -26,8 +26,13 @@ def quote_ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+_NO_QUOTE_NOR_SPACE = re.compile(r'[^"\s]*')
+
+
 def split_name(written: str) -> list[tuple[str, bool]]:
     """``app."Orders"`` -> ``[("app", False), ("Orders", True)]`` (parts as written)."""
+    if _NO_QUOTE_NOR_SPACE.fullmatch(written):  # the common case, read in C
+        return [(part, False) for part in written.split(".") if part]
     parts: list[tuple[str, bool]] = []
     i, n = 0, len(written)
     while i < n:

@@ -74,6 +74,8 @@ def _sql(script: str, start: int, stop: int) -> list[RawStatement]:
     part = script[start:stop]
     if not part.strip():
         return []
+    if start == 0:
+        return split_script(part)  # lines and offsets are the script's already
     line = script.count("\n", 0, start)
     return [dataclasses.replace(raw, line=raw.line + line, offset=raw.offset + start)
             for raw in split_script(part)]

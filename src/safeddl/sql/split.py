@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from safeddl.sql.scan import LIMITS, Unterminated, statement_ends
-from safeddl.sql.tokens import SqlTokenError, Token, tokenize
+from safeddl.sql.tokens import SqlTokenError, Token, rebased, tokenize, tokenize_checked
 
 
 @dataclass(frozen=True)
@@ -18,6 +18,9 @@ class RawStatement:
     preamble: str  # the text between the previous statement and this one (comments)
     error: str | None = None  # this part of the script could not be tokenized
     psql: str | None = None  # a psql meta-command (``\\set``...): its command word
+    # The statement's tokens, as ``tokenize(text)`` gives them, when the split had them
+    # already (reading then need not tokenize it again); None: tokenize ``text``.
+    tokens: list[Token] | None = field(default=None, compare=False, repr=False)
 
     @property
     def comments(self) -> tuple[str, ...]:
@@ -36,7 +39,7 @@ def split_script(script: str) -> list[RawStatement]:
     if len(script) > LIMITS.parse_bytes:
         return _split_large(script)
     try:
-        return _split_tokens(script, tokenize(script))
+        return _split_tokens(script, *tokenize_checked(script))
     except SqlTokenError as exc:
         good = _longest_tokenizable_prefix(script)
         head = _split_tokens(script, tokenize(script[:good])) if good else []
@@ -93,8 +96,8 @@ def _pieces(script: str, ends: list[int], stop: int) -> list[RawStatement]:
         if len(part) <= LIMITS.parse_bytes:
             try:
                 out.extend(RawStatement(raw.text, raw.line + lines, raw.offset + start,
-                                        raw.preamble, raw.error)
-                           for raw in _split_tokens(part, tokenize(part)))
+                                        raw.preamble, raw.error, tokens=raw.tokens)
+                           for raw in _split_tokens(part, *tokenize_checked(part)))
             except SqlTokenError as exc:
                 if part.strip():
                     out.append(RawStatement(part.strip(), lines + 1, start, "", str(exc)))
@@ -173,7 +176,10 @@ class _Nesting:
 _ROUTINE_HEAD = frozenset({"CREATE", "OR", "REPLACE", "FUNCTION", "PROCEDURE"})
 
 
-def _split_tokens(script: str, tokens: list[Token]) -> list[RawStatement]:
+def _split_tokens(script: str, tokens: list[Token], exact: bool = False,
+                  ) -> list[RawStatement]:
+    """``exact``: the tokens are those each statement would have on its own (then each
+    statement keeps its tokens)."""
     statements: list[RawStatement] = []
     previous_end = 0
     group: list[Token] = []
@@ -191,22 +197,25 @@ def _split_tokens(script: str, tokens: list[Token]) -> list[RawStatement]:
         if group:
             line += script.count("\n", counted_to, group[0].start)
             counted_to = group[0].start
-            statements.append(_statement(script, group, previous_end, line))
+            statements.append(_statement(script, group, previous_end, line, exact))
             group = []
         previous_end = tok.end
     if group:
         line += script.count("\n", counted_to, group[0].start)
-        statements.append(_statement(script, group, previous_end, line))
+        statements.append(_statement(script, group, previous_end, line, exact))
     return statements
 
 
-def _statement(script: str, group: list[Token], previous_end: int, line: int) -> RawStatement:
+def _statement(script: str, group: list[Token], previous_end: int, line: int,
+               exact: bool) -> RawStatement:
     first, last = group[0], group[-1]
     return RawStatement(
         text=script[first.start : last.end],
         line=line,
         offset=first.start,
         preamble=script[previous_end : first.start],
+        # (a first token over several lines would shift the lines of the others)
+        tokens=rebased(group) if exact and "\n" not in first.text else None,
     )
 
 

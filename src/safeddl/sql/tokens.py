@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable
 from typing import ClassVar, NamedTuple
 
@@ -41,6 +42,10 @@ class SqlTokenError(ValueError):
     """The text cannot be tokenized (e.g. an unterminated string or comment)."""
 
 
+_NOT_WORDS = frozenset({"IDENTIFIER", "STRING", "HEREDOC_STRING", "NATIONAL_STRING",
+                        "BYTE_STRING", "BIT_STRING", "HEX_STRING", "RAW_STRING", "NUMBER"})
+
+
 class Token(NamedTuple):
     """One token (a named tuple: tokenizing is on the hot path)."""
 
@@ -53,10 +58,7 @@ class Token(NamedTuple):
     @property
     def word(self) -> str:
         """Upper-cased text of a keyword or unquoted name; '' for quoted/literals."""
-        if self.kind in ("IDENTIFIER", "STRING", "HEREDOC_STRING", "NATIONAL_STRING",
-                         "BYTE_STRING", "BIT_STRING", "HEX_STRING", "RAW_STRING", "NUMBER"):
-            return ""
-        return self.text.upper()
+        return "" if self.kind in _NOT_WORDS else self.text.upper()
 
     @property
     def is_name(self) -> bool:
@@ -69,22 +71,63 @@ class Token(NamedTuple):
 _POSITIONAL = re.compile(r"(?<![\w$])\$(?=\d)")
 
 
-def tokenize(text: str) -> list[Token]:
+_LOCAL = threading.local()
+
+
+def _tokenizer() -> _Tokenizer:
+    """One tokenizer per thread: building one costs more than tokenizing a short
+    statement, and ``tokenize`` resets its state on every call."""
     try:
-        raw = _Tokenizer().tokenize(text)
+        tokenizer: _Tokenizer = _LOCAL.tokenizer
+    except AttributeError:
+        tokenizer = _LOCAL.tokenizer = _Tokenizer()
+    return tokenizer
+
+
+def tokenize(text: str) -> list[Token]:
+    return tokenize_checked(text)[0]
+
+
+def tokenize_checked(text: str) -> tuple[list[Token], bool]:
+    """The tokens, and whether sqlglot read the text as it is (False: only with its
+    positional parameters ``$1`` read as ``?1``, which a part of it alone may not need:
+    then the tokens of a part are not those of the part tokenized on its own)."""
+    try:
+        return _tokenize_checked(text)
+    finally:
+        _tokenizer().tokenize("")  # the shared tokenizer keeps no text nor tokens
+
+
+def _tokenize_checked(text: str) -> tuple[list[Token], bool]:
+    try:
+        raw = _tokenizer().tokenize(text)
     except TokenError as exc:
         if "$" not in text:
             raise SqlTokenError(str(exc)) from None
         # Read ``$1`` as ``?1`` (same length: offsets stay) and give the parameters
         # back their own text.
         try:
-            raw = _Tokenizer().tokenize(_POSITIONAL.sub("?", text))
+            raw = _tokenizer().tokenize(_POSITIONAL.sub("?", text))
         except TokenError:
             raise SqlTokenError(str(exc)) from None
         return [Token("PARAMETER", "$", t.start, t.end + 1, t.line)
-                if t.token_type.name == "PLACEHOLDER" and text[t.start] == "$"
-                else Token(t.token_type.name, t.text, t.start, t.end + 1, t.line) for t in raw]
-    return [Token(t.token_type.name, t.text, t.start, t.end + 1, t.line) for t in raw]
+                if t.token_type._name_ == "PLACEHOLDER" and text[t.start] == "$"
+                else Token(t.token_type._name_, t.text, t.start, t.end + 1, t.line)
+                for t in raw], False
+    # ``_name_`` is the member's name as a plain attribute (``.name`` is a descriptor)
+    return [Token(t.token_type._name_, t.text, t.start, t.end + 1, t.line) for t in raw], True
+
+
+def rebased(tokens: list[Token]) -> list[Token]:
+    """Tokens of a part of a text as if that part, from its first token on, had been
+    tokenized on its own (offsets from its first token, lines from 1)."""
+    if not tokens:
+        return tokens
+    base, lines = tokens[0].start, tokens[0].line - 1
+    if not base and not lines:
+        return tokens
+    return [Token(kind, text, start - base, end - base, line - lines)
+            for kind, text, start, end, line in tokens]
 
 
 class Cursor:
@@ -106,12 +149,17 @@ class Cursor:
         return self.tokens[i] if i < self.stop else None
 
     def peek_word(self, offset: int = 0) -> str:
-        tok = self.peek(offset)
-        return tok.word if tok else ""
+        i = self.pos + offset
+        return self.tokens[i].word if i < self.stop else ""
 
     def at(self, *words: str) -> bool:
         """True when the next tokens are these words (no consuming)."""
-        return all(self.peek_word(i) == w for i, w in enumerate(words))
+        tokens, i, stop = self.tokens, self.pos, self.stop
+        for word in words:
+            if (tokens[i].word if i < stop else "") != word:
+                return False
+            i += 1
+        return True
 
     # -- consuming -----------------------------------------------------------
     def advance(self) -> Token:
