@@ -125,6 +125,21 @@ def test_an_unterminated_quote_in_a_large_statement_says_where() -> None:
     assert decide(text, SessionFacts(18, True), Policy()).action is RuleAction.REFUSE
 
 
+def test_an_unterminated_quote_after_large_statements_is_its_statement() -> None:
+    """In a long script, the unreadable rest starts at its statement (not at the quote),
+    and says where the quote opens in it."""
+    script = (f"INSERT INTO t (id, note) VALUES {ROWS};\n"
+              "ALTER TABLE t\n  ADD COLUMN c text DEFAULT 'x' || 'open")
+    assert len(script) > LIMITS.parse_bytes
+    *head, tail = split_script(script)
+    assert [r.text[:11] for r in head] == ["INSERT INTO"]
+    assert tail.text.startswith("ALTER TABLE t") and tail.line == 2
+    assert tail.error == ("a quoted string starting at line 2, column 36 of the "
+                          "statement does not end")
+    decision = decide(script, SessionFacts(18, True), Policy())
+    assert decision.action is RuleAction.REFUSE
+
+
 def test_a_large_text_is_scanned_once_per_decision(monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[int] = []
     quick = scan._quick_ends
@@ -163,3 +178,14 @@ def test_nothing_of_a_large_text_is_kept_after_the_decision() -> None:
         tracemalloc.stop()
     assert kept < 1_000_000, kept  # each text is 2.4 MB
     assert all(len(key) < LIMITS.parse_bytes * 4 for key in READINGS)
+
+
+def test_an_internal_failure_is_logged_once_per_text_and_keeps_no_copy_of_it() -> None:
+    from safeddl.runtime import guard
+
+    text = "SELECT '" + "x" * 1_000_000 + "'"
+    assert guard._first_failure(text, KeyError("k"))
+    assert not guard._first_failure(text, KeyError("k"))
+    assert guard._first_failure(text, ValueError("v"))  # another kind of failure
+    assert not any(isinstance(part, str) and len(part) > 100
+                   for key in guard._failures for part in key)

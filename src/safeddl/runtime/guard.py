@@ -898,14 +898,15 @@ def _from_the_driver(error: BaseException) -> bool:
 
 
 _FAILURES_LIMIT = 1_000
-_failures: dict[tuple[str, str], None] = {}
+_failures: dict[tuple[str, int, int], None] = {}
 _failures_lock = threading.Lock()
 
 
 def _first_failure(text: str, error: BaseException) -> bool:
     """The first internal failure of this kind on this statement text (later ones are
-    logged at DEBUG only, so a statement run in a loop does not flood the log)."""
-    key = (type(error).__name__, text)
+    logged at DEBUG only, so a statement run in a loop does not flood the log). Texts
+    are remembered by length and hash, not kept: a few bytes each, however large."""
+    key = (type(error).__name__, len(text), hash(text))
     with _failures_lock:
         if key in _failures:
             return False

@@ -234,8 +234,10 @@ def _read_large(text: str) -> Syntax | None:
             return Syntax((Step(action, table=table, only=only,
                                 text="read by its leading keywords (" + size + "))"),))
     if len(text) > LIMITS.token_bytes:
+        open_quote = _unterminated(text) if ";" not in text else None
         return _unparsed(text, f"{size}; statements other than INSERT ... VALUES and "
-                         f"DELETE ... WHERE are read up to {LIMITS.token_bytes:,})")
+                         f"DELETE ... WHERE are read up to {LIMITS.token_bytes:,})"
+                         + (f"; also, {open_quote}" if open_quote else ""))
     return _unparsed(text, f"{size}; a larger one is read only when it is an INSERT ... "
                      "VALUES or a DELETE ... WHERE on one table)")
 

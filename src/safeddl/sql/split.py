@@ -64,11 +64,21 @@ def _split_large(script: str) -> list[RawStatement]:
     try:
         ends = statement_ends(script)
     except Unterminated as exc:
-        ends = [i for i in statement_ends_before(script, exc.offset)]
-        tail = script[exc.offset:]
-        head = _pieces(script, ends, stop=exc.offset)
-        line = script.count("\n", 0, exc.offset) + 1
-        return [*head, RawStatement(tail.strip(), line, exc.offset, "", str(exc))]
+        # The statements before the last end ahead of the open quote are split as
+        # usual; the rest (the statement the quote opens in) is one unreadable item.
+        ends = statement_ends_before(script, exc.offset)
+        start = ends[-1] + 1 if ends else 0
+        head = _pieces(script, ends[:-1], stop=ends[-1]) if ends else []
+        rest = script[start:]
+        text = rest.strip()
+        offset = start + rest.index(text[0])
+        line = script.count("\n", 0, offset) + 1
+        where = exc.offset - offset
+        quote_line = text.count("\n", 0, where) + 1
+        column = where - (text.rfind("\n", 0, where) + 1) + 1
+        reason = (f"{exc.what} starting at line {quote_line}, column {column} of the "
+                  "statement does not end")
+        return [*head, RawStatement(text, line, offset, script[start:offset], reason)]
     return _pieces(script, ends, stop=len(script))
 
 
