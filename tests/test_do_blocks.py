@@ -90,3 +90,53 @@ def test_rules_judge_the_statement_a_do_block_runs() -> None:
     two = analyze_statement("DO $$ BEGIN TRUNCATE a; TRUNCATE b; END $$")
     assert not two.understood
 
+
+
+def _call(script: str) -> tuple[dict[str, str], bool, str | None]:
+    from safeddl.analysis import analyze_script
+
+    call = analyze_script(script)[-1]
+    assert call.sql.startswith("CALL"), call.sql
+    return ({lock.relation: lock.mode.pg_name for lock in call.locks}, call.transactional,
+            call.unknown_locks)
+
+
+@pytest.mark.parametrize("create", [
+    "CREATE PROCEDURE p(a int) LANGUAGE sql AS $$ TRUNCATE t $$",
+    "CREATE PROCEDURE p(a int) LANGUAGE sql BEGIN ATOMIC TRUNCATE t; END",
+    "CREATE PROCEDURE p(a int) LANGUAGE plpgsql AS $$ BEGIN IF a > 0 THEN TRUNCATE t; "
+    "END IF; END $$",
+])
+def test_a_call_of_a_procedure_the_script_created_takes_its_bodys_locks(create: str) -> None:
+    assert _call(f"{create};\nCALL p(1);") == ({"t": "AccessExclusiveLock"}, True, None)
+    # created elsewhere: unknown
+    assert _call("CALL p(1);")[2] is not None
+
+
+def test_a_call_of_a_procedure_that_commits_cannot_run_in_a_transaction_block() -> None:
+    found, transactional, unknown = _call(
+        "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN UPDATE t SET x = 1; COMMIT; "
+        "END $$;\nCALL p();")
+    assert (found, transactional, unknown) == ({"t": "RowExclusiveLock"}, False, None)
+
+
+@pytest.mark.parametrize(("script", "why"), [
+    ("CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'TRUNCATE t'; END $$;"
+     "CALL p();", "EXECUTE in a plpgsql body"),
+    ("CREATE PROCEDURE p(a int) LANGUAGE sql AS 'TRUNCATE t';"
+     "CREATE PROCEDURE p(a text) LANGUAGE sql AS 'SELECT 1';"
+     "CALL p(1);", "creates 2 procedures of that name"),
+    ("CREATE PROCEDURE p() LANGUAGE plpython3u AS 'pass'; CALL p();", "LANGUAGE plpython3u"),
+    ("CREATE PROCEDURE p() LANGUAGE sql AS 'CALL q()'; CALL p();", "its body runs CALL"),
+])
+def test_a_call_whose_body_cannot_be_known_says_why(script: str, why: str) -> None:
+    found, _transactional, unknown = _call(script)
+    assert unknown is not None and why in unknown, unknown
+
+
+def test_create_or_replace_of_the_same_procedure_replaces_its_body() -> None:
+    found, _transactional, unknown = _call(
+        "CREATE PROCEDURE p() LANGUAGE sql AS 'TRUNCATE t';\n"
+        "CREATE OR REPLACE PROCEDURE P(  ) LANGUAGE sql AS 'LOCK TABLE u IN SHARE MODE';\n"
+        "CALL public.p();")
+    assert (found, unknown) == ({"u": "ShareLock"}, None)

@@ -1009,8 +1009,24 @@ EXECUTE drop_account (2999);
 EXECUTE count_events;
 -- @@
 -- before: CREATE PROCEDURE touch_tenants() LANGUAGE sql AS $$ UPDATE tenants SET name = name WHERE id = 1 $$
--- note: the procedure's body is not in the text: its locks are reported as unknown
+-- note: the procedure was created in the text: CALL takes the locks of its body
 CALL touch_tenants();
+-- @@
+-- before: CREATE PROCEDURE empty_events(keep boolean) LANGUAGE plpgsql AS $$ BEGIN IF NOT keep THEN TRUNCATE events; END IF; DELETE FROM accounts WHERE id = 2999; END $$
+-- note: every static statement of a plpgsql body counts, whichever branch runs
+CALL empty_events(false);
+-- @@
+-- before: CREATE PROCEDURE rename_tenant(tid integer) LANGUAGE sql BEGIN ATOMIC UPDATE tenants SET name = 'x' WHERE id = tid; SELECT count(*) FROM projects; END
+CALL rename_tenant(1);
+-- @@
+-- before: CREATE PROCEDURE touch(a integer) LANGUAGE sql AS $$ UPDATE tenants SET name = name WHERE id = a $$
+-- before: CREATE PROCEDURE touch(a text) LANGUAGE sql AS $$ LOCK TABLE accounts $$
+-- note: two overloads: which one runs depends on the arguments' types (unknown)
+CALL touch(1);
+-- @@
+-- before: CREATE PROCEDURE lock_dynamic() LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'LOCK TABLE accounts'; END $$
+-- note: dynamic SQL in the body: its locks are reported as unknown
+CALL lock_dynamic();
 -- @@
 -- ============================== DROP ... CASCADE of catalog objects, owned objects
 -- note: the columns of the type go: ACCESS EXCLUSIVE on their tables

@@ -89,6 +89,9 @@ class Catalog:
         self.statistics: dict[str, str] = {}
         # prepared statement name (folded) -> its statement's text (PREPARE q AS ...)
         self.prepared: dict[str, str] = {}
+        # procedure (qualified) -> its argument list as written (folded) -> its LANGUAGE
+        # and body, as CREATE PROCEDURE in the text gave them (what a CALL runs)
+        self.procedures: dict[str, dict[str, tuple[str, str]]] = {}
         # the session's TimeZone when known (SET TimeZone, a live connection)
         self.timezone: str | None = None
         self.search_path: tuple[str, ...] = ("public",)
@@ -270,6 +273,11 @@ class Catalog:
             if head.name and head.definition_sql:
                 self.prepared[local_name(head.name)] = head.definition_sql
             return
+        kind = head.target_kind or ""
+        if (head.action is Action.CREATE_FUNCTION and kind.startswith("procedure:")
+                and head.function and head.definition_sql is not None):
+            self.procedures.setdefault(self.key(head.function), {})[head.type_sql or ""] = (
+                kind.partition(":")[2], head.definition_sql)
         if head.action in (Action.CREATE_TABLE, Action.CREATE_VIEW,
                            Action.CREATE_MATERIALIZED_VIEW):
             self._create(head, steps[1:])

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from safeddl.analysis.catalog import Catalog, Constraint
 from safeddl.locks import Holds, LockMode
 from safeddl.model import Action, ConstraintType, Step, Volatility
-from safeddl.sql import local_name, read
+from safeddl.sql import local_name, procedure_statements, read
+from safeddl.sql.clauses import NotUnderstood
 
 AS = LockMode.ACCESS_SHARE
 RS = LockMode.ROW_SHARE
@@ -762,9 +763,47 @@ def _execute(step: Step, version: int, catalog: Catalog) -> Effect:
 
 
 def _call(step: Step, version: int, catalog: Catalog) -> Effect:
+    """``CALL p(...)``: the locks of the statements of p's body, when the text created
+    p (one definition of that name: which of several overloads runs depends on the
+    arguments' types); every statement a plpgsql body may run counts, whichever branch
+    runs. A body with COMMIT or ROLLBACK cannot run inside a transaction block."""
+    known = catalog.procedures.get(catalog.key(step.function)) if step.function else None
+    if not known:
+        return _call_unknown(step, "the procedure's body is not in the text")
+    if len(known) > 1:
+        return _call_unknown(step, f"the text creates {len(known)} procedures of that name "
+                             "and which one runs depends on the arguments' types")
+    ((language, body),) = known.values()
+    try:
+        texts, ends_transactions = procedure_statements(language, body)
+    except NotUnderstood as exc:
+        return _call_unknown(step, str(exc))
+    takes: list[Take] = []
+    transactional = not ends_transactions
+    for text in texts:
+        syntax = read(text)
+        if not syntax.understood:
+            return _call_unknown(step, f"a statement of its body cannot be read: {syntax.error}")
+        for inner in syntax.steps:
+            if inner.action is Action.TRANSACTION_CONTROL:
+                transactional = transactional and inner.text not in (
+                    "COMMIT", "ROLLBACK", "END", "ABORT")
+                continue
+            if inner.action in (Action.CALL, Action.EXECUTE, Action.PREPARE):
+                return _call_unknown(step, f"its body runs {inner.action.value.upper()}")
+            found = effect(inner, version, catalog)
+            if found.unknown:
+                return Effect(tuple(takes) + found.takes, Holds.BRIEF, transactional,
+                              unknown=f"CALL {step.function}: {found.unknown}")
+            takes.extend(found.takes)
+            transactional = transactional and found.transactional
+    return Effect(tuple(takes), Holds.BRIEF, transactional)
+
+
+def _call_unknown(step: Step, why: str) -> Effect:
     return Effect((), Holds.BRIEF, unknown=(
-        f"CALL {step.function} runs the statements of the procedure's body, which are not "
-        "in the text: its locks are not known"))
+        f"CALL {step.function} runs the statements of the procedure's body: {why}, so its "
+        "locks are not known"))
 
 
 def _drop_cascade(step: Step, version: int, catalog: Catalog) -> Effect:

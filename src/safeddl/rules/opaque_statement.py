@@ -1,7 +1,9 @@
 """# opaque-statement
 
 A valid statement whose locks depend on SQL that is not in the text: `CALL p()` runs
-the statements of the procedure's body; `EXECUTE q` runs a statement prepared
+the statements of the procedure's body (when `CREATE PROCEDURE p` comes earlier in the
+same script, in LANGUAGE sql or with static SQL in plpgsql, and only one procedure of
+that name, safeddl reads its body and this rule stays quiet); `EXECUTE q` runs a statement prepared
 elsewhere (when `PREPARE q AS ...` comes earlier in the same script, safeddl reads
 it and this rule stays quiet); `CREATE SUBSCRIPTION` (with `connect`, the default) and
 `ALTER SUBSCRIPTION ... REFRESH PUBLICATION` take ACCESS SHARE on each local table the

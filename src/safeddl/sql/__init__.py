@@ -33,6 +33,7 @@ __all__ = [
     "Syntax",
     "first_words",
     "local_name",
+    "procedure_statements",
     "qualified_name",
     "quote_ident",
     "read",
@@ -550,13 +551,37 @@ def _system_catalog(written: str | None) -> bool:
     return parts[-1].startswith("pg_")
 
 
+def procedure_statements(language: str, body: str) -> tuple[list[str], bool]:
+    """The statements a procedure's body runs when it is CALLed (each statement of a
+    LANGUAGE sql body, the static SQL of a plpgsql one), and whether it may COMMIT or
+    ROLLBACK. Raises :class:`NotUnderstood` for dynamic SQL, for a body that does not
+    read, and for other languages."""
+    from safeddl.sql.plpgsql import ends_transactions, static_statements
+
+    if language == "sql":
+        raws = split_script(body)
+        unread = next((raw for raw in raws if raw.error), None)
+        if unread is not None:
+            raise NotUnderstood(f"its body cannot be read: {unread.error}")
+        return [raw.text for raw in raws], False
+    if language == "plpgsql":
+        try:
+            return static_statements(body), ends_transactions(body)
+        except SqlTokenError as exc:
+            raise NotUnderstood(f"its body cannot be read: {exc}") from None
+    raise NotUnderstood(f"its body is in LANGUAGE {language or '(none given)'}, which "
+                        "safeddl does not read")
+
+
 def _function_body_reads(head: Step) -> list[Step]:
     """A LANGUAGE sql function: its body is parsed and analysed when it is created
     (check_function_bodies, on by default), which locks the relations its statements
     name. They come as steps marked ``target_kind="function-body"``. A body safeddl
     cannot read is said so (``body-unread``) rather than refusing the statement: what
     it misses is a brief ACCESS SHARE / ROW EXCLUSIVE."""
-    out = [dataclasses.replace(head, target_kind=None, definition_sql=None,
+    procedure = head.action is Action.CREATE_FUNCTION and head.definition_sql is not None
+    out = [dataclasses.replace(head, target_kind="procedure:sql" if procedure else None,
+                               definition_sql=head.definition_sql if procedure else None,
                                text="" if head.action is Action.CREATE_FUNCTION else head.text)]
     body = head.definition_sql if head.action is not Action.CREATE_FUNCTION else head.text
     for raw in split_script(body or ""):

@@ -537,9 +537,12 @@ def _create_function(c: Cursor) -> list[Step]:
     which locks the tables its statements name; other languages take no table lock."""
     c.accept("CREATE")
     c.accept("OR", "REPLACE")
-    c.accept_any("FUNCTION", "PROCEDURE")
+    procedure = c.accept_any("FUNCTION", "PROCEDURE") == "PROCEDURE"
     name = c.read_name()
     head = Step(Action.CREATE_FUNCTION, function=name)
+    signature = ""
+    if not c.done and c.tokens[c.pos].kind == "L_PAREN":
+        signature = " ".join(t.text for t in c.tokens[c.pos:_after_group(c, c.pos)]).lower()
     language, body = None, None
     atomic = None
     i = c.pos
@@ -561,6 +564,10 @@ def _create_function(c: Cursor) -> list[Step]:
         end = c.stop - 1 if c.stop - 1 > atomic and c.tokens[c.stop - 1].word == "END" else c.stop
         body = c.text_of(atomic, end)
         language = "sql"
+    if procedure and body is not None:
+        # What a later CALL runs: the catalog learns it (``type_sql``: the arguments)
+        head = dataclasses.replace(head, target_kind=f"procedure:{language or ''}",
+                                   definition_sql=body, type_sql=signature)
     if language != "sql" or not body:
         return [head]
     # the body's statements are read by safeddl.sql.read

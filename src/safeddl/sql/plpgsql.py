@@ -73,6 +73,13 @@ def _skip_labels(chunk: list[Token]) -> list[Token]:
     return chunk
 
 
+def ends_transactions(body: str) -> bool:
+    """Whether the body may COMMIT or ROLLBACK (then the DO block or procedure cannot
+    run inside a transaction block). A word anywhere outside literals counts."""
+    return any(tok.kind != "IDENTIFIER" and _word(tok) in ("COMMIT", "ROLLBACK")
+               for tok in tokenize(body))
+
+
 def _statements_of(body: str, chunk: list[Token]) -> list[str]:
     out: list[str] = []
     while chunk:
@@ -102,7 +109,7 @@ def _statements_of(body: str, chunk: list[Token]) -> list[str]:
             chunk = chunk[stop:]
             continue
         if word in ("EXECUTE", "CALL"):
-            raise NotUnderstood(f"{word} in a DO block runs code safeddl cannot see")
+            raise NotUnderstood(f"{word} in a plpgsql body runs code safeddl cannot see")
         if word in _SKIPPED:
             return out
         if word == "PERFORM":
@@ -112,7 +119,7 @@ def _statements_of(body: str, chunk: list[Token]) -> list[str]:
             return [*out, *_condition_reads(body, chunk[target + 1:])]  # v[i].f := expr
         if word in _SQL_START:
             return [*out, _without_into(body, chunk)]
-        raise NotUnderstood(f"a statement of a DO block safeddl cannot read: {word}")
+        raise NotUnderstood(f"a statement of a plpgsql body safeddl cannot read: {word}")
     return out
 
 
