@@ -460,3 +460,16 @@ def test_allow_validates_rule_ids(caplog: pytest.LogCaptureFixture) -> None:
     with allow("truncate", reason="nightly reload"):
         pass
     assert "nightly reload" in caplog.text
+
+
+@pytest.mark.parametrize("prefix", ["", "-- cleanup\r", "/* a /* nested */ b */ ", "-- x\n"])
+def test_a_do_block_is_never_rewritten_into_its_statements(prefix: str) -> None:
+    """A small table's TRUNCATE is rewritten into the exact DELETE; inside a DO block it
+    is not (the plan would replace the whole block, losing its other statements),
+    however the block is written."""
+    plain = decide("TRUNCATE orders", _facts(_catalog(10)), Policy())
+    assert plain.action is RuleAction.REWRITE and plain.plan is not None
+    sql = f"{prefix}DO $$ BEGIN TRUNCATE orders; INSERT INTO orders (id) VALUES (1); END $$"
+    decision = decide(sql, _facts(_catalog(10)), Policy())
+    assert decision.plan is None, decision.plan
+    assert decision.action is not RuleAction.REWRITE

@@ -66,7 +66,7 @@ from safeddl.analysis.catalog import Relation
 from safeddl.rules.support import beside, first_group, group_columns, split_commas
 from safeddl.runtime.errors import NOT_NULL_VIOLATION
 from safeddl.runtime.plan import Check, Decision, Expectation, Plan, PlanStep, SessionFacts
-from safeddl.sql import local_name, quote_ident
+from safeddl.sql import first_words, local_name, quote_ident
 from safeddl.sql.names import fold, pg_object_name
 from safeddl.sql.names import name_addition as _name_addition
 from safeddl.sql.tokens import SqlTokenError, Token, tokenize
@@ -74,15 +74,14 @@ from safeddl.sql.tokens import SqlTokenError, Token, tokenize
 Builder = Callable[[Statement, Catalog, int], "Plan | None"]
 
 
-_DO_BLOCK = re.compile(r"(?is)^\s*(?:(?:--[^\n]*(?:\n|$)|/\*.*?\*/)\s*)*DO\b")
-
-
 def rewrite(decision: Decision, facts: SessionFacts) -> Plan | None:
     """The exact plan for a ``rewrite`` decision, or None."""
     if len(decision.statements) != 1 or not decision.deciding:
         return None
-    if _DO_BLOCK.match(decision.statement.sql):
-        return None  # a DO block: its statements cannot be replaced one by one
+    if first_words(decision.statement.sql, 1) in ([], ["DO"], ["CALL"]):
+        # a DO block or a procedure: its statements cannot be replaced one by one (and
+        # text whose first word cannot be read is not rewritten either)
+        return None
     rules = frozenset(finding.rule for finding in decision.deciding)
     builder = _BUILDERS.get(rules)
     if builder is None:
