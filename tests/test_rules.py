@@ -734,6 +734,15 @@ def test_refresh_with_no_data_is_not_reported() -> None:
         lint('REFRESH MATERIALIZED VIEW app."Totals" WITH NO DATA;'))
 
 
+@pytest.mark.parametrize("sql", [
+    'REFRESH MATERIALIZED VIEW app."Totals" /* WITH NO DATA */;',
+    "REFRESH MATERIALIZED VIEW app.\"Totals\" -- WITH NO DATA\n;",
+    "REFRESH MATERIALIZED VIEW \"with no data\";",
+])
+def test_with_no_data_counts_only_as_the_statement_s_own_clause(sql: str) -> None:
+    assert "refresh-materialized-view" in rule_ids(lint(sql))
+
+
 def test_set_tablespace_of_an_index_before_14() -> None:
     finding = only(lint('ALTER INDEX app."Orders_Status_idx" SET TABLESPACE fast;', 13),
                    "set-tablespace")

@@ -587,6 +587,17 @@ ALTER INDEX orders_status_idx RESET (fillfactor);
 -- note: the index is in pg_default already, so nothing is copied; the table is not locked
 ALTER INDEX items_price_idx SET TABLESPACE pg_default;
 -- @@
+-- before: CREATE INDEX items_lower_name_idx ON items (lower(name))
+ALTER INDEX items_lower_name_idx ALTER COLUMN 1 SET STATISTICS 200;
+-- @@
+-- before: CREATE INDEX metrics_region_idx ON ONLY metrics (region)
+-- before: CREATE INDEX metrics_eu_region_idx ON metrics_eu (region)
+ALTER INDEX metrics_region_idx ATTACH PARTITION metrics_eu_region_idx;
+-- @@
+-- before: CREATE INDEX metrics_region_idx ON ONLY metrics (region)
+-- before: CREATE INDEX "statistics" ON metrics_eu (region)
+ALTER INDEX metrics_region_idx ATTACH PARTITION "statistics";
+-- @@
 ALTER INDEX IF EXISTS app."Orders_pkey" RENAME TO "Orders_pk";
 -- @@
 -- ============================================================= triggers

@@ -295,8 +295,16 @@ def _alter_index(step: Step, version: int, catalog: Catalog) -> Effect:
         return Effect((Take(step.name, AE, Holds.REWRITE, "index"),), Holds.REWRITE)
     elif text.startswith(("SET (", "SET(", "RESET")):
         mode = SUE if step.options and all(_SUE_OPTIONS.match(o) for o in step.options) else AE
-    elif "STATISTICS" in text:
+    elif text.startswith("ALTER") and "STATISTICS" in text:  # ALTER [COLUMN] n SET STATISTICS
         mode = SUE
+    elif text.startswith("ATTACH"):
+        # SHARE UPDATE EXCLUSIVE on the partitioned index, ACCESS SHARE on both tables
+        takes = [Take(step.name, SUE, Holds.BRIEF, "index")]
+        for index in (step.name, step.using_index):
+            table = catalog.index_table(index) if index else None
+            if table is not None:
+                takes.append(Take(table, AS))
+        return Effect(tuple(takes), Holds.BRIEF)
     else:
         mode = AE
     return Effect((Take(step.name, mode, Holds.BRIEF, "index"),), Holds.BRIEF)

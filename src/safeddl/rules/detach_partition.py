@@ -32,7 +32,6 @@ table has a DEFAULT partition. If it is interrupted, finish it with
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 
 from safeddl.analysis import Action, Statement
@@ -51,8 +50,7 @@ class DetachPartition:
         for step in statement.steps:
             if (step.action is not Action.DETACH_PARTITION or step.concurrently
                     or not step.table or not step.name
-                    or step.target_kind == "finalize"
-                    or re.search(r"(?i)\bFINALIZE\b", step.text)):
+                    or step.target_kind == "finalize"):
                 continue
             lock = existing_lock(statement, context, step.table)
             if lock is None:

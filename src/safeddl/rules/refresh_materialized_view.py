@@ -46,7 +46,7 @@ class RefreshMaterializedView:
         if statement.kind is not Action.REFRESH_MATERIALIZED_VIEW:
             return
         step = statement.steps[0]
-        if step.concurrently or re.search(r"(?i)\bWITH\s+NO\s+DATA\b", statement.sql):
+        if step.concurrently or step.target_kind == "no-data":
             return
         locks = context.existing_locks(statement)
         if not locks:

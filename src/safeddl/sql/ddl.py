@@ -103,6 +103,9 @@ def _alter_index(c: Cursor) -> list[Step]:
         return [Step(Action.ALTER_INDEX, text=c.text_of(0, c.stop))]
     name = require_name(c, "index")
     rest = c.text_of(c.pos, c.stop)
+    if c.accept("ATTACH", "PARTITION"):  # the partition's index, as ``using_index``
+        return [Step(Action.ALTER_INDEX, name=name, text=rest,
+                     using_index=require_name(c, "index"))]
     options = storage_options(c) if c.at("SET", "(") or c.at("RESET") else ()
     return [Step(Action.ALTER_INDEX, name=name, text=rest, options=options)]
 
