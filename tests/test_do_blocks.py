@@ -127,7 +127,7 @@ def test_a_call_of_a_procedure_that_commits_cannot_run_in_a_transaction_block() 
      "CREATE PROCEDURE p(a text) LANGUAGE sql AS 'SELECT 1';"
      "CALL p(1);", "creates 2 procedures of that name"),
     ("CREATE PROCEDURE p() LANGUAGE plpython3u AS 'pass'; CALL p();", "LANGUAGE plpython3u"),
-    ("CREATE PROCEDURE p() LANGUAGE sql AS 'CALL q()'; CALL p();", "its body runs CALL"),
+    ("CREATE PROCEDURE p() LANGUAGE sql AS 'CALL q()'; CALL p();", "or a CALL or EXECUTE"),
 ])
 def test_a_call_whose_body_cannot_be_known_says_why(script: str, why: str) -> None:
     found, _transactional, unknown = _call(script)
@@ -140,3 +140,26 @@ def test_create_or_replace_of_the_same_procedure_replaces_its_body() -> None:
         "CREATE OR REPLACE PROCEDURE P(  ) LANGUAGE sql AS 'LOCK TABLE u IN SHARE MODE';\n"
         "CALL public.p();")
     assert (found, unknown) == ({"u": "ShareLock"}, None)
+
+
+def test_the_rules_of_a_procedure_s_statements_apply_to_its_call() -> None:
+    """CALL p() where p truncates: judged as the TRUNCATE (and never rewritten: the
+    procedure's other statements would be lost)."""
+    from safeddl.analysis import analyze_script
+    from safeddl.analysis.catalog import Catalog
+    from safeddl.rules.engine import lint_script
+    from safeddl.runtime.decision import decide
+    from safeddl.runtime.plan import SessionFacts
+    from safeddl.runtime.policy import Policy, RuleAction
+
+    create = ("CREATE PROCEDURE reload() LANGUAGE plpgsql AS $$ BEGIN TRUNCATE t; "
+              "INSERT INTO t SELECT * FROM staging; END $$")
+    results = lint_script(f"CREATE TABLE staging (x int);\n{create};\nCALL reload();")
+    assert "truncate" in [f.rule for f in results[-1].findings]
+    catalog = Catalog()
+    analyze_script(f"CREATE TABLE t (x int); {create};", catalog=catalog)
+    for relation in catalog.relations.values():
+        relation.new, relation.rows = False, 10  # small: a TRUNCATE alone is rewritten
+    decision = decide("CALL reload()", SessionFacts(18, True, catalog, live=True), Policy())
+    assert decision.plan is None and decision.action is not RuleAction.ALLOW
+    assert decision.statements[0].locks[0].relation == "t"

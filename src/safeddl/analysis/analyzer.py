@@ -18,7 +18,7 @@ from safeddl.analysis.locktable import (
 from safeddl.caches import LARGEST_SHARE, MiB, TextCache
 from safeddl.locks import Holds
 from safeddl.model import Action, RelationLock, Statement, Step, evolve
-from safeddl.sql import RawStatement, Syntax, quote_ident, read, split_script
+from safeddl.sql import RawStatement, Syntax, call_steps, quote_ident, read, split_script
 from safeddl.sql.tokens import Token
 from safeddl.sql.psql import split_psql
 
@@ -139,6 +139,9 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
     if not syntax.understood:
         return Statement(text, line, Action.UNPARSED, steps, (), True, understood=False,
                          reason=syntax.error)
+    if head.action is Action.CALL:
+        steps = tuple(_call_steps(head, catalog) or steps)
+        head = steps[0]
     created = None
     if head.action in _CREATES and head.table:
         existing = catalog.get(head.table) is not None or (
@@ -180,6 +183,16 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
         transactional=transactional, creates=(head.table,) if created and head.table else (),
         notes=tuple(notes), unknown_locks=unknown,
     )
+
+
+def _call_steps(call: Step, catalog: Catalog) -> list[Step] | None:
+    """A CALL of the one procedure of that name the catalog knows (created earlier in
+    the script, or read from the live database): the steps of its body."""
+    known = catalog.procedures.get(catalog.key(call.function)) if call.function else None
+    if not known or len(known) != 1:
+        return None
+    ((language, body),) = known.values()
+    return call_steps(call, language, body)
 
 
 def _merge(takes: list[Take], catalog: Catalog, exclude: str | None) -> tuple[RelationLock, ...]:

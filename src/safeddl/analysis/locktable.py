@@ -771,10 +771,11 @@ def _execute(step: Step, version: int, catalog: Catalog) -> Effect:
 
 
 def _call(step: Step, version: int, catalog: Catalog) -> Effect:
-    """``CALL p(...)``: the locks of the statements of p's body, when the text created
-    p (one definition of that name: which of several overloads runs depends on the
-    arguments' types); every statement a plpgsql body may run counts, whichever branch
-    runs. A body with COMMIT or ROLLBACK cannot run inside a transaction block."""
+    """``CALL p(...)``: when the analysis read p's body (``body-read``), its statements
+    are steps of their own and the CALL takes nothing itself (a body that may COMMIT
+    cannot run inside a transaction block); otherwise why its locks are not known."""
+    if step.target_kind in ("body-read", "body-commits"):
+        return Effect((), Holds.BRIEF, step.target_kind == "body-read")
     known = catalog.procedures.get(catalog.key(step.function)) if step.function else None
     if not known:
         return _call_unknown(step, "the procedure's body is not in the text")
@@ -783,29 +784,13 @@ def _call(step: Step, version: int, catalog: Catalog) -> Effect:
                              "and which one runs depends on the arguments' types")
     ((language, body),) = known.values()
     try:
-        texts, ends_transactions = procedure_statements(language, body)
+        texts, _commits = procedure_statements(language, body)
     except NotUnderstood as exc:
         return _call_unknown(step, str(exc))
-    takes: list[Take] = []
-    transactional = not ends_transactions
-    for text in texts:
-        syntax = read(text)
-        if not syntax.understood:
-            return _call_unknown(step, f"a statement of its body cannot be read: {syntax.error}")
-        for inner in syntax.steps:
-            if inner.action is Action.TRANSACTION_CONTROL:
-                transactional = transactional and inner.text not in (
-                    "COMMIT", "ROLLBACK", "END", "ABORT")
-                continue
-            if inner.action in (Action.CALL, Action.EXECUTE, Action.PREPARE):
-                return _call_unknown(step, f"its body runs {inner.action.value.upper()}")
-            found = effect(inner, version, catalog)
-            if found.unknown:
-                return Effect(tuple(takes) + found.takes, Holds.BRIEF, transactional,
-                              unknown=f"CALL {step.function}: {found.unknown}")
-            takes.extend(found.takes)
-            transactional = transactional and found.transactional
-    return Effect(tuple(takes), Holds.BRIEF, transactional)
+    unread = next((read(text).error for text in texts if not read(text).understood), None)
+    return _call_unknown(step, f"a statement of its body cannot be read: {unread}" if unread
+                         else "its body runs several statements judged one at a time, or a "
+                         "CALL or EXECUTE")
 
 
 def _call_unknown(step: Step, why: str) -> Effect:

@@ -1,9 +1,10 @@
 """# opaque-statement
 
 A valid statement whose locks depend on SQL that is not in the text: `CALL p()` runs
-the statements of the procedure's body (when `CREATE PROCEDURE p` comes earlier in the
-same script, in LANGUAGE sql or with static SQL in plpgsql, and only one procedure of
-that name, safeddl reads its body and this rule stays quiet); `EXECUTE q` runs a statement prepared
+the statements of the procedure's body (safeddl reads the body, and judges the CALL by
+the rules of its statements, when it is LANGUAGE sql or static SQL in plpgsql and there
+is one procedure of that name: created earlier in the same script for `lint`, read from
+the database by the runtime guard); `EXECUTE q` runs a statement prepared
 elsewhere (when `PREPARE q AS ...` comes earlier in the same script, safeddl reads
 it and this rule stays quiet); `CREATE SUBSCRIPTION` (with `connect`, the default) and
 `ALTER SUBSCRIPTION ... REFRESH PUBLICATION` take ACCESS SHARE on each local table the

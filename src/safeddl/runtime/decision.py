@@ -222,8 +222,10 @@ def _needs_bounded_wait(statements: tuple[Statement, ...], policy: Policy) -> bo
 
 
 def needs_catalog(statements: Sequence[Statement]) -> bool:
-    """DDL that locks relations: whether they are new, small or partitioned matters."""
-    return any(s.is_ddl and s.understood and s.locks for s in statements)
+    """DDL that locks relations: whether they are new, small or partitioned matters; a
+    CALL of a procedure whose body the text does not show: the database has it."""
+    return any((s.is_ddl and s.understood and s.locks)
+               or (s.kind is Action.CALL and s.unknown_locks is not None) for s in statements)
 
 
 def _plan_rewrite(decision: Decision, facts: SessionFacts, policy: Policy,

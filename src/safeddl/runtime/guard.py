@@ -72,7 +72,7 @@ from safeddl.runtime.errors import (
     sqlstate_of,
 )
 from safeddl.runtime.interrupted import PlanInterrupted, PlanStepLockTimeout
-from safeddl.runtime.live_catalog import LiveCatalog, names_in
+from safeddl.runtime.live_catalog import LiveCatalog, names_in, procedures_in
 from safeddl.runtime.plan import Decision, PlanStep, Rewriter, SessionFacts
 from safeddl.runtime.policy import UNPARSED_RULE, Policy, RuleAction, as_timedelta
 from safeddl.runtime.resume import busy, check_expectations, holds, wait_while_busy
@@ -406,7 +406,8 @@ class Guard:
         if detect_topology(session).citus:
             def enrich(live: LiveCatalog) -> None:
                 add_citus_facts(live, session.run, in_transaction=in_transaction)
-        live = state.catalogs.get(names_in(statements), session.run, enrich)
+        live = state.catalogs.get(names_in(statements), session.run, enrich,
+                                  procedures_in(statements))
         facts = SessionFacts(version, in_transaction, live.catalog, live=True)
         return decide(text, facts, self.policy, allowed, rewriter), live
 

@@ -12,7 +12,9 @@ types and NOT NULL; constraints (foreign keys with the referenced table, CHECKs 
 whether they are valid); partition parents and children; the table of an index; the
 relations a view reads; user triggers and row-level security; whether an index is
 INVALID (a failed concurrent build); and whether the relation was created in the current
-transaction (see :data:`_NEW_IN_TRANSACTION`).
+transaction (see :data:`_NEW_IN_TRANSACTION`). For a ``CALL``, the procedures of that
+name (``pg_get_functiondef``, read as the statement that creates them), and the facts
+of the relations their bodies touch.
 """
 
 from __future__ import annotations
@@ -23,7 +25,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from safeddl.analysis import Catalog, Constraint, ConstraintType, Relation, Statement
+from safeddl.analysis import Action, Catalog, Constraint, ConstraintType, Relation, Statement
+from safeddl.model import Step
+from safeddl.sql import call_steps, read
 from safeddl.sql.names import fold, split_name
 
 logger = logging.getLogger("safeddl")
@@ -58,6 +62,13 @@ class LiveCatalog:
     def exists(self, written: str) -> bool:
         key = self.catalog.key(written)
         return key in self.catalog.relations or key in self.catalog.indexes
+
+
+def procedures_in(statements: Iterable[Statement]) -> frozenset[str]:
+    """The procedures (as written) the statements CALL without knowing their bodies."""
+    return frozenset(step.function for statement in statements for step in statement.steps
+                     if step.action is Action.CALL and step.function
+                     and step.target_kind not in ("body-read", "body-commits"))
 
 
 def names_in(statements: Iterable[Statement]) -> frozenset[str]:
@@ -189,14 +200,24 @@ WHERE NOT t.tgisinternal AND p.proname = ANY (%(names)s::text[])
 """
 
 
-def read_catalog(run: Run, names: Iterable[str]) -> LiveCatalog:
-    """The live facts about ``names`` (as written) and the relations related to them."""
+_PROCEDURES_SQL = """
+SELECT pg_get_functiondef(p.oid) FROM pg_proc p
+WHERE p.prokind = 'p' AND p.proname = ANY (%(names)s::text[])
+"""
+
+
+def read_catalog(run: Run, names: Iterable[str], procedures: Iterable[str] = ()) -> LiveCatalog:
+    """The live facts about ``names`` (as written) and the relations related to them;
+    and the procedures ``procedures`` (as written in ``CALL``), with the relations
+    their bodies touch."""
     wanted = sorted(set(names))
     schemas = run("SELECT current_schemas(false)", None)
     catalog = Catalog()
     path = tuple(schemas[0][0]) if schemas and schemas[0][0] else ()
     catalog.search_path = path or ("public",)
     live = LiveCatalog(catalog, names=frozenset(wanted))
+    if procedures:
+        wanted = sorted(set(wanted) | _read_procedures(run, catalog, procedures))
     resolved = _resolve(run, wanted)
     timezone = run("SELECT current_setting('TimeZone')", None)
     catalog.timezone = str(timezone[0][0]) if timezone else None
@@ -212,6 +233,28 @@ def read_catalog(run: Run, names: Iterable[str]) -> LiveCatalog:
     catalog.invalidate()  # relations were added directly: rebuild derived indexes
     _sum_partition_rows(catalog)
     return live
+
+
+def _read_procedures(run: Run, catalog: Catalog, procedures: Iterable[str]) -> set[str]:
+    """Learn the procedures of these names (every schema: the catalog keys them by
+    schema, and a CALL resolves through the search path), as the statement that
+    creates each; the relation names their bodies touch."""
+    names = sorted({parts[1] for parts in map(_folded_parts, procedures) if parts})
+    touched: set[str] = set()
+    if not names:
+        return touched
+    for (definition,) in run(_PROCEDURES_SQL, {"names": names}):
+        steps = read(str(definition)).steps
+        catalog.learn(steps)
+        head = steps[0]
+        kind = head.target_kind or ""
+        if head.action is Action.CREATE_FUNCTION and kind.startswith("procedure:") \
+                and head.definition_sql is not None:
+            body = call_steps(Step(Action.CALL, function=head.function),
+                              kind.partition(":")[2], head.definition_sql) or []
+            touched.update(name for step in body for name in (
+                step.table, step.references, step.parent, step.using_index) if name)
+    return touched
 
 
 def _resolve(run: Run, wanted: list[str]) -> dict[str, int]:
@@ -329,29 +372,31 @@ class CatalogCache:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
         self._clock = clock
-        self._entries: dict[frozenset[str], tuple[float, LiveCatalog]] = {}
+        self._entries: dict[tuple[frozenset[str], frozenset[str]], tuple[float, LiveCatalog]] = {}
 
     def get(self, names: frozenset[str], run: Run,
-            enrich: Callable[[LiveCatalog], None] | None = None) -> LiveCatalog:
-        """The catalog for ``names``; ``enrich`` adds what a topology knows more (Citus:
-        sizes from the shards) to a freshly read one."""
+            enrich: Callable[[LiveCatalog], None] | None = None,
+            procedures: frozenset[str] = frozenset()) -> LiveCatalog:
+        """The catalog for ``names`` (and the procedures a CALL names); ``enrich`` adds
+        what a topology knows more (Citus: sizes from the shards) to a freshly read one."""
         now = self._clock()
-        entry = self._entries.get(names)
+        key = (names, procedures)
+        entry = self._entries.get(key)
         if entry is not None and now - entry[0] < self.ttl_s:
             return entry[1]
-        live = read_catalog(run, names)
+        live = read_catalog(run, names, procedures)
         if enrich is not None:
             enrich(live)
         if live.has_new:
-            self._entries.pop(names, None)
+            self._entries.pop(key, None)
         else:
             if len(self._entries) > 64:
                 self._entries.clear()
-            self._entries[names] = (now, live)
+            self._entries[key] = (now, live)
         return live
 
     def invalidate(self) -> None:
         self._entries.clear()
 
 
-__all__ = ["CatalogCache", "LiveCatalog", "names_in", "read_catalog"]
+__all__ = ["CatalogCache", "LiveCatalog", "names_in", "procedures_in", "read_catalog"]

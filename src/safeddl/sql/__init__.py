@@ -32,6 +32,7 @@ __all__ = [
     "RawStatement",
     "Syntax",
     "first_words",
+    "call_steps",
     "local_name",
     "procedure_statements",
     "qualified_name",
@@ -510,24 +511,48 @@ def _do_block(c: Cursor) -> list[Step]:
         raise NotUnderstood("DO in another language than plpgsql runs code safeddl cannot see")
     if body is None:
         raise NotUnderstood("DO without a body")
+    leading, steps = _body_steps(static_statements(body), "DO block")
+    # The statement's kind is that of the one such statement, so that its rules apply
+    return [*leading, *steps] if leading else [Step(Action.OTHER, text="DO"), *steps]
+
+
+def call_steps(call: Step, language: str, body: str) -> list[Step] | None:
+    """``CALL p(...)`` of a procedure whose LANGUAGE and body are known: read like a DO
+    block (the static SQL it may run, the kind of its one statement judged as a whole,
+    so that its rules apply); the CALL step itself stays, marked ``body-read`` (or
+    ``body-commits``: it may COMMIT, so it cannot run in a transaction block). None when
+    the body cannot be read that way (:func:`procedure_statements`)."""
+    try:
+        texts, commits = procedure_statements(language, body)
+        leading, steps = _body_steps(texts, "procedure's body")
+    except NotUnderstood:
+        return None
+    head = dataclasses.replace(call, target_kind="body-commits" if commits else "body-read")
+    return [*leading, head, *steps]
+
+
+def _body_steps(texts: list[str], what: str) -> tuple[list[Step], list[Step]]:
+    """The steps of the statements of a body: the one statement of a kind judged as a
+    whole (index builds, drops, TRUNCATE...), and the others'."""
     leading: list[Step] = []
     steps: list[Step] = []
-    for sql in static_statements(body):
+    for sql in texts:
         syntax = read(sql)
         if not syntax.understood:
-            raise NotUnderstood(f"a statement of the DO block cannot be read: {syntax.error}")
+            raise NotUnderstood(f"a statement of the {what} cannot be read: {syntax.error}")
         own = [step for step in syntax.steps if step.action is not Action.OTHER
                and not (step.action is Action.SELECT and _system_catalog(step.table))]
+        if own and own[0].action in (Action.CALL, Action.EXECUTE, Action.PREPARE):
+            raise NotUnderstood(f"the {what} runs {own[0].action.value.upper()}")
         if own and own[0].action in _WHOLE_STATEMENT_KINDS:
             if leading:
-                raise NotUnderstood("a DO block that runs several statements of kinds "
+                raise NotUnderstood(f"a {what} that runs several statements of kinds "
                                     "judged one statement at a time (index builds, drops, "
                                     "TRUNCATE...): not read")
             leading = own
         else:
             steps.extend(own)
-    # The statement's kind is that of the one such statement, so that its rules apply
-    return [*leading, *steps] if leading else [Step(Action.OTHER, text="DO"), *steps]
+    return leading, steps
 
 
 # Statements whose rules look at the statement as a whole (its kind), not at its steps.
