@@ -217,13 +217,29 @@ def test_drop_cascade_is_refused_by_default() -> None:
     ("ALTER SUBSCRIPTION s SET PUBLICATION p", False, True),
     ("ALTER SUBSCRIPTION s SET PUBLICATION p WITH (refresh = false)", True, False),
     ("ALTER SUBSCRIPTION s ENABLE", True, False),
-    ("DROP SUBSCRIPTION s", True, False),
+    ("DROP SUBSCRIPTION s", False, False),  # it drops its replication slot
 ])
 def test_subscriptions(sql: str, transactional: bool, unknown: bool) -> None:
     statement = analyze_statement(sql)
     assert statement.understood and not statement.locks
     assert statement.transactional is transactional
     assert bool(statement.unknown_locks) is unknown
+
+
+@pytest.mark.parametrize(("script", "transactional"), [
+    ("CREATE SUBSCRIPTION s CONNECTION 'host=p' PUBLICATION p "
+     "WITH (connect = false, slot_name = NONE)", True),
+    ("CREATE SUBSCRIPTION s CONNECTION 'host=p' PUBLICATION p WITH (connect = false)", False),
+    ("ALTER SUBSCRIPTION s DISABLE; ALTER SUBSCRIPTION s SET (slot_name = NONE)", True),
+    ("ALTER SUBSCRIPTION s SET (slot_name = NONE); ALTER SUBSCRIPTION s SET (slot_name = 'x')",
+     False),
+    ("ALTER SUBSCRIPTION s SET (slot_name = NONE); DROP SUBSCRIPTION s; "
+     "CREATE SUBSCRIPTION s CONNECTION 'host=p' PUBLICATION p", False),
+])
+def test_a_subscription_without_a_slot_drops_in_a_transaction(script: str,
+                                                              transactional: bool) -> None:
+    drop = analyze_script(f"{script};\nDROP SUBSCRIPTION s;")[-1]
+    assert drop.transactional is transactional
 
 
 # -- what is left unread in PostgreSQL's regression scripts ------------------------------------

@@ -92,6 +92,8 @@ class Catalog:
         # procedure (qualified) -> its argument list as written (folded) -> its LANGUAGE
         # and body, as CREATE PROCEDURE in the text gave them (what a CALL runs)
         self.procedures: dict[str, dict[str, tuple[str, str]]] = {}
+        # subscriptions (folded) the text created or altered with slot_name = NONE
+        self.slotless_subscriptions: set[str] = set()
         # the session's TimeZone when known (SET TimeZone, a live connection)
         self.timezone: str | None = None
         self.search_path: tuple[str, ...] = ("public",)
@@ -274,6 +276,13 @@ class Catalog:
                 self.prepared[local_name(head.name)] = head.definition_sql
             return
         kind = head.target_kind or ""
+        if kind.startswith("subscription") and head.name:
+            subscription = local_name(head.name)
+            if head.options == ("NONE",):
+                self.slotless_subscriptions.add(subscription)
+            elif head.options or head.text in ("CREATE SUBSCRIPTION", "DROP SUBSCRIPTION"):
+                self.slotless_subscriptions.discard(subscription)
+            return
         if (head.action is Action.CREATE_FUNCTION and kind.startswith("procedure:")
                 and head.function and head.definition_sql is not None):
             self.procedures.setdefault(self.key(head.function), {})[head.type_sql or ""] = (

@@ -752,6 +752,14 @@ def _other(step: Step, version: int, catalog: Catalog) -> Effect:
         return Effect((), Holds.BRIEF, not kind.endswith("-outside"), unknown=(
             f"{step.text} {step.name} connects to the publisher and takes ACCESS SHARE on "
             "each local table the publication lists, which only the publisher knows"))
+    if kind == "subscription-drop":
+        # DROP SUBSCRIPTION drops the replication slot on the publisher, which cannot
+        # be done inside a transaction block; without a slot (slot_name = NONE) it can
+        slotless = step.name is not None and local_name(step.name) in catalog.slotless_subscriptions
+        return Effect((), Holds.BRIEF, slotless, () if slotless else (
+            "a subscription with a replication slot cannot be dropped inside a transaction "
+            "block (ALTER SUBSCRIPTION ... SET (slot_name = NONE) first, if the publisher "
+            "is gone)",))
     return Effect((), Holds.BRIEF, kind != "outside-transaction")
 
 

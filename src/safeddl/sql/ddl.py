@@ -469,13 +469,13 @@ def _publication(c: Cursor) -> list[Step]:
 _FALSE = ("FALSE", "OFF", "0", "'FALSE'", "'OFF'", "'0'", "NONE")
 
 
-def _with_options(c: Cursor) -> dict[str, str]:
-    """``WITH (name = value, name, ...)`` at the end of the statement: upper-cased
-    names -> upper-cased values (a bare name is TRUE)."""
+def _with_options(c: Cursor, opener: str = "WITH") -> dict[str, str]:
+    """``WITH (name = value, name, ...)`` (or ``SET (...)``) at the end of the statement:
+    upper-cased names -> upper-cased values (a bare name is TRUE)."""
     words = c.words(0, c.stop)
     options: dict[str, str] = {}
     for i in range(c.stop - 1, -1, -1):
-        if c.tokens[i].word == "WITH" and i + 1 < c.stop and c.tokens[i + 1].kind == "L_PAREN":
+        if c.tokens[i].word == opener and i + 1 < c.stop and c.tokens[i + 1].kind == "L_PAREN":
             for start, stop in split_top_level(c.tokens, i + 2, c.stop - 1):
                 parts = words[start:stop]
                 if parts:
@@ -499,7 +499,7 @@ def _subscription(c: Cursor) -> list[Step]:
     if name is None:
         raise NotUnderstood(f"{verb} SUBSCRIPTION without a name")
     words = c.words(c.pos, c.stop)
-    options = _with_options(c)
+    options = _with_options(c, "SET" if verb == "ALTER" and c.at("SET", "(") else "WITH")
     connects, outside = False, False
     if verb == "CREATE":
         if "CONNECTION" not in words or "PUBLICATION" not in words:
@@ -516,7 +516,13 @@ def _subscription(c: Cursor) -> list[Step]:
         connects = outside = refresh
     kind = ("subscription-connects-outside" if outside
             else "subscription-connects" if connects else "subscription")
-    return [Step(Action.OTHER, name=name, target_kind=kind, text=f"{verb} SUBSCRIPTION")]
+    if verb == "DROP":
+        kind = "subscription-drop"  # outside a transaction block, if it has a slot
+    # ``slot_name``, when the statement sets it: "NONE" (no replication slot) or a name
+    slot = ("NONE" if options["SLOT_NAME"] == "NONE" else "named",) \
+        if "SLOT_NAME" in options else ()
+    return [Step(Action.OTHER, name=name, target_kind=kind, text=f"{verb} SUBSCRIPTION",
+                 options=slot)]
 
 
 def _drop_function(c: Cursor) -> list[Step]:
