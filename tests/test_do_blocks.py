@@ -163,3 +163,24 @@ def test_the_rules_of_a_procedure_s_statements_apply_to_its_call() -> None:
     decision = decide("CALL reload()", SessionFacts(18, True, catalog, live=True), Policy())
     assert decision.plan is None and decision.action is not RuleAction.ALLOW
     assert decision.statements[0].locks[0].relation == "t"
+
+
+def test_a_block_nested_in_a_loop_may_declare() -> None:
+    body = """
+    BEGIN
+        FOR i IN 1..3 LOOP
+            DECLARE
+                n integer := i;
+                r record;
+            BEGIN
+                UPDATE a SET x = n;
+            END;
+        END LOOP;
+        <<inner>>
+        DECLARE m integer;
+        BEGIN
+            DELETE FROM b WHERE x = m;
+        END;
+    END
+    """
+    assert static_statements(body) == ["UPDATE a SET x = n", "DELETE FROM b WHERE x = m"]

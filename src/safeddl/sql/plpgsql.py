@@ -31,19 +31,17 @@ def static_statements(body: str) -> list[str]:
     out: list[str] = []
     declaring = False
     for chunk in _chunks(tokens):
-        chunk = _skip_labels(chunk)
-        if not chunk:
-            continue
-        if _word(chunk[0]) == "DECLARE":
-            declaring = True
-            chunk = chunk[1:]
-        if declaring:
-            begin = next((i for i, t in enumerate(chunk) if _word(t) == "BEGIN"), None)
-            if begin is None:
-                continue  # a declaration
-            declaring = False
-            chunk = chunk[begin:]
-        out.extend(_statements_of(body, chunk))
+        pending: list[Token] | None = _skip_labels(chunk)
+        while pending:
+            if declaring:
+                begin = next((i for i, t in enumerate(pending) if _word(t) == "BEGIN"), None)
+                if begin is None:
+                    break  # a declaration
+                declaring = False
+                pending = pending[begin:]
+            found, pending = _statements_of(body, pending)
+            out.extend(found)
+            declaring = pending is not None  # a DECLARE section starts (a nested block too)
     return out
 
 
@@ -80,18 +78,22 @@ def ends_transactions(body: str) -> bool:
                for tok in tokenize(body))
 
 
-def _statements_of(body: str, chunk: list[Token]) -> list[str]:
+def _statements_of(body: str, chunk: list[Token]) -> tuple[list[str], list[Token] | None]:
+    """The statements of a chunk (up to a ``;``), and what follows a ``DECLARE`` in it
+    (None when there is none: declarations are skipped up to the block's ``BEGIN``)."""
     out: list[str] = []
     while chunk:
         chunk = _skip_labels(chunk)
         if not chunk:
             break
         word = _word(chunk[0])
+        if word == "DECLARE":
+            return out, chunk[1:]
         if word in ("BEGIN", "ELSE", "LOOP", "EXCEPTION", "THEN"):
             chunk = chunk[1:]
             continue
         if word == "END":
-            return out  # END [IF | LOOP | CASE] [label]
+            return out, None  # END [IF | LOOP | CASE] [label]
         if word in ("IF", "ELSIF", "ELSEIF", "WHILE", "WHEN", "CASE"):
             stop = _until(chunk, 1, ("THEN", "LOOP"))
             out.extend(_condition_reads(body, chunk[1:stop]))
@@ -111,16 +113,16 @@ def _statements_of(body: str, chunk: list[Token]) -> list[str]:
         if word in ("EXECUTE", "CALL"):
             raise NotUnderstood(f"{word} in a plpgsql body runs code safeddl cannot see")
         if word in _SKIPPED:
-            return out
+            return out, None
         if word == "PERFORM":
-            return [*out, "SELECT " + _text(body, chunk[1:])]
+            return [*out, "SELECT " + _text(body, chunk[1:])], None
         target = _assignment_target(chunk)
         if target is not None:
-            return [*out, *_condition_reads(body, chunk[target + 1:])]  # v[i].f := expr
+            return [*out, *_condition_reads(body, chunk[target + 1:])], None  # v[i].f := expr
         if word in _SQL_START:
-            return [*out, _without_into(body, chunk)]
+            return [*out, _without_into(body, chunk)], None
         raise NotUnderstood(f"a statement of a plpgsql body safeddl cannot read: {word}")
-    return out
+    return out, None
 
 
 def _assignment_target(chunk: list[Token]) -> int | None:
