@@ -35,6 +35,11 @@ CREATE TABLE orders (
 );
 INSERT INTO orders SELECT g, 1 + g % 100, 'r' || g, g, '2024-01-01' FROM generate_series(1, {ROWS}) g;
 CREATE UNIQUE INDEX orders_id_idx ON orders (id);
+CREATE PROCEDURE forget_customer(c int) LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE orders SET customer_id = NULL WHERE customer_id = c;
+    DELETE FROM customers WHERE id = c;
+END $$;
 ANALYZE;
 """
 STATEMENTS = [
@@ -92,6 +97,20 @@ def test_dsn_finding_says_how_big_the_table_is(staging: str, tmp_path: Path) -> 
     assert f"Size: orders has about {ROWS:,} rows, " in result.output
     assert " MB (from the database)." in result.output or " kB (from the database)." in (
         result.output)
+
+
+def test_dsn_gives_the_body_of_a_called_procedure(staging: str, tmp_path: Path) -> None:
+    migration = tmp_path / "m.sql"
+    migration.write_text("CALL forget_customer(7);\n")
+    (with_dsn,) = analyze("--dsn", staging, str(migration))
+    locks = {lock["relation"]: lock["mode"] for lock in with_dsn["locks"]}
+    assert locks == {"orders": "RowExclusiveLock", "customers": "RowExclusiveLock"}, locks
+    assert not with_dsn["findings"], with_dsn["findings"]
+    with psycopg.connect(staging) as conn:  # what the server takes
+        seen = observe_in_transaction(conn, "CALL forget_customer(7)")
+    assert {"public.orders", "public.customers"} <= set(seen.locks), seen.locks
+    (alone,) = analyze(str(migration))
+    assert [f["rule"] for f in alone["findings"]] == ["opaque-statement"]
 
 
 def test_unreachable_dsn_is_a_usage_error(tmp_path: Path) -> None:

@@ -33,6 +33,14 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'i', 'I')
 """
 
 
+# Every user procedure's name (what a CALL in the linted file may run).
+_ALL_PROCEDURES_SQL = """
+SELECT DISTINCT quote_ident(p.proname)
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.prokind = 'p' AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+"""
+
+
 class SchemaError(Exception):
     """The schema source cannot be read (a database that cannot be reached...)."""
 
@@ -56,7 +64,8 @@ def catalog_from_dsn(dsn: str) -> Catalog:
                 return conn.execute(sql, params).fetchall()
 
             names = [row[0] for row in run(_ALL_RELATIONS_SQL, None)]
-            catalog = read_catalog(run, names).catalog
+            procedures = [row[0] for row in run(_ALL_PROCEDURES_SQL, None)]
+            catalog = read_catalog(run, names, procedures).catalog
             conn.rollback()
     except psycopg.Error as exc:
         raise SchemaError(f"cannot read the catalog of the database: {exc}") from None
@@ -76,6 +85,7 @@ def schema_catalog(schema_text: str | None, dsn: str | None, version: int,
             live.relations = {**catalog.relations, **live.relations}
             live.indexes = {**catalog.indexes, **live.indexes}
             live.index_columns = {**catalog.index_columns, **live.index_columns}
+            live.procedures = {**catalog.procedures, **live.procedures}
             live.invalidate()
         catalog = live
     if timezone is not None:
