@@ -291,3 +291,76 @@ def test_catalog_facts_on_every_server_version(safeddl_db_each: str) -> None:
         conn.execute("CREATE INDEX CONCURRENTLY big_x ON big (x)")
         assert show(conn, "lock_timeout") == "0"
     assert index_exists(dsn, "big_x") and not index_exists(dsn, "fresh_x")
+
+
+# --------------------------------------------------------------------------- CALL
+# The procedure's body is read from the database (``pg_get_functiondef``): a CALL of
+# plain DML is sent, one whose body holds strong locks is judged by the rules of those
+# statements, and one whose body cannot be read (dynamic SQL, another language,
+# overloads) stays refused as opaque.
+
+
+@pytest.fixture
+def procedures(db: str) -> str:
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute("CREATE PROCEDURE touch(k int) LANGUAGE sql "
+                     "AS $$ UPDATE big SET x = x + 1 WHERE id = k $$")
+        conn.execute("CREATE PROCEDURE touch_atomic(k int) LANGUAGE sql "
+                     "BEGIN ATOMIC UPDATE big SET x = x + 1 WHERE id = k; END")
+        conn.execute("CREATE PROCEDURE empty_big() LANGUAGE plpgsql "
+                     "AS $$ BEGIN TRUNCATE big; END $$")
+        conn.execute("CREATE PROCEDURE dynamic() LANGUAGE plpgsql "
+                     "AS $$ BEGIN EXECUTE 'TRUNCATE big'; END $$")
+        conn.execute("CREATE PROCEDURE twice(k int) LANGUAGE sql AS $$ SELECT 1 $$")
+        conn.execute("CREATE PROCEDURE twice(k text) LANGUAGE sql AS $$ TRUNCATE big $$")
+    return db
+
+
+def value_of(dsn: str, key: int) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT x FROM big WHERE id = %s", [key]).fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+def row_count(dsn: str) -> int:
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM big").fetchone()
+        assert row is not None
+        return int(row[0])
+
+
+@pytest.mark.parametrize("procedure", ["touch", "touch_atomic"])
+def test_a_call_of_plain_dml_is_sent(guarded: psycopg.Connection[Any], procedures: str,
+                                     procedure: str) -> None:
+    before = value_of(procedures, 7)
+    guarded.execute(f"CALL {procedure}(7)")
+    guarded.commit()
+    assert value_of(procedures, 7) == before + 1
+    guarded.execute(f"CALL {procedure}(7)")  # in the same transaction again: a known text
+    guarded.commit()
+    assert value_of(procedures, 7) == before + 2
+
+
+def test_a_call_whose_body_truncates_is_refused_by_the_truncate_rule(
+        guarded: psycopg.Connection[Any], procedures: str) -> None:
+    with pytest.raises(safeddl.UnsafeStatement) as refused:
+        guarded.execute("CALL empty_big()")
+    assert refused.value.rule == "truncate"
+    guarded.rollback()
+    assert row_count(procedures) == BIG_ROWS
+
+
+@pytest.mark.parametrize(("sql", "why"), [
+    ("CALL dynamic()", "EXECUTE"),
+    ("CALL twice(1)", "procedures of that name"),
+    ("CALL missing()", "not in the text"),
+])
+def test_a_call_whose_body_cannot_be_read_stays_refused(
+        guarded: psycopg.Connection[Any], procedures: str, sql: str, why: str) -> None:
+    with pytest.raises(safeddl.UnsafeStatement) as refused:
+        guarded.execute(sql)
+    assert refused.value.rule == "opaque-statement"
+    assert why in str(refused.value), str(refused.value)
+    guarded.rollback()
+    assert row_count(procedures) == BIG_ROWS
