@@ -147,34 +147,29 @@ class Twins:
 
     @staticmethod
     def _psycopg(conn: psycopg.Connection[Any]) -> Send:
-        def send(sql: str) -> None:
-            try:
-                conn.execute(sql)
-            finally:
-                conn.rollback()
-        return send
+        return _rolled_back(conn.execute, conn.rollback)
 
     @staticmethod
     def _text(conn: sqlalchemy.Connection) -> Send:
-        def send(sql: str) -> None:
-            try:
-                conn.execute(sql_text(sql))
-            finally:
-                conn.rollback()
-        return send
+        return _rolled_back(lambda sql: conn.execute(sql_text(sql)), conn.rollback)
 
     @staticmethod
     def _driver_sql(conn: sqlalchemy.Connection) -> Send:
-        def send(sql: str) -> None:
-            try:
-                conn.exec_driver_sql(sql)
-            finally:
-                conn.rollback()
-        return send
+        return _rolled_back(conn.exec_driver_sql, conn.rollback)
 
     def close(self) -> None:
         for close in reversed(self.closers):
             close()
+
+
+def _rolled_back(execute: Callable[[str], object], rollback: Callable[[], None]) -> Send:
+    """Send one statement, then roll back (also when it raised)."""
+    def send(sql: str) -> None:
+        try:
+            execute(sql)
+        finally:
+            rollback()
+    return send
 
 
 def quartiles(data: list[float]) -> tuple[float, float, float]:
