@@ -354,7 +354,7 @@ def test_a_call_whose_body_truncates_is_refused_by_the_truncate_rule(
 @pytest.mark.parametrize(("sql", "why"), [
     ("CALL dynamic()", "EXECUTE"),
     ("CALL twice(1)", "procedures of that name"),
-    ("CALL missing()", "not in the text"),
+    ("CALL missing()", "its body is not known"),
 ])
 def test_a_call_whose_body_cannot_be_read_stays_refused(
         guarded: psycopg.Connection[Any], procedures: str, sql: str, why: str) -> None:

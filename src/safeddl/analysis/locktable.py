@@ -786,7 +786,8 @@ def _call(step: Step, version: int, catalog: Catalog) -> Effect:
         return Effect((), Holds.BRIEF, step.target_kind == "body-read")
     known = catalog.procedures.get(catalog.key(step.function)) if step.function else None
     if not known:
-        return _call_unknown(step, "the procedure's body is not in the text")
+        return _call_unknown(step, "its body is not known (not created earlier in the text, "
+                             "nor read from a database)")
     if len(known) > 1:
         return _call_unknown(step, f"the text creates {len(known)} procedures of that name "
                              "and which one runs depends on the arguments' types")
