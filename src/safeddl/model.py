@@ -215,6 +215,12 @@ class Statement:
 
     @property
     def is_ddl(self) -> bool:
+        """Not only reads and writes of rows (a CALL: when its body is not known, or
+        when a statement of its body is not)."""
+        if self.kind is Action.CALL:
+            return self.unknown_locks is not None or any(
+                step.action not in _DML and step.action is not Action.CALL
+                for step in self.steps)
         return self.kind not in _DML
 
     def lock_on(self, relation: str) -> RelationLock | None:

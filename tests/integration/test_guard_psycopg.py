@@ -364,3 +364,27 @@ def test_a_call_whose_body_cannot_be_read_stays_refused(
     assert why in str(refused.value), str(refused.value)
     guarded.rollback()
     assert row_count(procedures) == BIG_ROWS
+
+
+def test_a_call_run_over_and_over_reads_the_catalog_once(
+        guarded: psycopg.Connection[Any], procedures: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The body is read from the database once per live catalog (kept a short while),
+    not at every CALL: a CALL of plain DML is not DDL, and its decision is kept with
+    the catalog it was made against."""
+    from safeddl.runtime import live_catalog
+
+    reads = []
+    real = live_catalog.read_catalog
+
+    def counted(*args: Any, **kwargs: Any) -> live_catalog.LiveCatalog:
+        reads.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(live_catalog, "read_catalog", counted)
+    before = value_of(procedures, 3)
+    for _ in range(20):
+        guarded.execute("CALL touch(3)")
+        guarded.commit()
+    assert value_of(procedures, 3) == before + 20
+    assert len(reads) == 1, reads

@@ -98,6 +98,7 @@ logger = logging.getLogger("safeddl")
 PLAIN_ENTRIES, PLAIN_BYTES = 20_000, 8 * MiB
 TRACKED_ENTRIES, TRACKED_BYTES = 20_000, 16 * MiB
 DECISION_ENTRIES, DECISION_BYTES = 4_096, 8 * MiB
+LIVE_DECISIONS = 64  # decisions kept with one live catalog (it lives a few seconds)
 _NOWAIT = re.compile(r"(?i)\bNOWAIT\b")
 # Sent instead of the statement when the guard ran every step of a plan itself.
 NOOP = "DO $$BEGIN END$$"
@@ -408,8 +409,17 @@ class Guard:
                 add_citus_facts(live, session.run, in_transaction=in_transaction)
         live = state.catalogs.get(names_in(statements), session.run, enrich,
                                   procedures_in(statements))
+        # the same text against the same live catalog (kept a short while): the same
+        # decision (a CALL of a procedure, run over and over, is decided once)
+        memo = (id(self), key, id(rewriter))
+        remembered: Decision | None = live.decisions.get(memo)
+        if remembered is not None:
+            return remembered, live
         facts = SessionFacts(version, in_transaction, live.catalog, live=True)
-        return decide(text, facts, self.policy, allowed, rewriter), live
+        decided = decide(text, facts, self.policy, allowed, rewriter)
+        if len(live.decisions) < LIVE_DECISIONS:
+            live.decisions[memo] = decided
+        return decided, live
 
     def _remember(self, key: tuple[str, int, bool, Allowances], decision: Decision,
                   server_version: int) -> None:

@@ -51,6 +51,8 @@ class LiveCatalog:
     catalog: Catalog
     oids: dict[str, int] = field(default_factory=dict)  # catalog key -> oid
     names: frozenset[str] = frozenset()  # the written names it was read for
+    # decisions made against this catalog, by the guard's key (see Guard._decision)
+    decisions: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def oid_of(self, written: str) -> int | None:
         return self.oids.get(self.catalog.key(written))
