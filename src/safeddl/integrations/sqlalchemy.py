@@ -49,6 +49,7 @@ logger = logging.getLogger("safeddl")
 URL_PREFIX = "safeddl_"
 POLICY_FILE_KEY = "safeddl_policy"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+_contains = dict.__contains__
 
 
 # =========================================================================== session port
@@ -142,7 +143,8 @@ class EngineHook:
             self._cursor_execute(cursor, statement, parameters, context)
             return
         plain = guard.plain.get(self.server_version)  # type: ignore[arg-type]
-        if plain is None or statement not in plain:
+        # (dict.__contains__: ``in`` on the cache, a dict subclass, looks the method up)
+        if plain is None or not _contains(plain, statement):
             # DML that needs nothing but the lock ledger: checked on the fast path
             known = guard.tracked.get(self.server_version)  # type: ignore[arg-type]
             tracked = known.get(statement) if known is not None else None
@@ -156,7 +158,8 @@ class EngineHook:
                                                                context),
                               parameters)
                 return
-            if (not driver.autocommit or driver.pgconn.transaction_status != _IDLE) \
+            # (``_autocommit``: psycopg's attribute behind its ``autocommit`` property)
+            if (not driver._autocommit or driver.pgconn.transaction_status != _IDLE) \
                     and not guard.tracker.fast(state, tracked, parameters):
                 guard.track(state, tracked, statement, parameters)
         try:

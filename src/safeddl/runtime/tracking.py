@@ -167,14 +167,16 @@ class LockTracker:
     def fast(self, state: ConnectionState, tracked: Tracked, params: Any) -> bool:
         """Check and record one execution when no finding is possible; False (nothing
         recorded) when the full check must run: :meth:`before`."""
+        if not tracked.fast:
+            return False  # (before() drops the ledger of a transaction that ended unseen)
         ledger = state.ledger
         if ledger.used:
-            if state.transaction_idle():
+            pgconn = state._pgconn
+            if (pgconn.transaction_status == 0 if pgconn is not None  # libpq: IDLE
+                    else state.transaction_idle()):
                 ledger.clear()  # the last transaction ended without the ledger seeing it
             elif ledger.strongest is _AE:
                 return False
-        if not tracked.fast:
-            return False
         taking: list[tuple[HeldLock, tuple[int, str]]] | None = None
         modes = ledger.modes
         for key, mode, rank, lock in tracked.takes:
@@ -195,7 +197,12 @@ class LockTracker:
         row = tracked.row
         values = None
         if row is not None and self.check_rows:
-            values = row.values(params)
+            index = row.index
+            if index >= 0 and type(params) is tuple and index < len(params):
+                value = params[index]  # the usual case, inlined
+                values = None if value is None else (value,)
+            else:
+                values = row.values(params)
             if values is not None:
                 current = ledger.rows.get(row.slot)
                 if current is not None:
