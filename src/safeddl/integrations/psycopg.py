@@ -204,30 +204,35 @@ class GuardedCursorMixin:
     __slots__ = ()
     _class_guard: ClassVar[Guard | None] = None
 
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None, **kwargs: Any) -> Any:
         # The hot path, inlined and kept to few bytecodes (each costs; measured with
         # callgrind): a statement known to need nothing costs a few dict lookups.
         # ``_conn`` / ``_autocommit``: psycopg's attributes behind its ``connection`` /
         # ``autocommit`` properties.
         conn = self._conn  # type: ignore[attr-defined]
         slot: Slot | None = _slot_get(id(conn))
-        if slot is None or type(query) is not str or _scopes():
-            return self._execute_guarded(query, params, kwargs)
+        if slot is None or type(query) is not str or _scopes() or kwargs:
+            return self._execute_guarded(query, params, dict(kwargs, prepare=prepare,
+                                                             binary=binary))
         hot = slot.hot
         if hot is None or hot[0] is not slot.guard:
             hot = slot.refresh()
             if hot is None:
-                return self._execute_guarded(query, params, kwargs)
+                return self._execute_guarded(query, params, {"prepare": prepare,
+                                                             "binary": binary})
         guard, is_plain, tracked, tracker, state = hot
         if not is_plain(query):  # DML that needs nothing but the lock ledger
             statements = tracked(query)
             if statements is None:
-                return self._execute_guarded(query, params, kwargs)
+                return self._execute_guarded(query, params, {"prepare": prepare,
+                                                             "binary": binary})
             if (not conn._autocommit or conn.pgconn.transaction_status != _IDLE) \
                     and not tracker.fast(state, statements, params):
                 guard.track(state, statements, query, params)
-        try:
-            return super().execute(query, params, **kwargs)  # type: ignore[misc]
+        try:  # (named, not **kwargs: no dictionary to build and unpack)
+            return super().execute(query, params, prepare=prepare,  # type: ignore[misc]
+                                   binary=binary)
         except Exception as exc:
             _convert_plain(self, query, exc)
             raise
@@ -314,7 +319,17 @@ class GuardedClientCursor(GuardedCursorMixin, psycopg.ClientCursor[Row]):
     __slots__ = ()
 
 
-class GuardedServerCursor(GuardedCursorMixin, psycopg.ServerCursor[Row]):
+class GuardedServerCursorMixin(GuardedCursorMixin):
+    """The guarded ``execute`` of a named (server-side) cursor, whose ``execute`` takes
+    no ``prepare``: always the full path (a server cursor is not the hot path)."""
+
+    __slots__ = ()
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self._execute_guarded(query, params, kwargs)
+
+
+class GuardedServerCursor(GuardedServerCursorMixin, psycopg.ServerCursor[Row]):
     """Named (server-side) cursor that goes through the guard."""
 
     __slots__ = ()
@@ -334,8 +349,9 @@ def guarded_class(base: type[Any]) -> type[Any]:
     with _GUARDED_LOCK:
         guarded = _GUARDED.get(base)
         if guarded is None:
-            guarded = type(f"Guarded{base.__name__}", (GuardedCursorMixin, base),
-                           {"__slots__": ()})
+            mixin = (GuardedServerCursorMixin if issubclass(base, psycopg.ServerCursor)
+                     else GuardedCursorMixin)
+            guarded = type(f"Guarded{base.__name__}", (mixin, base), {"__slots__": ()})
             _GUARDED[base] = guarded
     return guarded
 
@@ -402,5 +418,6 @@ def connect(conninfo: str = "", *, policy: Policy | None = None,
 
 
 __all__ = ["GuardedClientCursor", "GuardedCursor", "GuardedCursorMixin", "GuardedServerCursor",
+           "GuardedServerCursorMixin",
            "PsycopgSession", "SLOTS", "Slot", "connect", "cursor_factory", "guarded_class",
            "hook_connection", "install", "scope_target", "slot_of", "uninstall"]
