@@ -1,6 +1,6 @@
 """What does the runtime guard cost on ordinary traffic? Prints Markdown; asserts nothing.
 
-    python benchmarks/bench_hot_path.py [--seconds 100] [--block 40] [--profile]
+    python benchmarks/bench_hot_path.py [--seconds 100] [--block 40] [--profile] [--one-process]
 
 What it measures: the throughput of one realistic unit of work (one transaction: a
 point SELECT by key, an INSERT, an UPDATE by key, a two-table join, a DELETE by key of
@@ -14,7 +14,14 @@ same unit on an unguarded twin, for three stacks:
 - raw psycopg 3: ``safeddl.psycopg.connect`` vs ``psycopg.connect``.
 
 Method. A throwaway PostgreSQL (``safeddl.testing.start_server()``), one connection per
-twin, warm caches (a warm-up round first). Every round starts both twins on fresh
+twin, warm caches (a warm-up round first). Each twin runs in a process of its own,
+driven in lockstep by this one (a unit is timed in its twin's process; the pipe is not
+timed): twins in one interpreter share its specialized bytecode, and each twin's
+objects (another cursor class, another connection layout) keep turning the other's
+call sites back to generic code. Measured with callgrind, alternating the two psycopg
+twins unit by unit in one process added 39,000 instructions to the unguarded unit
+(534,000 alone) and 67,000 to the guarded one (581,000 alone). ``--one-process``: the
+old way, both twins here. Every round starts both twins on fresh
 server sessions (and warms them): two identical unguarded psycopg connections measured
 side by side here differed by 12% in client CPU per unit, consistently, by where their
 backends happened to run, and a twin kept for the whole run carries such a bias into
@@ -48,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import multiprocessing
 import platform
 import pstats
 import random
@@ -205,8 +213,8 @@ class Stack:
     """A stack measured as twins: unguarded and guarded."""
 
     name: str
-    plain: Callable[[], None]
-    guarded: Callable[[], None]
+    plain: Callable[[], tuple[float, float]]  # one unit: its (wall, client CPU) seconds
+    guarded: Callable[[], tuple[float, float]]
     reconnect: Callable[[], None]  # fresh server sessions for both twins
     ratios: list[float] = field(default_factory=list)  # per round: plain time / guarded time
     plain_units: list[float] = field(default_factory=list)  # per round: units/s
@@ -215,6 +223,7 @@ class Stack:
     added_cpu: list[float] = field(default_factory=list)
     plain_wall: list[float] = field(default_factory=list)
     plain_cpu: list[float] = field(default_factory=list)
+    profile: Callable[[int], list[tuple[str, float]]] = lambda units: []  # of guarded units
 
     def round(self, block: int, number: int) -> None:
         """``block`` units of each twin, alternated unit by unit in ABBA order (BAAB
@@ -226,16 +235,12 @@ class Stack:
         wall = {True: 0.0, False: 0.0}
         cpu = {True: 0.0, False: 0.0}
         first = number % 2 == 0  # True: the guarded twin first
-        clock, cpu_clock = time.perf_counter, time.thread_time
         for index in range(block):
             pair = (first, not first) if index % 2 == 0 else (not first, first)
             for guarded in pair:
-                unit = self.guarded if guarded else self.plain
-                started, cpu_started = clock(), cpu_clock()
-                unit()
-                ended, cpu_ended = clock(), cpu_clock()
-                wall[guarded] += ended - started
-                cpu[guarded] += cpu_ended - cpu_started
+                unit_wall, unit_cpu = (self.guarded if guarded else self.plain)()
+                wall[guarded] += unit_wall
+                cpu[guarded] += unit_cpu
         units, statements = block, block * STATEMENTS_PER_UNIT
         self.ratios.append(wall[False] / wall[True])
         self.plain_units.append(units / wall[False])
@@ -251,6 +256,82 @@ class Stack:
             values.clear()
 
 
+def timed(unit: Callable[[], None]) -> Callable[[], tuple[float, float]]:
+    """The unit, returning its wall and client CPU (``time.thread_time``) seconds."""
+    clock, cpu_clock = time.perf_counter, time.thread_time
+
+    def run() -> tuple[float, float]:
+        started, cpu_started = clock(), cpu_clock()
+        unit()
+        cpu_ended, ended = cpu_clock(), clock()
+        return ended - started, cpu_ended - cpu_started
+    return run
+
+
+def twin(stack: str, guarded: bool, dsn: str, url: str, keys: Keys,
+         ) -> tuple[Callable[[], None], Callable[[], None], Callable[[], None]]:
+    """One twin of a stack, built where it runs: (unit, reconnect, close)."""
+    policy = safeddl.Policy.from_sources()
+    if stack == "psycopg":
+        conns: list[psycopg.Connection[Any]] = []
+
+        def reconnect() -> None:
+            for conn in conns:
+                conn.close()
+            conns[:] = [safeddl.psycopg.connect(dsn, policy=policy) if guarded
+                        else psycopg.connect(dsn)]
+        reconnect()
+        return (lambda: psycopg_unit(conns[0], keys)), reconnect, (lambda: conns[0].close())
+    engine = create_engine(url, pool_size=1)
+    if guarded:
+        safeddl.install(engine, policy)
+    unit = core_unit if stack == "core" else orm_unit
+    # reconnect: the pool opens a fresh session at the next unit
+    return (lambda: unit(engine, keys)), engine.dispose, engine.dispose
+
+
+def serve(pipe: Any, stack: str, guarded: bool, dsn: str, url: str, keys: Keys) -> None:
+    """A twin in a process of its own: runs what the parent asks, one unit at a time."""
+    unit, reconnect, close = twin(stack, guarded, dsn, url, keys)
+    run = timed(unit)
+    while True:
+        command, argument = pipe.recv()
+        if command == "unit":
+            pipe.send(run())
+        elif command == "reconnect":
+            reconnect()
+            pipe.send(None)
+        elif command == "profile":
+            pipe.send(profile_units(unit, argument))
+        else:
+            close()
+            pipe.send(None)
+            return
+
+
+class Remote:
+    """The parent's end of a twin running in its own process."""
+
+    def __init__(self, stack: str, guarded: bool, dsn: str, url: str, keys: Keys) -> None:
+        context = multiprocessing.get_context("fork")
+        self.pipe, child = context.Pipe()
+        self.process = context.Process(target=serve, args=(child, stack, guarded, dsn, url,
+                                                           keys), daemon=True)
+        self.process.start()
+
+    def ask(self, command: str, argument: Any = None) -> Any:
+        self.pipe.send((command, argument))
+        return self.pipe.recv()
+
+    def unit(self) -> tuple[float, float]:
+        result: tuple[float, float] = self.ask("unit")
+        return result
+
+    def stop(self) -> None:
+        self.ask("stop")
+        self.process.join(10)
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     q1, median, q3 = statistics.quantiles(values, n=4)
     return q1, median, q3
@@ -260,23 +341,24 @@ def profile(stacks: list[Stack], units: int) -> list[tuple[str, list[tuple[str, 
     """safeddl's own functions in a profile of ``units`` guarded units per stack: the
     time spent in each (its own frames, not what it calls), µs per unit. (The profiler
     inflates small functions: read the shares, not the absolute numbers.)"""
-    out = []
-    for stack in stacks:
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _unit in range(units):
-            stack.guarded()
-        profiler.disable()
-        stats = pstats.Stats(profiler)
-        rows = []
-        for (path, line, function), row in stats.stats.items():  # type: ignore[attr-defined]
-            if "/safeddl/" in path and "/benchmarks/" not in path:
-                module = path.split("/safeddl/", 1)[1].removesuffix(".py").replace("/", ".")
-                rows.append((f"{module}.{function} (line {line})", row[2] / units * 1e6))
-        rows.sort(key=lambda item: -item[1])
-        out.append((stack.name, rows[:8] + [("all of safeddl's own code",
-                                              sum(t for _n, t in rows))]))
-    return out
+    return [(stack.name, stack.profile(units)) for stack in stacks]
+
+
+def profile_units(unit: Callable[[], None], units: int) -> list[tuple[str, float]]:
+    """safeddl's own functions in a profile of ``units`` runs of ``unit``."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _unit in range(units):
+        unit()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows = []
+    for (path, line, function), row in stats.stats.items():  # type: ignore[attr-defined]
+        if "/safeddl/" in path and "/benchmarks/" not in path:
+            module = path.split("/safeddl/", 1)[1].removesuffix(".py").replace("/", ".")
+            rows.append((f"{module}.{function} (line {line})", row[2] / units * 1e6))
+    rows.sort(key=lambda item: -item[1])
+    return rows[:8] + [("all of safeddl's own code", sum(t for _n, t in rows))]
 
 
 def time_best(call: Callable[[], object], repeat: int, batches: int = BATCHES) -> float:
@@ -370,6 +452,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--profile", action="store_true",
                         help="also profile guarded units: what is left of the guard")
+    parser.add_argument("--one-process", action="store_true",
+                        help="both twins in this process (they then share the "
+                             "interpreter's specialized code paths)")
     args = parser.parse_args(argv)
 
     server = start_server()
@@ -381,42 +466,38 @@ def main(argv: list[str] | None = None) -> None:
 
 def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) -> None:
     setup_schema(dsn)
-    policy = safeddl.Policy.from_sources()
-    engines = {name: create_engine(url, pool_size=1) for name in
-               ("core", "core+safeddl", "orm", "orm+safeddl")}
-    safeddl.install(engines["core+safeddl"], policy)
-    safeddl.install(engines["orm+safeddl"], policy)
-    conns: dict[str, psycopg.Connection[Any]] = {}
-
-    def reconnect_psycopg() -> None:
-        for conn in conns.values():
-            conn.close()
-        conns["plain"] = psycopg.connect(dsn)
-        conns["guarded"] = safeddl.psycopg.connect(dsn, policy=policy)
-
-    def reconnect(*names: str) -> Callable[[], None]:
-        def dispose() -> None:  # the pool opens a fresh session at the next unit
-            for name in names:
-                engines[name].dispose()
-        return dispose
-
-    reconnect_psycopg()
     keys = [Keys(args.seed + i, i * 10_000_000) for i in range(6)]
+    names = (("core", "SQLAlchemy Core"), ("orm", "SQLAlchemy ORM (Session)"),
+             ("psycopg", "psycopg 3"))
+    stacks = []
+    remotes: list[Remote] = []
+    closers: list[Callable[[], None]] = []
+    for index, (kind, title) in enumerate(names):
+        if args.one_process:  # both twins here: they share the interpreter's state
+            plain_unit, plain_reconnect, plain_close = twin(kind, False, dsn, url,
+                                                            keys[2 * index])
+            guarded_unit, guarded_reconnect, guarded_close = twin(kind, True, dsn, url,
+                                                                  keys[2 * index + 1])
+            closers += [plain_close, guarded_close]
 
-    stacks = [
-        Stack("SQLAlchemy Core",
-              lambda: core_unit(engines["core"], keys[0]),
-              lambda: core_unit(engines["core+safeddl"], keys[1]),
-              reconnect("core", "core+safeddl")),
-        Stack("SQLAlchemy ORM (Session)",
-              lambda: orm_unit(engines["orm"], keys[2]),
-              lambda: orm_unit(engines["orm+safeddl"], keys[3]),
-              reconnect("orm", "orm+safeddl")),
-        Stack("psycopg 3",
-              lambda: psycopg_unit(conns["plain"], keys[4]),
-              lambda: psycopg_unit(conns["guarded"], keys[5]),
-              reconnect_psycopg),
-    ]
+            def reconnect(first: Callable[[], None] = plain_reconnect,
+                          second: Callable[[], None] = guarded_reconnect) -> None:
+                first()
+                second()
+            stacks.append(Stack(title, timed(plain_unit), timed(guarded_unit), reconnect,
+                                profile=lambda units, unit=guarded_unit: profile_units(unit,
+                                                                                       units)))
+            continue
+        plain, guarded = (Remote(kind, False, dsn, url, keys[2 * index]),
+                          Remote(kind, True, dsn, url, keys[2 * index + 1]))
+        remotes += [plain, guarded]
+
+        def reconnect_both(first: Remote = plain, second: Remote = guarded) -> None:
+            first.ask("reconnect")
+            second.ask("reconnect")
+        stacks.append(Stack(title, plain.unit, guarded.unit, reconnect_both,
+                            profile=lambda units, remote=guarded: remote.ask("profile",
+                                                                             units)))
     for stack in stacks:  # warm-up: caches, prepared statements, pools
         stack.round(args.block, 0)
         stack.round(args.block, 1)
@@ -429,12 +510,25 @@ def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) ->
         rounds += 1
     elapsed = time.monotonic() - started
     profiled = profile(stacks, 500) if args.profile else []
-    own = own_cost(engines["core+safeddl"], conns["guarded"])
+    for remote in remotes:
+        remote.stop()
+    for close in closers:
+        close()
+    policy = safeddl.Policy.from_sources()
+    own_engine = create_engine(url, pool_size=1)
+    safeddl.install(own_engine, policy)
+    own_conn = safeddl.psycopg.connect(dsn, policy=policy)
+    for _unit in range(WARM_UNITS):  # the guard's caches, as the measured twins had them
+        core_unit(own_engine, keys[1])
+        psycopg_unit(own_conn, keys[5])
+    own = own_cost(own_engine, own_conn)
+    where = ("both twins in this one process" if args.one_process else
+             "each twin in a process of its own, run in lockstep")
 
     print(f"# Hot path: guarded vs unguarded twins (PostgreSQL {server_version}, Python "
           f"{platform.python_version()}, SQLAlchemy {version('sqlalchemy')}, psycopg "
           f"{version('psycopg')}, safeddl default policy: lock ledger on)\n")
-    print(f"{rounds} rounds in {elapsed:.0f} s; each round: every stack in turn, "
+    print(f"{rounds} rounds in {elapsed:.0f} s ({where}); each round: every stack in turn, "
           f"{args.block} units of each twin alternated unit by unit (ABBA / BAAB); one unit = "
           "one transaction of "
           f"{STATEMENTS_PER_UNIT} statements (point SELECT, INSERT, UPDATE by key, join, "
@@ -477,10 +571,8 @@ def report(dsn: str, url: str, server_version: int, args: argparse.Namespace) ->
         print("|---|---:|")
         for function, micros in rows:
             print(f"| {function} | {micros:.2f} |")
-    for engine in engines.values():
-        engine.dispose()
-    for conn in conns.values():
-        conn.close()
+    own_engine.dispose()
+    own_conn.close()
     sys.stdout.flush()
 
 

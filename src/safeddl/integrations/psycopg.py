@@ -54,21 +54,45 @@ class PsycopgSession:
 
 
 class Slot:
-    """What a hooked connection carries (attribute ``_safeddl_slot``): the Guard in
-    force (None: dormant) and the server's major version."""
+    """What a hooked connection has (kept in :data:`SLOTS`): the Guard in force (None:
+    dormant), the server's major version, the connection's state, and for the hot path
+    ``hot``: (guard, is-plain and tracked-entry lookups of its caches, its tracker,
+    the state) for this
+    server version, looked up once (see :meth:`refresh`)."""
 
-    __slots__ = ("guard", "server_version", "state")
+    __slots__ = ("guard", "hot", "server_version", "state")
 
     def __init__(self, guard: Guard | None, server_version: int,
                  state: ConnectionState | None = None) -> None:
         self.guard = guard
         self.server_version = server_version
         self.state = state
+        self.hot: tuple[Any, ...] | None = None
+
+    def refresh(self) -> tuple[Any, ...] | None:
+        """The hot-path tuple of the Guard in force (None: dormant); its caches are
+        created once per server version, then kept and only emptied in place."""
+        guard = self.guard
+        self.hot = None
+        if guard is None:
+            return None
+        plain, known = guard.hot_caches(self.server_version)
+        state = self.state
+        if state is None:
+            return None
+        # bound methods of the caches: ``text in cache`` on a dict subclass goes through
+        # a slot that looks ``__contains__`` up on every call
+        self.hot = (guard, plain.__contains__, known.get, guard.tracker, state)
+        return self.hot
 
 
 # The slot of each hooked connection, by id(): the connection object is left alone (see
 # safeddl.runtime.guard.STATES); the entry goes when the connection is collected.
 SLOTS: dict[int, Slot] = {}
+
+
+_slot_get = SLOTS.get
+_scopes = current_scopes
 
 
 def slot_of(conn: Any) -> Slot | None:
@@ -180,33 +204,38 @@ class GuardedCursorMixin:
     __slots__ = ()
     _class_guard: ClassVar[Guard | None] = None
 
-    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
-        # The hot path, inlined: a statement known to need nothing costs a few lookups
-        # (``_conn``: psycopg's BaseCursor attribute behind the ``connection`` property).
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None, **kwargs: Any) -> Any:
+        # The hot path, inlined and kept to few bytecodes (each costs; measured with
+        # callgrind): a statement known to need nothing costs a few dict lookups.
+        # ``_conn`` / ``_autocommit``: psycopg's attributes behind its ``connection`` /
+        # ``autocommit`` properties.
         conn = self._conn  # type: ignore[attr-defined]
-        slot: Slot | None = SLOTS.get(id(conn))
-        if slot is not None and slot.guard is not None and type(query) is str \
-                and not current_scopes():
-            guard = slot.guard
-            plain = guard.plain.get(slot.server_version)
-            if plain is not None and query in plain:
-                statements = None
-            else:  # DML that needs nothing but the lock ledger of its transaction
-                known = guard.tracked.get(slot.server_version)
-                statements = known.get(query) if known is not None else None
-                if statements is None:
-                    return self._execute_guarded(query, params, kwargs)
-            if statements is not None and (not conn.autocommit
-                                           or conn.pgconn.transaction_status != _IDLE):
-                state = slot.state or state_of(conn)
-                if not guard.tracker.fast(state, statements, params):
-                    guard.track(state, statements, query, params)
-            try:
-                return super().execute(query, params, **kwargs)  # type: ignore[misc]
-            except Exception as exc:
-                _convert_plain(self, query, exc)
-                raise
-        return self._execute_guarded(query, params, kwargs)
+        slot: Slot | None = _slot_get(id(conn))
+        if slot is None or type(query) is not str or _scopes() or kwargs:
+            return self._execute_guarded(query, params, dict(kwargs, prepare=prepare,
+                                                             binary=binary))
+        hot = slot.hot
+        if hot is None or hot[0] is not slot.guard:
+            hot = slot.refresh()
+            if hot is None:
+                return self._execute_guarded(query, params, {"prepare": prepare,
+                                                             "binary": binary})
+        guard, is_plain, tracked, tracker, state = hot
+        if not is_plain(query):  # DML that needs nothing but the lock ledger
+            statements = tracked(query)
+            if statements is None:
+                return self._execute_guarded(query, params, {"prepare": prepare,
+                                                             "binary": binary})
+            if (not conn._autocommit or conn.pgconn.transaction_status != _IDLE) \
+                    and not tracker.fast(state, statements, params):
+                guard.track(state, statements, query, params)
+        try:  # (named, not **kwargs: no dictionary to build and unpack)
+            return super().execute(query, params, prepare=prepare,  # type: ignore[misc]
+                                   binary=binary)
+        except Exception as exc:
+            _convert_plain(self, query, exc)
+            raise
 
     def _execute_guarded(self, query: Any, params: Any, kwargs: dict[str, Any]) -> Any:
         call = _prepare(self, query, params)
@@ -290,7 +319,17 @@ class GuardedClientCursor(GuardedCursorMixin, psycopg.ClientCursor[Row]):
     __slots__ = ()
 
 
-class GuardedServerCursor(GuardedCursorMixin, psycopg.ServerCursor[Row]):
+class GuardedServerCursorMixin(GuardedCursorMixin):
+    """The guarded ``execute`` of a named (server-side) cursor, whose ``execute`` takes
+    no ``prepare``: always the full path (a server cursor is not the hot path)."""
+
+    __slots__ = ()
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        return self._execute_guarded(query, params, kwargs)
+
+
+class GuardedServerCursor(GuardedServerCursorMixin, psycopg.ServerCursor[Row]):
     """Named (server-side) cursor that goes through the guard."""
 
     __slots__ = ()
@@ -310,8 +349,9 @@ def guarded_class(base: type[Any]) -> type[Any]:
     with _GUARDED_LOCK:
         guarded = _GUARDED.get(base)
         if guarded is None:
-            guarded = type(f"Guarded{base.__name__}", (GuardedCursorMixin, base),
-                           {"__slots__": ()})
+            mixin = (GuardedServerCursorMixin if issubclass(base, psycopg.ServerCursor)
+                     else GuardedCursorMixin)
+            guarded = type(f"Guarded{base.__name__}", (mixin, base), {"__slots__": ()})
             _GUARDED[base] = guarded
     return guarded
 
@@ -378,5 +418,6 @@ def connect(conninfo: str = "", *, policy: Policy | None = None,
 
 
 __all__ = ["GuardedClientCursor", "GuardedCursor", "GuardedCursorMixin", "GuardedServerCursor",
+           "GuardedServerCursorMixin",
            "PsycopgSession", "SLOTS", "Slot", "connect", "cursor_factory", "guarded_class",
            "hook_connection", "install", "scope_target", "slot_of", "uninstall"]

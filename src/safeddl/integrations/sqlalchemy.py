@@ -49,6 +49,9 @@ logger = logging.getLogger("safeddl")
 URL_PREFIX = "safeddl_"
 POLICY_FILE_KEY = "safeddl_policy"
 _IDLE = psycopg.pq.TransactionStatus.IDLE
+_contains = dict.__contains__
+_state_get = STATES.get
+_scopes = current_scopes
 
 
 # =========================================================================== session port
@@ -110,6 +113,7 @@ class EngineHook:
         self.engine = engine
         self.guard: Guard | None = None
         self.server_version: int | None = None  # learnt on the first guarded statement
+        self.hot: tuple[Any, ...] | None = None  # see do_execute
         dialect = engine.dialect
         # The dialect's own methods, called only when a dialect subclass overrides them;
         # the default ones are exactly the cursor calls made here.
@@ -135,14 +139,51 @@ class EngineHook:
     # -- the hot path -----------------------------------------------------------------
     def do_execute(self, cursor: Any, statement: str, parameters: Any,
                    context: Any = None) -> None:
+        # Kept to few bytecodes (each costs; measured with callgrind): ``hot`` holds
+        # the Guard in force with bound lookups of its caches for this server version.
+        hot = self.hot
+        if hot is None or hot[0] is not self.guard or _scopes():
+            self._do_execute(cursor, statement, parameters, context)
+            return
+        guard, is_plain, tracked_of, tracker = hot
+        if not is_plain(statement):  # DML that needs nothing but the lock ledger
+            tracked = tracked_of(statement)
+            # the psycopg connection (``_conn``: psycopg's BaseCursor attribute behind
+            # its ``connection`` property); the async adapter's cursor has none
+            driver: Any = getattr(cursor, "_conn", None) if tracked is not None else None
+            state = _state_get(id(driver)) if driver is not None else None
+            if state is None:
+                self._do_execute(cursor, statement, parameters, context)
+                return
+            # (``_autocommit``: psycopg's attribute behind its ``autocommit`` property)
+            if (not driver._autocommit or driver.pgconn.transaction_status != _IDLE) \
+                    and not tracker.fast(state, tracked, parameters):
+                guard.track(state, tracked, statement, parameters)
+        try:
+            if self._execute is None:
+                cursor.execute(statement, parameters)
+            else:
+                self._execute(cursor, statement, parameters, context)
+        except Exception as exc:
+            self._report(guard, None, statement, context, exc)
+            raise
+
+    def _do_execute(self, cursor: Any, statement: str, parameters: Any,
+                    context: Any) -> None:
+        """do_execute when ``hot`` does not apply (yet): guard() blocks, dormant, the
+        server version not known yet, a text not decided yet, the async adapter."""
         guard = self.guard
         if current_scopes():
             guard = self.active_guard(context)
         if guard is None:
             self._cursor_execute(cursor, statement, parameters, context)
             return
+        if guard is self.guard and self.server_version is not None and not current_scopes():
+            plain_texts, tracked_texts = guard.hot_caches(self.server_version)
+            self.hot = (guard, plain_texts.__contains__, tracked_texts.get, guard.tracker)
         plain = guard.plain.get(self.server_version)  # type: ignore[arg-type]
-        if plain is None or statement not in plain:
+        # (dict.__contains__: ``in`` on the cache, a dict subclass, looks the method up)
+        if plain is None or not _contains(plain, statement):
             # DML that needs nothing but the lock ledger: checked on the fast path
             known = guard.tracked.get(self.server_version)  # type: ignore[arg-type]
             tracked = known.get(statement) if known is not None else None
@@ -156,7 +197,8 @@ class EngineHook:
                                                                context),
                               parameters)
                 return
-            if (not driver.autocommit or driver.pgconn.transaction_status != _IDLE) \
+            # (``_autocommit``: psycopg's attribute behind its ``autocommit`` property)
+            if (not driver._autocommit or driver.pgconn.transaction_status != _IDLE) \
                     and not guard.tracker.fast(state, tracked, parameters):
                 guard.track(state, tracked, statement, parameters)
         try:

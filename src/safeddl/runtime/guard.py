@@ -421,22 +421,30 @@ class Guard:
             live.decisions[memo] = decided
         return decided, live
 
+    def hot_caches(self, server_version: int) -> tuple[TextCache[str, bool],
+                                                       TextCache[str, Tracked]]:
+        """The texts needing nothing and those needing only the ledger, for this server
+        version: created once, then kept (a connection's hot path holds on to them)."""
+        plain = self.plain.get(server_version)
+        if plain is None:
+            plain = self.plain.setdefault(server_version, TextCache(
+                "plain texts", PLAIN_ENTRIES, PLAIN_BYTES, per_char=1.0, overhead=100))
+        tracked = self.tracked.get(server_version)
+        if tracked is None:
+            tracked = self.tracked.setdefault(server_version, TextCache(
+                "texts needing the ledger", TRACKED_ENTRIES, TRACKED_BYTES, per_char=1.0,
+                overhead=1_100))
+        return plain, tracked
+
     def _remember(self, key: tuple[str, int, bool, Allowances], decision: Decision,
                   server_version: int) -> None:
         text = key[0]
-        if decision.is_plain and self.tracker.tracks(decision.statements):
-            tracked = self.tracked.get(server_version)
-            if tracked is None:
-                tracked = self.tracked.setdefault(server_version, TextCache(
-                    "texts needing the ledger", TRACKED_ENTRIES, TRACKED_BYTES, per_char=1.0,
-                    overhead=1_100))
-            tracked.put(text, self.tracker.compile(decision.statements), text)
-        elif decision.is_plain:
-            plain = self.plain.get(server_version)
-            if plain is None:
-                plain = self.plain.setdefault(server_version, TextCache(
-                    "plain texts", PLAIN_ENTRIES, PLAIN_BYTES, per_char=1.0, overhead=100))
-            plain.put(text, True, text)
+        if decision.is_plain:
+            plain, tracked = self.hot_caches(server_version)
+            if self.tracker.tracks(decision.statements):
+                tracked.put(text, self.tracker.compile(decision.statements), text)
+            else:
+                plain.put(text, True, text)
         self._decisions.put(key, decision, text)
 
     def version_for(self, server_version: int) -> int:

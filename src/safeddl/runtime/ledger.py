@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("safeddl")
 
 STRONG = LockMode.SHARE  # locks that block writers: reported when held long
+_ONE = {mode: frozenset((mode,)) for mode in LockMode}
 
 _COMMAND = re.compile(
     r"(?is)^\s*(BEGIN|START|COMMIT|END|ROLLBACK|ABORT|SAVEPOINT|RELEASE|PREPARE)\b\s*(.*?)\s*;?\s*$")
@@ -147,8 +148,8 @@ class Ledger:
     exclusive_reported: bool = False
     _savepoints: list[_Savepoint] = field(default_factory=list)
     # per relation key: the modes held, and everything they conflict with
-    modes: dict[str, set[LockMode]] = field(default_factory=dict)
-    _conflicts: dict[str, set[LockMode]] = field(default_factory=dict)
+    modes: dict[str, frozenset[LockMode]] = field(default_factory=dict)
+    _conflicts: dict[str, frozenset[LockMode]] = field(default_factory=dict)
     # the greatest row key per slot (see RowEntry)
     rows: dict[RowSlot, RowEntry] = field(default_factory=dict)
     # relation keys held in ROW EXCLUSIVE or stronger, and the greatest of their ranks
@@ -230,12 +231,12 @@ class Ledger:
         self.locks.append(lock)
         key, mode = lock.key, lock.mode
         modes = self.modes.get(key)
-        if modes is None:
-            self.modes[key] = {mode}
-            self._conflicts[key] = set(CONFLICTS[mode])
-        else:
-            modes.add(mode)
-            self._conflicts[key].update(CONFLICTS[mode])
+        if modes is None:  # shared frozen sets, nothing allocated: the usual case
+            self.modes[key] = _ONE[mode]
+            self._conflicts[key] = CONFLICTS[mode]
+        elif mode not in modes:
+            self.modes[key] = modes | _ONE[mode]
+            self._conflicts[key] = self._conflicts[key] | CONFLICTS[mode]
         if self.strongest is None or mode > self.strongest:
             self.strongest = mode
         if mode >= WRITE and key not in self._writes:

@@ -167,27 +167,32 @@ class LockTracker:
     def fast(self, state: ConnectionState, tracked: Tracked, params: Any) -> bool:
         """Check and record one execution when no finding is possible; False (nothing
         recorded) when the full check must run: :meth:`before`."""
+        if not tracked.fast:
+            return False  # (before() drops the ledger of a transaction that ended unseen)
         ledger = state.ledger
         if ledger.used:
-            if state.transaction_idle():
+            pgconn = state._pgconn
+            if (pgconn.transaction_status == 0 if pgconn is not None  # libpq: IDLE
+                    else state.transaction_idle()):
                 ledger.clear()  # the last transaction ended without the ledger seeing it
             elif ledger.strongest is _AE:
                 return False
-        if not tracked.fast:
-            return False
         taking: list[tuple[HeldLock, tuple[int, str]]] | None = None
         modes = ledger.modes
         for key, mode, rank, lock in tracked.takes:
             have = modes.get(key)
-            if have is not None and mode in have:
-                continue  # the usual case: the table is held in this mode already
-            if ledger.holds(key, mode) or key in ledger.new:
+            if have is not None:
+                if mode in have:
+                    continue  # the usual case: the table is held in this mode already
+                if ledger.holds(key, mode):
+                    continue
+            if key in ledger.new:
                 continue
-            if mode >= WRITE:
-                top = ledger.top_rank(self.order)
-                if self.check_order and (ledger.writes_key(key)  # an upgrade
-                                         or (top is not None and rank < top)):
-                    return False  # (or) before a table already written
+            if mode >= WRITE and self.check_order:
+                order = self.order  # (Ledger.top_rank, inlined when the order is its own)
+                top = ledger._top if ledger._order is order else ledger.top_rank(order)
+                if key in ledger._writes or (top is not None and rank < top):
+                    return False  # an upgrade, or before a table already written
             if taking is None:
                 taking = [(lock, rank)]
             else:
@@ -195,7 +200,12 @@ class LockTracker:
         row = tracked.row
         values = None
         if row is not None and self.check_rows:
-            values = row.values(params)
+            index = row.index
+            if index >= 0 and type(params) is tuple and index < len(params):
+                value = params[index]  # the usual case, inlined
+                values = None if value is None else (value,)
+            else:
+                values = row.values(params)
             if values is not None:
                 current = ledger.rows.get(row.slot)
                 if current is not None:
@@ -427,14 +437,21 @@ def watch_commands(conn: Any, state: ConnectionState) -> None:
         owner = ref()
         try:  # also when the ledger is empty: a SAVEPOINT may come first
             if type(command) is bytes and command in _ENDS:  # conn.commit() / rollback()
-                reports = state.ledger.end(time.monotonic(), _ENDS[command])
-                if reports:
-                    report_long_held(reports)
+                ledger = state.ledger
+                strongest = ledger.strongest
+                if strongest is not None and strongest >= STRONG:  # may be reported
+                    reports = ledger.end(time.monotonic(), _ENDS[command])
+                    if reports:
+                        report_long_held(reports)
+                else:
+                    ledger.clear()  # (what end() does when nothing can be held long)
             elif type(command) is not bytes or command[:5] != b"BEGIN":
                 _follow(state.ledger, _command_text(command, owner))
         except Exception:
             logger.debug("safeddl: could not follow %r", command, exc_info=True)
-        return function(owner, command, *args, **kwargs)
+        if args or kwargs:
+            return function(owner, command, *args, **kwargs)
+        return function(owner, command)
 
     exec_command._safeddl = True  # type: ignore[attr-defined]
     conn._exec_command = exec_command
