@@ -85,19 +85,24 @@ def _pieces(script: str, ends: list[int], stop: int) -> list[RawStatement]:
     lines, counted = 0, 0  # newlines before ``start``, counted forward once
     nesting = _Nesting()
     for end in [*ends, stop]:
-        if end != stop and _still_open(script[scanned:end], nesting):
-            scanned = end + 1  # that ';' is inside parentheses or a BEGIN ATOMIC body
-            continue
+        seen: tuple[list[Token], bool] | None = None  # the tokens of script[scanned:end]
+        if end != stop:
+            still_open, seen = _still_open(script[scanned:end], nesting)
+            if still_open:
+                scanned = end + 1  # that ';' is inside parentheses or a BEGIN ATOMIC body
+                continue
         nesting.reset()
+        whole = scanned == start  # the part is that one piece: its tokens are known
         scanned = end + 1
         lines += script.count("\n", counted, start)
         counted = start
         part = script[start:end]
         if len(part) <= LIMITS.parse_bytes:
             try:
+                checked = seen if whole and seen is not None else tokenize_checked(part)
                 out.extend(RawStatement(raw.text, raw.line + lines, raw.offset + start,
                                         raw.preamble, raw.error, tokens=raw.tokens)
-                           for raw in _split_tokens(part, *tokenize_checked(part)))
+                           for raw in _split_tokens(part, *checked))
             except SqlTokenError as exc:
                 if part.strip():
                     out.append(RawStatement(part.strip(), lines + 1, start, "", str(exc)))
@@ -109,18 +114,21 @@ def _pieces(script: str, ends: list[int], stop: int) -> list[RawStatement]:
     return out
 
 
-def _still_open(chunk: str, nesting: _Nesting) -> bool:
+def _still_open(chunk: str, nesting: _Nesting,
+                ) -> tuple[bool, tuple[list[Token], bool] | None]:
     """Whether the statement is still open after ``chunk`` (its next piece up to a
-    ``;``); a piece too long to tokenize, or that does not tokenize, closes it."""
+    ``;``), and the piece's ``tokenize_checked`` when it had to tokenize it (a piece
+    that closes the statement on its own is then split without tokenizing it again);
+    a piece too long to tokenize, or that does not tokenize, closes it."""
     if len(chunk) > LIMITS.parse_bytes:
-        return False
+        return False, None
     try:
-        tokens = tokenize(chunk)
+        checked = tokenize_checked(chunk)
     except SqlTokenError:
-        return False
-    for tok in tokens:
+        return False, None
+    for tok in checked[0]:
         nesting.see(tok)
-    return nesting.open
+    return nesting.open, checked
 
 
 class _Nesting:
