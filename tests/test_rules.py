@@ -905,3 +905,60 @@ def test_set_access_method_needs_15() -> None:
     assert "does not have SET ACCESS METHOD" in finding.message
     assert "does not have" not in only(lint('ALTER TABLE orders SET ACCESS METHOD columnar;', 15),
                                        "set-access-method").message
+
+
+# -- rules that declare which statements they may find something in --------------------
+
+
+class _Unfiltered:
+    """A rule without its ``kinds`` / ``step_actions``: the engine runs it on every
+    statement."""
+
+    def __init__(self, rule: object) -> None:
+        self.rule = rule
+        self.id = rule.id  # type: ignore[attr-defined]
+        self.severity = rule.severity  # type: ignore[attr-defined]
+        self.summary = rule.summary  # type: ignore[attr-defined]
+
+    def check(self, statement: object, context: Context) -> object:
+        return self.rule.check(statement, context)  # type: ignore[attr-defined]
+
+
+def _declaration_scripts() -> list[tuple[str, Catalog | None]]:
+    from pathlib import Path
+
+    scripts: list[tuple[str, Catalog | None]] = []
+    for rule_id in IDS_WITH_DECLARATIONS:
+        for section in ("Bad", "Good"):
+            scripts.append((sql_block(DOCS[rule_id], section), example_catalog()))
+    corpus = Path(__file__).parent / "corpus"
+    if (corpus / "statements.sql").exists():
+        catalog = catalog_from_script((corpus / "setup.sql").read_text(), version=18)
+        scripts.append(((corpus / "statements.sql").read_text(), catalog))
+    return scripts
+
+
+IDS_WITH_DECLARATIONS = [rule.id for rule in RULES
+                         if hasattr(rule, "kinds") or hasattr(rule, "step_actions")]
+
+
+def test_a_rule_finds_nothing_outside_the_statements_it_declares() -> None:
+    """The engine skips a rule on statements outside its ``kinds`` / ``step_actions``:
+    run on every statement, each of those rules finds the same."""
+    from safeddl.rules.engine import _applies
+
+    assert len(IDS_WITH_DECLARATIONS) >= 20
+    found: set[str] = set()
+    for script, catalog in _declaration_scripts():
+        every = lint_script(script, catalog=catalog,
+                            rules=[_Unfiltered(rule) for rule in RULES])  # type: ignore[misc]
+        chosen = lint_script(script, catalog=catalog)
+        for unfiltered, filtered in zip(every, chosen, strict=True):
+            assert unfiltered.findings == filtered.findings, unfiltered.statement.sql
+            for finding in unfiltered.findings:
+                statement = unfiltered.statement
+                actions = frozenset(step.action for step in statement.steps)
+                assert _applies(BY_ID[finding.rule], statement.kind, actions), (
+                    finding.rule, statement.sql)
+                found.add(finding.rule)
+    assert not set(IDS_WITH_DECLARATIONS) - found  # each of them finds something

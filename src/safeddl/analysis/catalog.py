@@ -237,13 +237,14 @@ class Catalog:
         col = local_name(column)
         if col in relation.not_null:
             return True
+        checks = [c for c in relation.constraints.values()
+                  if c.type is ConstraintType.CHECK and c.valid]
+        if not checks:  # (compiling the column's pattern costs more than the rest)
+            return False
         pattern = re.compile(
             r"^\(*\s*\"?" + re.escape(col) + r"\"?\s+IS\s+NOT\s+NULL\s*\)*$", re.IGNORECASE
         )
-        return any(
-            c.type is ConstraintType.CHECK and c.valid and pattern.match(_strip_check(c.definition))
-            for c in relation.constraints.values()
-        )
+        return any(pattern.match(_strip_check(c.definition)) for c in checks)
 
     def has_default(self, table: str, column: str) -> bool | None:
         """Whether the column has a DEFAULT; None when the column is not known."""

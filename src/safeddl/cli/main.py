@@ -6,8 +6,10 @@ Exit codes: 0 fine, 1 ``lint`` found an error-severity problem, 2 usage error
 
 from __future__ import annotations
 
+import gc
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import TYPE_CHECKING
@@ -76,12 +78,30 @@ def lint_files(paths: Sequence[str], version: int, *,
     """Each file on its own, against the schema ``catalog`` describes (if any)."""
     from safeddl.cli.schema import with_sizes
 
-    return [
-        FileResults(display_name(path), tuple(with_sizes(lint_script(
-            read_source(path), version=version, assume_in_transaction=assume_in_transaction,
-            catalog=catalog), catalog)))
-        for path in paths
-    ]
+    with fewer_collections():
+        return [
+            FileResults(display_name(path), tuple(with_sizes(lint_script(
+                read_source(path), version=version,
+                assume_in_transaction=assume_in_transaction, catalog=catalog), catalog)))
+            for path in paths
+        ]
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Python's cycle collector, less often while a batch of files is linted: the
+    results kept for the report only grow, and with the default first threshold (700
+    allocations) the collector ran about 600 times over 10,000 statements and took
+    about a sixth of the CPU time. What exists before (modules, sqlglot's tables) is
+    left out of its scans (``gc.freeze``); both are undone afterwards."""
+    previous = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(10_000, *previous[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
 
 
 def schema_options(command: Callable[..., None]) -> Callable[..., None]:

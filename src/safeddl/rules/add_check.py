@@ -30,6 +30,7 @@ existing rows under SHARE UPDATE EXCLUSIVE, which lets reads and writes go on.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, ConstraintType, Statement, Step
 from safeddl.locks import Holds
@@ -41,6 +42,9 @@ class AddCheck:
     id = "add-check"
     severity = Severity.ERROR
     summary = "a CHECK constraint added without NOT VALID scans the table under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({
+        Action.ADD_CONSTRAINT, Action.ADD_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -29,6 +29,7 @@ backfill it in batches, then make it NOT NULL as `set-not-null` explains.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -40,6 +41,8 @@ class AddColumnNotNullWithoutDefault:
     id = "add-column-not-null-without-default"
     severity = Severity.WARNING
     summary = "ADD COLUMN NOT NULL without DEFAULT fails on a non-empty table and breaks INSERTs"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.ADD_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement, Step
 from safeddl.locks import Holds
@@ -63,6 +64,8 @@ class AddColumnSerial:
     id = "add-column-serial"
     severity = Severity.ERROR
     summary = "adding a serial, identity or stored generated column rewrites the table"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.ADD_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -36,6 +36,7 @@ with `-- safeddl: ignore[add-column-volatile-default] <function> is stable`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement, Step, Volatility
 from safeddl.locks import Holds
@@ -50,6 +51,8 @@ class AddColumnVolatileDefault:
     id = "add-column-volatile-default"
     severity = Severity.ERROR
     summary = "ADD COLUMN with a volatile DEFAULT rewrites the table under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.ADD_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -34,6 +34,7 @@ trigger can enforce the rule for new rows.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, ConstraintType, Statement
 from safeddl.locks import Holds
@@ -45,6 +46,8 @@ class AddExclude:
     id = "add-exclude"
     severity = Severity.ERROR
     summary = "an EXCLUDE constraint is built under ACCESS EXCLUSIVE and has no online form"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.ADD_CONSTRAINT})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, ConstraintType, Statement, Step
 from safeddl.locks import Holds
@@ -58,6 +59,9 @@ class AddForeignKey:
     id = "add-foreign-key"
     severity = Severity.ERROR
     summary = "a foreign key added without NOT VALID blocks writes to both tables for a scan"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({
+        Action.ADD_CONSTRAINT, Action.ADD_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

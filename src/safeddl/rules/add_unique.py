@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, ConstraintType, Statement, Step
 from safeddl.locks import Holds
@@ -62,6 +63,9 @@ class AddUnique:
     id = "add-unique"
     severity = Severity.ERROR
     summary = "ADD UNIQUE / PRIMARY KEY builds its index under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({
+        Action.ADD_CONSTRAINT, Action.ADD_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement, Step
 from safeddl.locks import Holds
@@ -52,6 +53,8 @@ class AlterColumnType:
     id = "alter-column-type"
     severity = Severity.ERROR
     summary = "ALTER COLUMN TYPE that rewrites the table under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.ALTER_COLUMN_TYPE})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

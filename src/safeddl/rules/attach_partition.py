@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement, Step
 from safeddl.locks import Holds
@@ -58,6 +59,8 @@ class AttachPartition:
     id = "attach-partition"
     severity = Severity.ERROR
     summary = "ATTACH PARTITION scans the partition under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.ATTACH_PARTITION})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

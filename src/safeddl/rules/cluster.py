@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import shlex
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, RelationLock, Statement
 from safeddl.locks import Holds, LockMode
@@ -41,6 +42,7 @@ class Cluster:
     id = "cluster"
     severity = Severity.ERROR
     summary = "CLUSTER rewrites the table under ACCESS EXCLUSIVE"
+    kinds: ClassVar[frozenset[Action]] = frozenset({Action.CLUSTER})  # finds nothing in others
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if statement.kind is not Action.CLUSTER:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -40,6 +41,7 @@ class CreateIndex:
     id = "create-index"
     severity = Severity.ERROR
     summary = "CREATE INDEX without CONCURRENTLY blocks writes for the whole build"
+    kinds: ClassVar[frozenset[Action]] = frozenset({Action.CREATE_INDEX})  # finds nothing in others
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if statement.kind is not Action.CREATE_INDEX or statement.steps[0].concurrently:

@@ -33,6 +33,7 @@ table has a DEFAULT partition. If it is interrupted, finish it with
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -43,6 +44,8 @@ class DetachPartition:
     id = "detach-partition"
     severity = Severity.ERROR
     summary = "DETACH PARTITION without CONCURRENTLY locks the whole partitioned table"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.DETACH_PARTITION})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if context.version < 14:

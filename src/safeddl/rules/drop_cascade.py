@@ -39,6 +39,7 @@ accept the risk, record what it locks with `-- safeddl: ignore[drop-cascade] <wh
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -52,6 +53,7 @@ class DropCascade:
     severity = Severity.ERROR
     summary = ("DROP ... CASCADE of a type, schema, function...: ACCESS EXCLUSIVE on "
                "tables the statement does not name")
+    kinds: ClassVar[frozenset[Action]] = _KINDS  # finds nothing in other statements
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if statement.kind not in _KINDS or statement.unknown_locks is None:

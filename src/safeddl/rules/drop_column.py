@@ -30,6 +30,7 @@ set, and record that with an ignore comment.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -40,6 +41,8 @@ class DropColumn:
     id = "drop-column"
     severity = Severity.WARNING
     summary = "DROP COLUMN breaks application code that still uses the column"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.DROP_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

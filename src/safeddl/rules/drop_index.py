@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -41,6 +42,7 @@ class DropIndex:
     id = "drop-index"
     severity = Severity.ERROR
     summary = "DROP INDEX without CONCURRENTLY takes ACCESS EXCLUSIVE on the table"
+    kinds: ClassVar[frozenset[Action]] = frozenset({Action.DROP_INDEX})  # finds nothing in others
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if statement.kind is not Action.DROP_INDEX:

@@ -39,9 +39,42 @@ def all_rules() -> list[Rule]:
 
 def check(statement: Statement, context: Context, rules: list[Rule] | None = None) -> list[Finding]:
     findings: list[Finding] = []
-    for rule in rules if rules is not None else all_rules():
+    for rule in _may_find(statement, rules):
         findings.extend(rule.check(statement, context))
     return findings
+
+
+# The rules of the catalogue that may find something, by the statement's kind and the
+# actions of its steps (a few dozen combinations in practice; bounded all the same).
+_MAY_FIND: dict[tuple[Action, frozenset[Action]], list[Rule]] = {}
+_MAY_FIND_RULES: list[tuple[Rule, ...]] = [()]  # the catalogue they were chosen from
+_MAY_FIND_BOUND = 4096
+
+
+def _may_find(statement: Statement, rules: list[Rule] | None) -> list[Rule]:
+    """The rules, in order, less those that declare they find nothing in such a
+    statement: a rule's ``kinds`` (only statements of these kinds) and ``step_actions``
+    (only statements with a step of one of these actions), when it has them."""
+    key = (statement.kind, frozenset([step.action for step in statement.steps]))
+    if rules is not None:
+        return [rule for rule in rules if _applies(rule, *key)]
+    if _MAY_FIND_RULES[0] is not catalogue.RULES:
+        _MAY_FIND.clear()
+        _MAY_FIND_RULES[0] = catalogue.RULES
+    chosen = _MAY_FIND.get(key)
+    if chosen is None:
+        if len(_MAY_FIND) >= _MAY_FIND_BOUND:
+            _MAY_FIND.clear()
+        chosen = _MAY_FIND[key] = [rule for rule in catalogue.RULES if _applies(rule, *key)]
+    return chosen
+
+
+def _applies(rule: Rule, kind: Action, actions: frozenset[Action]) -> bool:
+    kinds: frozenset[Action] | None = getattr(rule, "kinds", None)
+    if kinds is not None and kind not in kinds:
+        return False
+    step_actions: frozenset[Action] | None = getattr(rule, "step_actions", None)
+    return step_actions is None or not step_actions.isdisjoint(actions)
 
 
 def ignores_in(comments: tuple[str, ...]) -> dict[str, str]:

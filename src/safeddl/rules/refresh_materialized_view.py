@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -41,6 +42,7 @@ class RefreshMaterializedView:
     id = "refresh-materialized-view"
     severity = Severity.ERROR
     summary = "REFRESH MATERIALIZED VIEW without CONCURRENTLY blocks every reader of the view"
+    kinds: ClassVar[frozenset[Action]] = frozenset({Action.REFRESH_MATERIALIZED_VIEW})  # finds nothing in others
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if statement.kind is not Action.REFRESH_MATERIALIZED_VIEW:

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, RelationLock, Statement, Step
 from safeddl.locks import Holds, LockMode
@@ -55,6 +56,7 @@ class Reindex:
     id = "reindex"
     severity = Severity.ERROR
     summary = "REINDEX without CONCURRENTLY blocks writes (and reads using the index)"
+    kinds: ClassVar[frozenset[Action]] = frozenset({Action.REINDEX})  # finds nothing in others
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if statement.kind is not Action.REINDEX:

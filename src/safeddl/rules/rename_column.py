@@ -29,6 +29,7 @@ one, and drop it in a later release.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -39,6 +40,8 @@ class RenameColumn:
     id = "rename-column"
     severity = Severity.WARNING
     summary = "RENAME COLUMN breaks application code that uses the old name"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.RENAME_COLUMN})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

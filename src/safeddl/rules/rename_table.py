@@ -32,6 +32,7 @@ the view once no code uses the old name.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -42,6 +43,8 @@ class RenameTable:
     id = "rename-table"
     severity = Severity.WARNING
     summary = "RENAME TO breaks application code that uses the old name"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.RENAME_TABLE})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

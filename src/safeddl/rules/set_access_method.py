@@ -35,6 +35,7 @@ transaction with `lock_timeout` set.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.locks import Holds
@@ -47,6 +48,8 @@ class SetAccessMethod:
     id = "set-access-method"
     severity = Severity.ERROR
     summary = "SET ACCESS METHOD rewrites the table under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.SET_ACCESS_METHOD})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.locks import Holds
@@ -50,6 +51,8 @@ class SetLogged:
     id = "set-logged"
     severity = Severity.ERROR
     summary = "SET LOGGED / UNLOGGED rewrites the table under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({Action.SET_LOGGED})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -45,6 +45,7 @@ instead, and convert it after upgrading.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, ConstraintType, Statement, Step
 from safeddl.locks import Holds
@@ -88,6 +89,9 @@ class SetNotNull:
     id = "set-not-null"
     severity = Severity.ERROR
     summary = "SET NOT NULL scans the whole table under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({
+        Action.SET_NOT_NULL, Action.ADD_CONSTRAINT})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

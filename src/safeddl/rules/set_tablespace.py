@@ -33,6 +33,7 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement, Step
 from safeddl.locks import Holds
@@ -44,6 +45,9 @@ class SetTablespace:
     id = "set-tablespace"
     severity = Severity.ERROR
     summary = "SET TABLESPACE copies the table or index under ACCESS EXCLUSIVE"
+    # finds nothing in a statement without a step of these actions
+    step_actions: ClassVar[frozenset[Action]] = frozenset({
+        Action.SET_TABLESPACE, Action.ALTER_INDEX})
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         for step in statement.steps:

@@ -31,6 +31,7 @@ tables, load into a new table and swap it in with a short, timeout-bounded
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 from safeddl.analysis import Action, Statement
 from safeddl.rules.base import Context, Finding, Severity, compose
@@ -40,6 +41,7 @@ class Truncate:
     id = "truncate"
     severity = Severity.ERROR
     summary = "TRUNCATE takes ACCESS EXCLUSIVE until COMMIT and blocks every reader"
+    kinds: ClassVar[frozenset[Action]] = frozenset({Action.TRUNCATE})  # finds nothing in others
 
     def check(self, statement: Statement, context: Context) -> Iterator[Finding]:
         if statement.kind is not Action.TRUNCATE:

@@ -27,7 +27,7 @@ Reader = Callable[[Cursor], list[Step]]
 
 def read_ddl(cursor: Cursor) -> list[Step] | None:
     """Steps for a DDL/maintenance statement, or None when it is not DDL."""
-    for words, reader in _DISPATCH:
+    for words, reader in _BY_FIRST_WORD.get(cursor.peek_word(), ()):
         if cursor.at(*words):
             return reader(cursor)
     return None
@@ -703,3 +703,10 @@ _DISPATCH: list[tuple[tuple[str, ...], Reader]] = [
     (("CREATE", "PROCEDURE"), _create_function),
     (("CREATE", "OR", "REPLACE", "PROCEDURE"), _create_function),
 ]
+
+# The entries by their first word, in order: only those can match (the first that does
+# is the first of _DISPATCH that does).
+_BY_FIRST_WORD: dict[str, list[tuple[tuple[str, ...], Reader]]] = {}
+for _entry in _DISPATCH:
+    _BY_FIRST_WORD.setdefault(_entry[0][0], []).append(_entry)
+del _entry

@@ -40,10 +40,6 @@ def written_name(table: exp.Table) -> str:
     return ".".join(parts)
 
 
-def _cte_names(tree: exp.Expr) -> set[str]:
-    return {cte.alias_or_name for cte in tree.find_all(exp.CTE)}
-
-
 def _is_relation(table: exp.Table, ctes: set[str]) -> bool:
     if not isinstance(table.this, exp.Identifier):
         return False  # a table function such as generate_series(...)
@@ -59,10 +55,11 @@ def _target(node: exp.Expr) -> exp.Table | None:
 
 def dml_steps(tree: exp.Expr) -> list[Step]:
     """One step per (action, relation) in first-appearance order."""
-    ctes = _cte_names(tree)
+    nodes = list(tree.walk())  # one walk (``find_all`` is a walk filtered by type)
+    ctes = {cte.alias_or_name for cte in nodes if isinstance(cte, exp.CTE)}
     steps: list[Step] = []
     written: set[int] = set()
-    for node in tree.walk():
+    for node in nodes:
         action = _WRITES.get(type(node))
         if action is None:
             continue
@@ -78,9 +75,12 @@ def dml_steps(tree: exp.Expr) -> list[Step]:
                               columns=_assigned_columns(node),
                               merge_actions=_merge_actions(node), key=key,
                               insert_columns=_insert_columns(node)))
-    row_locked = _row_locked_tables(tree, ctes)
-    in_lock_clause = {id(t) for lock in tree.find_all(exp.Lock) for t in lock.expressions}
-    for table in tree.find_all(exp.Table):
+    row_locked = _row_locked_tables([n for n in nodes if isinstance(n, exp.Select)], ctes)
+    in_lock_clause = {id(t) for lock in nodes if isinstance(lock, exp.Lock)
+                      for t in lock.expressions}
+    for table in nodes:
+        if not isinstance(table, exp.Table):
+            continue
         if id(table) in written or id(table) in in_lock_clause or not _is_relation(table, ctes):
             continue
         name = written_name(table)
@@ -148,10 +148,10 @@ def _merge_actions(node: exp.Expr) -> tuple[str, ...]:
     return tuple(actions)
 
 
-def _row_locked_tables(tree: exp.Expr, ctes: set[str]) -> set[int]:
-    """ids of the Table nodes a FOR UPDATE / FOR SHARE clause locks."""
+def _row_locked_tables(selects: list[exp.Select], ctes: set[str]) -> set[int]:
+    """ids of the Table nodes a FOR UPDATE / FOR SHARE clause of these SELECTs locks."""
     locked: set[int] = set()
-    for select in tree.find_all(exp.Select):
+    for select in selects:
         clauses = select.args.get("locks") or []
         if not clauses:
             continue

@@ -95,19 +95,30 @@ def _pieces(script: str, ends: list[int], stop: int) -> list[RawStatement]:
     lines, counted = 0, 0  # newlines before ``start``, counted forward once
     nesting = _Nesting()
     for end in [*ends, stop]:
-        if end != stop and _still_open(script[scanned:end], nesting):
-            scanned = end + 1  # that ';' is inside parentheses or a BEGIN ATOMIC body
-            continue
+        seen: tuple[int, list[Token], bool] | None = None  # how script[scanned:end] tokenized
+        if end != stop:
+            still_open, seen = _still_open(script, scanned, end, nesting)
+            if still_open:
+                scanned = end + 1  # that ';' is inside parentheses or a BEGIN ATOMIC body
+                continue
         nesting.reset()
+        whole = scanned == start  # the part is that one piece: its tokens are known
         scanned = end + 1
         lines += script.count("\n", counted, start)
         counted = start
         part = script[start:end]
         if len(part) <= LIMITS.parse_bytes:
             try:
-                out.extend(RawStatement(raw.text, raw.line + lines, raw.offset + start,
-                                        raw.preamble, raw.error, tokens=raw.tokens)
-                           for raw in _split_tokens(part, *tokenize_checked(part)))
+                # tokenized from its first non-blank character: the tokens of a statement
+                # at the start of the text need no rebasing
+                lead, tokens, exact = (seen if whole and seen is not None
+                                       else (_blank(part, 0, len(part)),
+                                             *tokenize_checked(part.lstrip(_BLANK))))
+                blank, lead_lines = part[:lead], part.count("\n", 0, lead)
+                out.extend(RawStatement(raw.text, raw.line + lines + lead_lines,
+                                        raw.offset + start + lead, blank + raw.preamble,
+                                        raw.error, tokens=raw.tokens)
+                           for raw in _split_tokens(part[lead:], tokens, exact))
             except SqlTokenError as exc:
                 if part.strip():
                     out.append(RawStatement(part.strip(), lines + 1, start, "", str(exc)))
@@ -119,18 +130,33 @@ def _pieces(script: str, ends: list[int], stop: int) -> list[RawStatement]:
     return out
 
 
-def _still_open(chunk: str, nesting: _Nesting) -> bool:
-    """Whether the statement is still open after ``chunk`` (its next piece up to a
-    ``;``); a piece too long to tokenize, or that does not tokenize, closes it."""
-    if len(chunk) > LIMITS.parse_bytes:
-        return False
+_BLANK = " \t\n\r"  # what sqlglot's tokenizer skips between tokens, at least
+
+
+def _blank(text: str, start: int, stop: int) -> int:
+    """How many characters of blank space ``text[start:stop]`` starts with."""
+    index = start
+    while index < stop and text[index] in _BLANK:
+        index += 1
+    return index - start
+
+
+def _still_open(script: str, start: int, stop: int, nesting: _Nesting,
+                ) -> tuple[bool, tuple[int, list[Token], bool] | None]:
+    """Whether the statement is still open after ``script[start:stop]`` (its next piece
+    up to a ``;``), and when it had to tokenize the piece: the length of its leading
+    blank space and the ``tokenize_checked`` of the rest (a piece that closes the
+    statement on its own is then split without tokenizing it again); a piece too long
+    to tokenize, or that does not tokenize, closes it."""
+    if stop - start > LIMITS.parse_bytes:
+        return False, None
+    lead = _blank(script, start, stop)
     try:
-        tokens = tokenize(chunk)
+        tokens, exact = tokenize_checked(script[start + lead:stop])
     except SqlTokenError:
-        return False
-    for tok in tokens:
-        nesting.see(tok)
-    return nesting.open
+        return False, None
+    nesting.see_all(tokens)
+    return nesting.open, (lead, tokens, exact)
 
 
 class _Nesting:
@@ -166,7 +192,7 @@ class _Nesting:
             if self.words < 4:
                 self.head += word[0] if word in _ROUTINE_HEAD else "-"
             self.words += 1
-            routine = self.paren == 0 and self.head.startswith(("CF", "CP", "CORF", "CORP"))
+            routine = self.paren == 0 and self.head.startswith(_ROUTINE_STARTS)
             if routine and self.after_begin and word == "ATOMIC":
                 self.begin += 1
             elif routine and self.begin > 0 and word == "CASE":
@@ -177,6 +203,30 @@ class _Nesting:
         else:
             self.after_begin = False
 
+    def see_all(self, tokens: list[Token]) -> None:
+        """``see`` each token in turn. Once the statement's first words show it is not a
+        routine's (the head can no longer be CREATE [OR REPLACE] FUNCTION | PROCEDURE),
+        only parentheses change what ``open`` says: the rest is counted alone."""
+        see = self.see
+        index = 0
+        for tok in tokens:
+            if not _may_be_routine(self.head):
+                break
+            see(tok)
+            index += 1
+        else:
+            return
+        paren = self.paren
+        for tok in tokens[index:] if index else tokens:
+            kind = tok.kind
+            if kind == "L_PAREN":
+                paren += 1
+            elif kind == "R_PAREN" and paren:
+                paren -= 1
+        self.paren = paren
+        self.words = max(self.words, 4)  # only ``words < 4`` is ever asked
+        self.after_begin = False  # what any token sets it to outside a routine
+
     def reset(self) -> None:
         self.paren = self.begin = self.words = 0
         self.head = ""
@@ -184,12 +234,28 @@ class _Nesting:
 
 
 _ROUTINE_HEAD = frozenset({"CREATE", "OR", "REPLACE", "FUNCTION", "PROCEDURE"})
+_ROUTINE_STARTS = ("CF", "CP", "CORF", "CORP")
+_ROUTINE_PREFIXES = frozenset({"", "C", "CO", "COR"})
+
+
+def _may_be_routine(head: str) -> bool:
+    """Whether a statement whose first words are ``head`` (as ``_Nesting`` keeps them)
+    is or may still become a routine's ``CREATE [OR REPLACE] FUNCTION | PROCEDURE``."""
+    return head in _ROUTINE_PREFIXES or head.startswith(_ROUTINE_STARTS)
 
 
 def _split_tokens(script: str, tokens: list[Token], exact: bool = False,
                   ) -> list[RawStatement]:
     """``exact``: the tokens are those each statement would have on its own (then each
     statement keeps its tokens)."""
+    for tok in tokens:
+        if tok.kind == "SEMICOLON":
+            break
+    else:  # no ';' at all: one statement, or none
+        if not tokens:
+            return []
+        line = 1 + script.count("\n", 0, tokens[0].start)
+        return [_statement(script, tokens, 0, line, exact)]
     statements: list[RawStatement] = []
     previous_end = 0
     group: list[Token] = []

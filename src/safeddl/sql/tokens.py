@@ -133,11 +133,15 @@ def rebased(tokens: list[Token]) -> list[Token]:
 class Cursor:
     """A position in a token list with the small vocabulary DDL recognizers need."""
 
-    def __init__(self, tokens: list[Token], source: str, pos: int = 0, stop: int | None = None):
+    def __init__(self, tokens: list[Token], source: str, pos: int = 0, stop: int | None = None,
+                 words: list[str] | None = None):
         self.tokens = tokens
         self.source = source
         self.pos = pos
         self.stop = len(tokens) if stop is None else stop
+        # each token's ``word``, computed once for the cursor and those made from it
+        # (``sub``): the recognizers ask for the same words many times
+        self._words = words if words is not None else [t.word for t in tokens]
 
     # -- looking -------------------------------------------------------------
     @property
@@ -150,13 +154,13 @@ class Cursor:
 
     def peek_word(self, offset: int = 0) -> str:
         i = self.pos + offset
-        return self.tokens[i].word if i < self.stop else ""
+        return self._words[i] if i < self.stop else ""
 
     def at(self, *words: str) -> bool:
         """True when the next tokens are these words (no consuming)."""
-        tokens, i, stop = self.tokens, self.pos, self.stop
+        known, i, stop = self._words, self.pos, self.stop
         for word in words:
-            if (tokens[i].word if i < stop else "") != word:
+            if (known[i] if i < stop else "") != word:
                 return False
             i += 1
         return True
@@ -244,10 +248,10 @@ class Cursor:
         return self.source[self.tokens[start].start : self.tokens[stop - 1].end]
 
     def sub(self, start: int, stop: int) -> Cursor:
-        return Cursor(self.tokens, self.source, start, stop)
+        return Cursor(self.tokens, self.source, start, stop, self._words)
 
     def words(self, start: int, stop: int) -> list[str]:
-        return [t.word for t in self.tokens[start:stop]]
+        return self._words[start:stop]
 
 
 def split_top_level(tokens: list[Token], start: int, stop: int) -> Iterable[tuple[int, int]]:
