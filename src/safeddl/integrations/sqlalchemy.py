@@ -201,11 +201,13 @@ class EngineHook:
             if (not driver._autocommit or driver.pgconn.transaction_status != _IDLE) \
                     and not guard.tracker.fast(state, tracked, parameters):
                 guard.track(state, tracked, statement, parameters)
+        self._send_as_written(guard, cursor, statement, parameters, context)
+
+    def _send_as_written(self, guard: Guard, cursor: Any, statement: str, parameters: Any,
+                         context: Any) -> None:
+        """A statement the guard lets through unchanged (a driver error reported)."""
         try:
-            if self._execute is None:
-                cursor.execute(statement, parameters)
-            else:
-                self._execute(cursor, statement, parameters, context)
+            self._cursor_execute(cursor, statement, parameters, context)
         except Exception as exc:
             self._report(guard, None, statement, context, exc)
             raise
