@@ -139,6 +139,26 @@ def test_client_cursor_stays_a_client_cursor(db: str) -> None:
             cursor.execute(INDEX_ON_BIG)
 
 
+class _NarrowCursor(psycopg.Cursor[Any]):
+    """A user's cursor whose execute takes no ``prepare`` / ``binary``."""
+
+    def execute(self, query: Any, params: Any = None) -> Any:  # type: ignore[override]
+        return super().execute(query, params)
+
+
+def test_a_user_cursor_with_a_narrower_execute_keeps_working(db: str) -> None:
+    with psycopg.connect(db, cursor_factory=_NarrowCursor) as conn:
+        safeddl.psycopg.install(conn)
+        cursor = conn.cursor()
+        assert isinstance(cursor, _NarrowCursor)
+        for _ in range(3):  # the first decides, the next ones take the known-text path
+            assert cursor.execute("SELECT x FROM big WHERE id = %s", [5]).fetchone() == (5,)
+            cursor.execute("UPDATE big SET x = x WHERE id = %s", [5])
+        conn.commit()
+        with pytest.raises(safeddl.UnsafeStatement):
+            cursor.execute(INDEX_ON_BIG)
+
+
 def test_guard_block_on_a_connection(db: str) -> None:
     with psycopg.connect(db) as conn:
         with safeddl.guard(conn, Policy()), pytest.raises(safeddl.UnsafeStatement):

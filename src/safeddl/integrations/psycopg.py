@@ -10,6 +10,7 @@ plain, unguarded cursors of the same connection.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import weakref
 from collections.abc import Iterable, Iterator
@@ -321,7 +322,8 @@ class GuardedClientCursor(GuardedCursorMixin, psycopg.ClientCursor[Row]):
 
 class GuardedServerCursorMixin(GuardedCursorMixin):
     """The guarded ``execute`` of a named (server-side) cursor, whose ``execute`` takes
-    no ``prepare``: always the full path (a server cursor is not the hot path)."""
+    no ``prepare``, and of a cursor class whose own ``execute`` takes no ``prepare`` or
+    ``binary``: always the full path, passing on only the keywords the caller gave."""
 
     __slots__ = ()
 
@@ -350,10 +352,21 @@ def guarded_class(base: type[Any]) -> type[Any]:
         guarded = _GUARDED.get(base)
         if guarded is None:
             mixin = (GuardedServerCursorMixin if issubclass(base, psycopg.ServerCursor)
-                     else GuardedCursorMixin)
+                     or not _takes_prepare_and_binary(base) else GuardedCursorMixin)
             guarded = type(f"Guarded{base.__name__}", (mixin, base), {"__slots__": ()})
             _GUARDED[base] = guarded
     return guarded
+
+
+def _takes_prepare_and_binary(base: type[Any]) -> bool:
+    """Whether ``base.execute`` accepts ``prepare=`` and ``binary=`` (psycopg's own
+    cursors do; a user's subclass may not), which the hot path always passes."""
+    try:
+        parameters = inspect.signature(base.execute).parameters
+    except (TypeError, ValueError):
+        return False
+    return ("prepare" in parameters and "binary" in parameters) or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def cursor_factory(policy: Policy | None = None,
