@@ -188,11 +188,8 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
 def _call_steps(call: Step, catalog: Catalog) -> list[Step] | None:
     """A CALL of the one procedure of that name the catalog knows (created earlier in
     the script, or read from the live database): the steps of its body."""
-    known = catalog.procedures.get(catalog.key(call.function)) if call.function else None
-    if not known or len(known) != 1:
-        return None
-    ((language, body),) = known.values()
-    return call_steps(call, language, body)
+    bodies = catalog.procedure_bodies(call.function)
+    return call_steps(call, *bodies[0]) if len(bodies) == 1 else None
 
 
 def _merge(takes: list[Take], catalog: Catalog, exclude: str | None) -> tuple[RelationLock, ...]:

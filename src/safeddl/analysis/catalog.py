@@ -191,6 +191,12 @@ class Catalog:
     def index_table(self, written_index: str) -> str | None:
         return self.indexes.get(self.key(written_index))
 
+    def procedure_bodies(self, written: str | None) -> list[tuple[str, str]]:
+        """The (LANGUAGE, body) of each procedure of that name known here (one per
+        argument list: several are overloads)."""
+        known = self.procedures.get(self.key(written)) if written else None
+        return list(known.values()) if known else []
+
     def constraint(self, table: str, name: str | None) -> Constraint | None:
         relation = self.get(table)
         if relation is None or name is None:

@@ -784,19 +784,19 @@ def _call(step: Step, version: int, catalog: Catalog) -> Effect:
     cannot run inside a transaction block); otherwise why its locks are not known."""
     if step.target_kind in ("body-read", "body-commits"):
         return Effect((), Holds.BRIEF, step.target_kind == "body-read")
-    known = catalog.procedures.get(catalog.key(step.function)) if step.function else None
-    if not known:
+    bodies = catalog.procedure_bodies(step.function)
+    if not bodies:
         return _call_unknown(step, "its body is not known (not created earlier in the text, "
                              "nor read from a database)")
-    if len(known) > 1:
-        return _call_unknown(step, f"the text creates {len(known)} procedures of that name "
+    if len(bodies) > 1:
+        return _call_unknown(step, f"the text creates {len(bodies)} procedures of that name "
                              "and which one runs depends on the arguments' types")
-    ((language, body),) = known.values()
     try:
-        texts, _commits = procedure_statements(language, body)
+        texts, _commits = procedure_statements(*bodies[0])
     except NotUnderstood as exc:
         return _call_unknown(step, str(exc))
-    unread = next((read(text).error for text in texts if not read(text).understood), None)
+    unread = next((syntax.error for syntax in map(read, texts) if not syntax.understood),
+                  None)
     return _call_unknown(step, f"a statement of its body cannot be read: {unread}" if unread
                          else "its body runs several statements judged one at a time, or a "
                          "CALL or EXECUTE")

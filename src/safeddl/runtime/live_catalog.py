@@ -246,6 +246,14 @@ def _read_procedures(run: Run, catalog: Catalog, procedures: Iterable[str]) -> s
     if not names:
         return touched
     for (definition,) in run(_PROCEDURES_SQL, {"names": names}):
+        catalog.learn(read(str(definition)).steps)
+    for bodies in catalog.procedures.values():
+        for language, body in bodies.values():
+            steps = call_steps(Step(Action.CALL), language, body) or []
+            touched.update(name for step in steps for name in (
+                step.table, step.references, step.parent, step.using_index) if name)
+    return touched
+    for (definition,) in run(_PROCEDURES_SQL, {"names": names}):
         steps = read(str(definition)).steps
         catalog.learn(steps)
         head = steps[0]
