@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import psycopg
 import pytest
@@ -157,6 +157,51 @@ def test_a_user_cursor_with_a_narrower_execute_keeps_working(db: str) -> None:
         conn.commit()
         with pytest.raises(safeddl.UnsafeStatement):
             cursor.execute(INDEX_ON_BIG)
+
+
+class _WiderCursor(psycopg.Cursor[Any]):
+    """A user's cursor whose execute takes a keyword of its own."""
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None, label: str = "") -> Any:  # type: ignore[override]
+        self.labels = [*getattr(self, "labels", []), label]
+        return super().execute(query, params, prepare=prepare, binary=binary)
+
+
+class _CountingCursor(psycopg.Cursor[Any]):
+    """A user's cursor with psycopg's execute signature that counts its calls."""
+
+    calls: ClassVar[list[str]] = []
+
+    def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
+                binary: bool | None = None) -> Any:  # type: ignore[override]
+        _CountingCursor.calls.append(query)
+        return super().execute(query, params, prepare=prepare, binary=binary)
+
+
+def test_a_user_cursor_with_a_wider_execute_keeps_its_keywords(db: str) -> None:
+    with psycopg.connect(db, cursor_factory=_WiderCursor) as conn:
+        safeddl.psycopg.install(conn)
+        cursor = conn.cursor()
+        for n in range(3):  # the first decides, the next ones take the known-text path
+            cursor.execute("SELECT x FROM big WHERE id = %s", [5], label=f"read {n}")
+            cursor.execute("UPDATE big SET x = x WHERE id = %s", [5], label=f"write {n}")
+        conn.commit()
+        assert cursor.labels == [f"{kind} {n}" for n in range(3) for kind in ("read", "write")]
+        with pytest.raises(safeddl.UnsafeStatement):
+            cursor.execute(INDEX_ON_BIG, label="index")
+
+
+def test_the_hot_path_calls_the_user_cursors_own_execute(db: str) -> None:
+    with psycopg.connect(db, cursor_factory=_CountingCursor) as conn:
+        safeddl.psycopg.install(conn)
+        cursor = conn.cursor()
+        before = len(_CountingCursor.calls)
+        for _ in range(3):  # the known-text path from the second on
+            assert cursor.execute("SELECT x FROM big WHERE id = %s", [5]).fetchone() == (5,)
+            cursor.execute("UPDATE big SET x = x WHERE id = %s", [5])
+        conn.commit()
+        assert len(_CountingCursor.calls) - before == 6
 
 
 def test_guard_block_on_a_connection(db: str) -> None:

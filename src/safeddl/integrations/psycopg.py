@@ -13,7 +13,7 @@ from __future__ import annotations
 import inspect
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, cast
 
@@ -200,22 +200,34 @@ def _convert_plain(cursor: Any, query: Any, error: BaseException) -> None:
 
 
 class GuardedCursorMixin:
-    """Guards execute / executemany / stream / copy of a psycopg cursor class."""
+    """Guards execute / executemany / stream / copy of a psycopg cursor class whose
+    ``execute`` takes what psycopg's does (query, params, ``prepare``, ``binary``)."""
 
     __slots__ = ()
     _class_guard: ClassVar[Guard | None] = None
+    # the ``execute`` that comes after this mixin in each class's MRO, found once per
+    # class: ``super().execute`` builds a super object and walks the MRO on every call
+    _base_execute: ClassVar[Callable[..., Any]]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        base_execute = getattr(super(GuardedCursorMixin, cls), "execute", None)
+        if base_execute is not None:
+            cls._base_execute = base_execute
 
     def execute(self, query: Any, params: Any = None, *, prepare: bool | None = None,
-                binary: bool | None = None, **kwargs: Any) -> Any:
+                binary: bool | None = None) -> Any:
         # The hot path, inlined and kept to few bytecodes (each costs; measured with
-        # callgrind): a statement known to need nothing costs a few dict lookups.
+        # callgrind): a statement known to need nothing costs a few dict lookups. No
+        # ``**kwargs``: a dictionary built on every call (a cursor class whose execute
+        # takes other keywords gets GuardedServerCursorMixin's full path).
         # ``_conn`` / ``_autocommit``: psycopg's attributes behind its ``connection`` /
         # ``autocommit`` properties.
         conn = self._conn  # type: ignore[attr-defined]
         slot: Slot | None = _slot_get(id(conn))
-        if slot is None or type(query) is not str or _scopes() or kwargs:
-            return self._execute_guarded(query, params, dict(kwargs, prepare=prepare,
-                                                             binary=binary))
+        if slot is None or type(query) is not str or _scopes():
+            return self._execute_guarded(query, params, {"prepare": prepare,
+                                                         "binary": binary})
         hot = slot.hot
         if hot is None or hot[0] is not slot.guard:
             hot = slot.refresh()
@@ -232,8 +244,7 @@ class GuardedCursorMixin:
                     and not tracker.fast(state, statements, params):
                 guard.track(state, statements, query, params)
         try:  # (named, not **kwargs: no dictionary to build and unpack)
-            return super().execute(query, params, prepare=prepare,  # type: ignore[misc]
-                                   binary=binary)
+            return self._base_execute(query, params, prepare=prepare, binary=binary)
         except Exception as exc:
             _convert_plain(self, query, exc)
             raise
@@ -322,8 +333,9 @@ class GuardedClientCursor(GuardedCursorMixin, psycopg.ClientCursor[Row]):
 
 class GuardedServerCursorMixin(GuardedCursorMixin):
     """The guarded ``execute`` of a named (server-side) cursor, whose ``execute`` takes
-    no ``prepare``, and of a cursor class whose own ``execute`` takes no ``prepare`` or
-    ``binary``: always the full path, passing on only the keywords the caller gave."""
+    no ``prepare``, and of a cursor class whose own ``execute`` takes other keywords
+    than ``prepare`` and ``binary``: always the full path, passing on only the keywords
+    the caller gave."""
 
     __slots__ = ()
 
@@ -359,13 +371,15 @@ def guarded_class(base: type[Any]) -> type[Any]:
 
 
 def _takes_prepare_and_binary(base: type[Any]) -> bool:
-    """Whether ``base.execute`` accepts ``prepare=`` and ``binary=`` (psycopg's own
-    cursors do; a user's subclass may not), which the hot path always passes."""
+    """Whether ``base.execute`` takes the keywords of psycopg's own cursors,
+    ``prepare=`` and ``binary=``, and no others: the hot path always passes both, and
+    takes no others (a user's subclass may take fewer, or more)."""
     try:
         parameters = inspect.signature(base.execute).parameters
     except (TypeError, ValueError):
         return False
-    return ("prepare" in parameters and "binary" in parameters) or any(
+    keywords = {name for name, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return keywords == {"prepare", "binary"} and not any(
         p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
