@@ -188,3 +188,21 @@ def test_what_cannot_be_read_is_reported_not_raised() -> None:
     assert not statement.understood and statement.reason
     # a DO block with dynamic SQL (its static SQL is read: tests/test_do_blocks.py)
     assert not analyze_statement("DO $$ BEGIN EXECUTE 'DROP TABLE t'; END $$").understood
+
+
+def test_indexes_follow_renames_and_go_with_their_column_or_table() -> None:
+    # each table's indexes are kept by table: a DROP COLUMN looks only at its own
+    sql = """CREATE TABLE a (id int, x int); CREATE TABLE b (id int, x int);
+    CREATE INDEX a_x ON a (x); CREATE INDEX b_x ON b (x); CREATE INDEX a_id ON a (id);
+    ALTER TABLE a RENAME TO a2; ALTER INDEX b_x RENAME TO b_x2;
+    ALTER TABLE a2 DROP COLUMN x; ALTER TABLE b DROP COLUMN id;
+    DROP INDEX a_x; DROP INDEX a_id; DROP INDEX b_x2; DROP INDEX b_x;
+    CREATE TABLE c (id int); CREATE INDEX c_id ON c (id); DROP TABLE c; DROP INDEX c_id;"""
+    statements = analyze_script(sql)
+    on = {s.sql: [lock.relation for lock in s.locks] for s in statements
+          if s.sql.startswith("DROP INDEX")}
+    assert on == {"DROP INDEX a_x": ["a_x"],  # went with its column
+                  "DROP INDEX a_id": ["a2"],  # followed the table's rename
+                  "DROP INDEX b_x2": ["b"],  # renamed, on b
+                  "DROP INDEX b_x": ["b_x"],  # no longer by that name
+                  "DROP INDEX c_id": ["c_id"]}  # went with its table

@@ -80,7 +80,10 @@ class Catalog:
 
     def __init__(self) -> None:
         self.relations: dict[str, Relation] = {}
-        self.indexes: dict[str, str] = {}  # qualified index -> qualified table
+        # qualified index -> qualified table; change it through add_index / drop_index,
+        # which keep ``_indexes_of`` (qualified table -> its indexes) in step
+        self.indexes: dict[str, str] = {}
+        self._indexes_of: dict[str, set[str]] = {}
         self.invalid_indexes: set[str] = set()  # qualified indexes marked INVALID (live)
         self.functions: dict[str, Volatility] = {}
         # qualified index -> its key columns (folded), when they are plain columns
@@ -136,6 +139,21 @@ class Catalog:
 
     def copy(self) -> Catalog:
         return copy.deepcopy(self)
+
+    def add_index(self, index: str, table: str, columns: tuple[str, ...] | None = None) -> None:
+        """An index (qualified) on a table (qualified), with its key columns when they
+        are plain columns."""
+        self.drop_index(index)
+        self.indexes[index] = table
+        self._indexes_of.setdefault(table, set()).add(index)
+        if columns:
+            self.index_columns[index] = columns
+
+    def drop_index(self, index: str) -> None:
+        table = self.indexes.pop(index, None)
+        self.index_columns.pop(index, None)
+        if table is not None:
+            self._indexes_of.get(table, set()).discard(index)
 
     # -- looking up -----------------------------------------------------------
     def key(self, written: str) -> str:
@@ -394,13 +412,10 @@ class Catalog:
         elif action is Action.CREATE_INDEX and step.table:
             if step.name:
                 schema = schema_in_key(self.key(step.table), step.table)
-                index = f"{schema}.{local_name(step.name)}"
-                self.indexes[index] = self.key(step.table)
-                if step.columns:
-                    self.index_columns[index] = step.columns
+                self.add_index(f"{schema}.{local_name(step.name)}", self.key(step.table),
+                               step.columns or None)
         elif action is Action.DROP_INDEX and step.name:
-            self.indexes.pop(self.key(step.name), None)
-            self.index_columns.pop(self.key(step.name), None)
+            self.drop_index(self.key(step.name))
         elif action is Action.CREATE_STATISTICS and step.table and step.name:
             schema = schema_in_key(self.key(step.table), step.table)
             self.statistics[f"{schema}.{local_name(step.name)}"] = self.key(step.table)
@@ -466,9 +481,11 @@ class Catalog:
             for con in relation.constraints.values():
                 if con.references == old_key:
                     con.references = new_key
-        for index, owner in self.indexes.items():
-            if owner == old_key:
-                self.indexes[index] = new_key
+        moved = self._indexes_of.pop(old_key, set())
+        for index in moved:
+            self.indexes[index] = new_key
+        if moved:
+            self._indexes_of.setdefault(new_key, set()).update(moved)
         self._generation += 1
 
     def _rename_index(self, step: Step) -> None:
@@ -478,10 +495,11 @@ class Catalog:
         if match is None or old not in self.indexes:
             return
         new = f"{schema_in_key(old, step.name)}.{local_name(match.group(1))}"
-        self.indexes[new] = self.indexes.pop(old)
-        if old in self.index_columns:
-            self.index_columns[new] = self.index_columns.pop(old)
-        owner = self.relations.get(self.indexes[new])
+        table = self.indexes[old]
+        columns = self.index_columns.get(old)
+        self.drop_index(old)
+        self.add_index(new, table, columns)
+        owner = self.relations.get(table)
         old_name, new_name = local_name(step.name), local_name(match.group(1))
         if owner is not None and old_name in owner.constraints:  # the index of a key
             con = owner.constraints.pop(old_name)
@@ -498,10 +516,9 @@ class Catalog:
                 del table.constraints[name]
                 if con.references:
                     self._generation += 1  # a foreign key went
-        for index, owner in list(self.indexes.items()):
-            if owner == table.key and column in self.index_columns.get(index, ()):
-                del self.indexes[index]
-                self.index_columns.pop(index, None)
+        for index in list(self._indexes_of.get(table.key, ())):
+            if column in self.index_columns.get(index, ()):
+                self.drop_index(index)
 
     def _forget(self, key: str) -> None:
         """A relation dropped: the foreign keys that pointed at it are gone too (they
@@ -512,10 +529,8 @@ class Catalog:
                 if con.references == key:
                     del relation.constraints[name]
             relation.reads.discard(key)
-        for index, owner in list(self.indexes.items()):
-            if owner == key:
-                del self.indexes[index]
-                self.index_columns.pop(index, None)
+        for index in list(self._indexes_of.get(key, ())):
+            self.drop_index(index)
         self._generation += 1
 
     def _current_derived(self) -> _Derived | None:

@@ -146,10 +146,13 @@ def _foreign_key_checks(step: Step, catalog: Catalog) -> list[Take]:
     inserts = action in (Action.INSERT, Action.COPY_FROM) or "insert" in merge
     deletes = action is Action.DELETE or "delete" in merge
     takes = []
+    checked: set[str] = set()  # a table several foreign keys point at: one lock
     for fk in catalog.foreign_keys(step.table):
-        if fk.references and ((inserts and _inserts_key(step, fk, catalog))
-                              or (fk.column is not None and fk.column in sets)
-                              or (fk.column is None and bool(sets))):
+        if fk.references and fk.references not in checked and (
+                (inserts and _inserts_key(step, fk, catalog))
+                or (fk.column is not None and fk.column in sets)
+                or (fk.column is None and bool(sets))):
+            checked.add(fk.references)
             takes.append(Take(fk.references, RS))
     for table, fk in catalog.referencing(step.table):
         rekeys = bool(sets & set(fk.ref_columns)) if fk.ref_columns else bool(sets)

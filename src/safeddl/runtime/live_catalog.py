@@ -304,9 +304,8 @@ def _fill(live: LiveCatalog, rows: list[tuple[Any, ...]]) -> None:
         live.oids[key] = oid
         if kind in _INDEX_KINDS:
             if index_table in keys:
-                live.catalog.indexes[key] = keys[index_table]
-                if index_columns:
-                    live.catalog.index_columns[key] = tuple(index_columns)
+                live.catalog.add_index(key, keys[index_table],
+                                       tuple(index_columns) if index_columns else None)
             if invalid:
                 live.catalog.invalid_indexes.add(key)
             continue
@@ -355,8 +354,8 @@ def _alias_written_names(live: LiveCatalog, resolved: dict[str, int]) -> None:
             continue
         if actual in live.catalog.relations:
             live.catalog.relations.setdefault(alias, live.catalog.relations[actual])
-        elif actual in live.catalog.indexes:
-            live.catalog.indexes.setdefault(alias, live.catalog.indexes[actual])
+        elif actual in live.catalog.indexes and alias not in live.catalog.indexes:
+            live.catalog.add_index(alias, live.catalog.indexes[actual])
         live.oids.setdefault(alias, oid)
 
 
