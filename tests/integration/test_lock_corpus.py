@@ -204,30 +204,32 @@ class CorpusDatabase:
         return make_conninfo(self.admin_dsn, dbname=dbname, options=SESSION_OPTIONS)
 
     @contextlib.contextmanager
-    def _copy(self, entry: Entry) -> Iterator[str]:
+    def _copy(self, entry: Entry) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
         """A throwaway copy of the database with the entry's ``before`` statements
-        committed in it; yields its DSN."""
+        committed in it; yields its DSN and the (idle) session that ran them, whose
+        session state (prepared statements) the entry may need."""
         with disposable_database(self.admin_dsn, self.TEMPLATE) as dsn:
             dsn = make_conninfo(dsn, options=SESSION_OPTIONS)
-            if entry.before:
-                with psycopg.connect(dsn, autocommit=True) as conn:
-                    for statement in entry.before:
-                        conn.execute(statement)
-            yield dsn
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for statement in entry.before:
+                    conn.execute(statement)
+                conn.autocommit = False
+                yield dsn, conn
 
     def observe(self, entry: Entry) -> Observation:
         """The server's answer for ``entry`` (observed once per server)."""
         if entry.index not in self._cache:
             if entry.before:
-                with self._copy(entry) as dsn, psycopg.connect(dsn) as conn:
+                with self._copy(entry) as (_dsn, conn):
                     observation = observe_in_transaction(conn, entry.sql,
                                                          copy_data=entry.copy_data)
             else:
                 observation = observe_in_transaction(self.conn, entry.sql,
                                                      copy_data=entry.copy_data)
             if not observation.transactional:
-                # refused inside a transaction block: run it for real, in a copy
-                with self._copy(entry) as dsn:
+                # refused inside a transaction block: run it for real, in a copy where
+                # the "before" statements ran (from another session)
+                with self._copy(entry) as (dsn, _conn):
                     observation = observe_outside_transaction(dsn, entry.sql, None)
             self._cache[entry.index] = observation
         return self._cache[entry.index]
@@ -449,3 +451,23 @@ def test_observation_is_rolled_back_and_bounded(safeddl_db_each: str) -> None:
         safeddl_db_each, "CREATE INDEX CONCURRENTLY ON a (id)", ["a"]
     )
     assert done.locks == {"public.a": LockMode.SHARE_UPDATE_EXCLUSIVE} and done.error is None
+
+
+def test_a_refused_commit_counts_only_for_call_and_do(safeddl_db_each: str) -> None:
+    with psycopg.connect(safeddl_db_each, autocommit=True) as setup:
+        setup.execute(
+            "CREATE TABLE c (id integer);"
+            " CREATE PROCEDURE c_commit() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;"
+            " CREATE FUNCTION c_commit_f() RETURNS integer LANGUAGE plpgsql"
+            " AS $$ BEGIN COMMIT; RETURN 1; END $$"
+        )
+    with psycopg.connect(safeddl_db_each) as conn:
+        for sql in ("CALL c_commit()", "/* a comment */ DO $$ BEGIN ROLLBACK; END $$"):
+            refused = observe_in_transaction(conn, sql)
+            assert not refused.transactional and refused.sqlstate == "2D000", refused
+        # a function may never COMMIT: the same SQLSTATE is a failure, not a refusal
+        failed = observe_in_transaction(conn, "SELECT c_commit_f()")
+        assert failed.transactional and failed.sqlstate == "2D000" and failed.error
+    # outside a transaction block the CALL runs
+    done = observe_outside_transaction(safeddl_db_each, "CALL c_commit()", ["c"])
+    assert done.error is None and not done.transactional
