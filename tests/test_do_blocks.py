@@ -91,6 +91,39 @@ def test_rules_judge_the_statement_a_do_block_runs() -> None:
     assert not two.understood
 
 
+@pytest.mark.parametrize(("sql", "transactional"), [
+    ("DO $$ BEGIN UPDATE accounts SET flag = true; COMMIT; END $$", False),
+    ("DO $$ BEGIN UPDATE accounts SET flag = true; ROLLBACK; END $$", False),
+    # in a branch: it may COMMIT, which is enough to refuse a transaction block
+    ("DO $$ BEGIN UPDATE accounts SET flag = true; IF now() IS NULL THEN COMMIT; END IF; "
+     "END $$", False),
+    # a kind judged as a whole (TRUNCATE) keeps its kind, and still may not run in one
+    ("DO $$ BEGIN TRUNCATE accounts; COMMIT; END $$", False),
+    ("DO $$ BEGIN TRUNCATE accounts; END $$", True),
+    # the word in a literal, a comment or an identifier is not transaction control
+    ("DO $$ DECLARE commit_count int; BEGIN RAISE NOTICE 'COMMIT'; -- ROLLBACK\n"
+     "UPDATE accounts SET flag = true; END $$", True),
+])
+def test_a_do_block_that_may_commit_cannot_run_in_a_transaction_block(
+        sql: str, transactional: bool) -> None:
+    statement = analyze_statement(sql)
+    assert statement.understood, statement.reason
+    assert statement.transactional is transactional
+    assert {lock.relation for lock in statement.locks} == {"accounts"}
+    if "TRUNCATE" in sql:
+        assert statement.kind.value == "truncate"
+
+
+def test_a_do_block_that_commits_inside_a_transaction_is_reported() -> None:
+    from safeddl.rules import lint_script
+
+    [outside] = lint_script("DO $$ BEGIN UPDATE accounts SET flag = true; COMMIT; END $$;")
+    assert "concurrently-in-transaction" not in {f.rule for f in outside.findings}
+    _begin, inside, _commit = lint_script(
+        "BEGIN;\nDO $$ BEGIN UPDATE accounts SET flag = true; COMMIT; END $$;\nCOMMIT;")
+    assert "concurrently-in-transaction" in {f.rule for f in inside.findings}
+
+
 
 def _call(script: str) -> tuple[dict[str, str], bool, str | None]:
     from safeddl.analysis import analyze_script

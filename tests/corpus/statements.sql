@@ -15,13 +15,18 @@
 --                         prediction may leave them out; where both sides lock
 --                         one, the modes must agree
 --   -- requires: ext        run only where the server ships extension "ext"
+--   -- transaction_dependent: why
+--                         whether the server refuses a transaction block depends on
+--                         the run (a COMMIT in a branch not taken): the prediction
+--                         must be "outside a transaction", the server may run it in one
 -- When the analysis says a statement's lock set is not known from the text (DROP
 -- TYPE ... CASCADE, CALL...), the locks it names must be taken as predicted, and the
 -- server may take more.
 -- Everything after the directives is one statement, as users write it (comments
 -- included). It runs against tests/corpus/setup.sql, in a transaction that is
--- rolled back, or (when the server refuses a transaction block) in a throwaway
--- copy of the database.
+-- rolled back, or (when the server refuses a transaction block: SQLSTATE 25001, or
+-- 2D000 of a CALL or DO whose COMMIT / ROLLBACK is refused there) in a throwaway copy
+-- of the database, after the entry's "before" statements.
 -- @@
 -- ===================================================================== reads
 SELECT 1;
@@ -985,6 +990,17 @@ CREATE FOREIGN TABLE remote_notes (id integer, body text) SERVER dummy_server OP
 CREATE FOREIGN TABLE events_2030 PARTITION OF events
     FOR VALUES FROM ('2030-01-01') TO ('2031-01-01') SERVER dummy_server;
 -- @@
+-- note: a block that COMMITs: refused in a transaction block (2D000), runs outside one
+DO $$
+BEGIN
+    UPDATE tenants SET name = name WHERE id = 1;
+    COMMIT;
+END
+$$;
+-- @@
+-- note: ROLLBACK is transaction control too
+DO $$ BEGIN DELETE FROM accounts WHERE id = 2999; ROLLBACK; END $$;
+-- @@
 -- ============================== BEGIN ATOMIC bodies, prepared statements, CALL
 -- min_version: 14
 -- note: one statement: the ';' inside BEGIN ATOMIC ... END do not end it
@@ -1038,6 +1054,21 @@ CALL touch(1);
 -- before: CREATE PROCEDURE lock_dynamic() LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'LOCK TABLE accounts'; END $$
 -- note: dynamic SQL in the body: its locks are reported as unknown
 CALL lock_dynamic();
+-- @@
+-- before: CREATE PROCEDURE commit_tenants() LANGUAGE plpgsql AS $$ BEGIN UPDATE tenants SET name = name WHERE id = 1; COMMIT; END $$
+-- note: the body COMMITs: refused in a transaction block (2D000, invalid transaction
+-- note: termination); outside one it takes the locks of its body
+CALL commit_tenants();
+-- @@
+-- before: CREATE PROCEDURE maybe_commit(done boolean) LANGUAGE plpgsql AS $$ BEGIN UPDATE tenants SET name = name WHERE id = 1; IF done THEN COMMIT; END IF; END $$
+-- note: the branch that COMMITs is taken: refused in a transaction block (2D000)
+CALL maybe_commit(true);
+-- @@
+-- before: CREATE PROCEDURE maybe_commit(done boolean) LANGUAGE plpgsql AS $$ BEGIN UPDATE tenants SET name = name WHERE id = 1; IF done THEN COMMIT; END IF; END $$
+-- transaction_dependent: the COMMIT is in a branch this call does not take
+-- note: the server runs this call in a transaction block; the body may COMMIT (with other
+-- note: arguments it does), so the prediction that holds for every call is "outside one"
+CALL maybe_commit(false);
 -- @@
 -- ============================== DROP ... CASCADE of catalog objects, owned objects
 -- note: the columns of the type go: ACCESS EXCLUSIVE on their tables
@@ -1124,6 +1155,33 @@ ALTER SUBSCRIPTION corpus_sub RENAME TO corpus_subscription;
 -- @@
 -- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false, slot_name = NONE)
 -- note: without a replication slot nothing is asked of the publisher
+DROP SUBSCRIPTION corpus_sub;
+-- @@
+-- note: connect = false alone leaves slot_name at its default, the subscription's name:
+-- note: refused in a transaction block (25001). Outside one it connects to the publisher
+-- note: (this server, pointed at once created) and drops the slot there (a physical slot
+-- note: made for it: no wal_level = logical needed to have one to drop)
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false)
+-- before: DO $$ BEGIN EXECUTE format('ALTER SUBSCRIPTION corpus_sub CONNECTION %L', format('host=%s port=%s dbname=%s user=%s', split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port'), current_database(), current_user)); END $$
+-- before: DO $$ BEGIN PERFORM pg_create_physical_replication_slot('corpus_sub'); EXCEPTION WHEN duplicate_object THEN NULL; END $$
+DROP SUBSCRIPTION corpus_sub;
+-- @@
+-- note: a named replication slot: refused in a transaction block, dropped outside one
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false, slot_name = 'corpus_slot')
+-- before: DO $$ BEGIN EXECUTE format('ALTER SUBSCRIPTION corpus_sub CONNECTION %L', format('host=%s port=%s dbname=%s user=%s', split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port'), current_database(), current_user)); END $$
+-- before: DO $$ BEGIN PERFORM pg_create_physical_replication_slot('corpus_slot'); EXCEPTION WHEN duplicate_object THEN NULL; END $$
+DROP SUBSCRIPTION corpus_sub;
+-- @@
+-- note: the slot let go of first (what to do when the publisher is gone): no publisher asked
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false, slot_name = 'corpus_slot')
+-- before: ALTER SUBSCRIPTION corpus_sub SET (slot_name = NONE)
+DROP SUBSCRIPTION corpus_sub;
+-- @@
+-- note: created without a slot, given one later: refused in a transaction block again
+-- before: CREATE SUBSCRIPTION corpus_sub CONNECTION 'dbname=nowhere' PUBLICATION corpus_pub WITH (connect = false, slot_name = NONE)
+-- before: ALTER SUBSCRIPTION corpus_sub SET (slot_name = 'corpus_late_slot')
+-- before: DO $$ BEGIN EXECUTE format('ALTER SUBSCRIPTION corpus_sub CONNECTION %L', format('host=%s port=%s dbname=%s user=%s', split_part(current_setting('unix_socket_directories'), ',', 1), current_setting('port'), current_database(), current_user)); END $$
+-- before: DO $$ BEGIN PERFORM pg_create_physical_replication_slot('corpus_late_slot'); EXCEPTION WHEN duplicate_object THEN NULL; END $$
 DROP SUBSCRIPTION corpus_sub;
 -- @@
 -- ============================== more commands of PostgreSQL's reference

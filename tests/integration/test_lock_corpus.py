@@ -10,6 +10,7 @@ the server on every relation's mode, on rewrites and on "may run in a transactio
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
 import time
@@ -45,7 +46,8 @@ SESSION_OPTIONS = "-c TimeZone=Europe/Paris"
 
 SEPARATOR = "-- @@"
 _DIRECTIVE = re.compile(
-    r"--\s*(min_version|max_version|note|stdin|plan_dependent|before|requires)\s*:\s?(.*)$")
+    r"--\s*(min_version|max_version|note|stdin|plan_dependent|before|requires"
+    r"|transaction_dependent)\s*:\s?(.*)$")
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,10 @@ class Entry:
     before: tuple[str, ...] = ()
     # extensions the entry needs (skipped on a server that does not ship them)
     requires: tuple[str, ...] = ()
+    # why the server's refusal of a transaction block depends on the data or the
+    # arguments (a COMMIT in a branch this run does not take): the prediction must be
+    # "outside a transaction" (it may be refused), the server may have run it in one
+    transaction_dependent: str | None = None
 
     @property
     def id(self) -> str:
@@ -133,6 +139,9 @@ def load_corpus(text: str) -> list[Entry]:
                 stdin=tuple(directives.get("stdin", ())),
                 before=tuple(directives.get("before", ())),
                 requires=tuple(directives.get("requires", ())),
+                transaction_dependent=directives["transaction_dependent"][-1]
+                if "transaction_dependent" in directives
+                else None,
                 plan_dependent=frozenset(
                     name.strip()
                     for value in directives.get("plan_dependent", ())
@@ -194,24 +203,33 @@ class CorpusDatabase:
     def dsn(self, dbname: str) -> str:
         return make_conninfo(self.admin_dsn, dbname=dbname, options=SESSION_OPTIONS)
 
+    @contextlib.contextmanager
+    def _copy(self, entry: Entry) -> Iterator[tuple[str, psycopg.Connection[Any]]]:
+        """A throwaway copy of the database with the entry's ``before`` statements
+        committed in it; yields its DSN and the (idle) session that ran them, whose
+        session state (prepared statements) the entry may need."""
+        with disposable_database(self.admin_dsn, self.TEMPLATE) as dsn:
+            dsn = make_conninfo(dsn, options=SESSION_OPTIONS)
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for statement in entry.before:
+                    conn.execute(statement)
+                conn.autocommit = False
+                yield dsn, conn
+
     def observe(self, entry: Entry) -> Observation:
         """The server's answer for ``entry`` (observed once per server)."""
-        if entry.index not in self._cache and entry.before:
-            with disposable_database(self.admin_dsn, self.TEMPLATE) as dsn:
-                dsn = make_conninfo(dsn, options=SESSION_OPTIONS)
-                with psycopg.connect(dsn, autocommit=True) as conn:
-                    for statement in entry.before:
-                        conn.execute(statement)
-                    conn.autocommit = False
+        if entry.index not in self._cache:
+            if entry.before:
+                with self._copy(entry) as (_dsn, conn):
                     observation = observe_in_transaction(conn, entry.sql,
                                                          copy_data=entry.copy_data)
-            self._cache[entry.index] = observation
-        if entry.index not in self._cache:
-            observation = observe_in_transaction(self.conn, entry.sql, copy_data=entry.copy_data)
+            else:
+                observation = observe_in_transaction(self.conn, entry.sql,
+                                                     copy_data=entry.copy_data)
             if not observation.transactional:
-                # refused inside a transaction block: run it for real, in a copy
-                with disposable_database(self.admin_dsn, self.TEMPLATE) as dsn:
-                    dsn = make_conninfo(dsn, options=SESSION_OPTIONS)
+                # refused inside a transaction block: run it for real, in a copy where
+                # the "before" statements ran (from another session)
+                with self._copy(entry) as (dsn, _conn):
                     observation = observe_outside_transaction(dsn, entry.sql, None)
             self._cache[entry.index] = observation
         return self._cache[entry.index]
@@ -317,7 +335,16 @@ def compare(entry: Entry, version: int, observation: Observation) -> list[str]:
             f"{rel}: predicted {'a rewrite' if rel in predicted_rewrites else 'no rewrite'}, "
             f"server {'rewrote it' if rel in observation.rewritten else 'did not rewrite it'}"
         )
-    if stmt.transactional != observation.transactional:
+    if entry.transaction_dependent is not None:
+        # the server's answer holds for this run only: the prediction must be the one
+        # that holds for every run (it may be refused in a transaction block)
+        if stmt.transactional:
+            problems.append(
+                f"transactional: predicted True, but whether the server refuses a "
+                f"transaction block depends on the run ({entry.transaction_dependent}); "
+                f"server {observation.transactional} this time"
+            )
+    elif stmt.transactional != observation.transactional:
         problems.append(
             f"transactional: predicted {stmt.transactional}, server {observation.transactional}"
         )
@@ -349,11 +376,14 @@ def test_corpus_is_big_enough() -> None:
 def test_loader_reads_directives() -> None:
     text = (
         "-- header\n-- @@\n-- min_version: 14\n-- c\n-- note: n\n-- stdin: a,b\n"
-        "-- plan_dependent: public.a, b.c\nSELECT 1;\n-- note: not a directive\n-- @@\nSELECT 2"
+        "-- plan_dependent: public.a, b.c\nSELECT 1;\n-- note: not a directive\n-- @@\n"
+        "-- transaction_dependent: a branch\nSELECT 2"
     )
     first, second = load_corpus(text)
     assert first.min_version == 14 and first.notes == ("n",) and first.stdin == ("a,b",)
     assert first.plan_dependent == {"public.a", "b.c"}
+    assert first.transaction_dependent is None
+    assert second.transaction_dependent == "a branch"
     assert first.sql == "-- c\nSELECT 1;\n-- note: not a directive" and first.line == 4
     assert second.sql == "SELECT 2" and second.index == 2
 
@@ -421,3 +451,23 @@ def test_observation_is_rolled_back_and_bounded(safeddl_db_each: str) -> None:
         safeddl_db_each, "CREATE INDEX CONCURRENTLY ON a (id)", ["a"]
     )
     assert done.locks == {"public.a": LockMode.SHARE_UPDATE_EXCLUSIVE} and done.error is None
+
+
+def test_a_refused_commit_counts_only_for_call_and_do(safeddl_db_each: str) -> None:
+    with psycopg.connect(safeddl_db_each, autocommit=True) as setup:
+        setup.execute(
+            "CREATE TABLE c (id integer);"
+            " CREATE PROCEDURE c_commit() LANGUAGE plpgsql AS $$ BEGIN COMMIT; END $$;"
+            " CREATE FUNCTION c_commit_f() RETURNS integer LANGUAGE plpgsql"
+            " AS $$ BEGIN COMMIT; RETURN 1; END $$"
+        )
+    with psycopg.connect(safeddl_db_each) as conn:
+        for sql in ("CALL c_commit()", "/* a comment */ DO $$ BEGIN ROLLBACK; END $$"):
+            refused = observe_in_transaction(conn, sql)
+            assert not refused.transactional and refused.sqlstate == "2D000", refused
+        # a function may never COMMIT: the same SQLSTATE is a failure, not a refusal
+        failed = observe_in_transaction(conn, "SELECT c_commit_f()")
+        assert failed.transactional and failed.sqlstate == "2D000" and failed.error
+    # outside a transaction block the CALL runs
+    done = observe_outside_transaction(safeddl_db_each, "CALL c_commit()", ["c"])
+    assert done.error is None and not done.transactional

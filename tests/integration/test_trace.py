@@ -136,6 +136,35 @@ def test_unreadable_statement_and_failure_are_reported(db: str, tmp_path: Path) 
     assert ran["status"] == "ran" and ran["agrees"] is True
 
 
+def test_a_commit_refused_in_the_transaction_block_is_a_difference(db: str,
+                                                                  tmp_path: Path) -> None:
+    with psycopg.connect(db, autocommit=True) as conn:
+        # created in the database, not in the script: the analysis cannot see the COMMIT
+        conn.execute("CREATE PROCEDURE commit_orders() LANGUAGE plpgsql AS $$ BEGIN"
+                     " UPDATE orders SET total = total WHERE id = 1; COMMIT; END $$")
+        conn.execute("CREATE FUNCTION commit_in_function() RETURNS int LANGUAGE plpgsql"
+                     " AS $$ BEGIN COMMIT; RETURN 1; END $$")
+    path = tmp_path / "commits.sql"
+    path.write_text("CALL commit_orders();\nSELECT commit_in_function();\n"
+                    "DO $$ BEGIN UPDATE orders SET total = total WHERE id = 1; COMMIT; END $$;\n")
+    code, report = trace_json(db, path)
+    assert code == 1
+    call, select, do = report["statements"]
+    # the CALL's COMMIT is refused inside the trace's transaction (SQLSTATE 2D000): the
+    # prediction "may run in a transaction block" was wrong, as for a 25001
+    assert call["status"] == "failed" and call["predicted"]["transactional"] is True
+    assert call["differences"] == ["predicted it may run inside a transaction block; the "
+                                   "server refused it there (SQLSTATE 2D000)"]
+    assert call["agrees"] is False
+    # a function may never COMMIT: the same SQLSTATE, but no transaction block is to blame
+    assert select["status"] == "failed" and "invalid transaction termination" in select["reason"]
+    assert select["differences"] == [] and select["agrees"] is None
+    # a DO block that COMMITs is predicted to run outside a transaction block: not run
+    assert do["status"] == "skipped" and "transaction block" in do["reason"]
+    assert do["predicted"]["transactional"] is False
+    assert report["summary"]["disagreements"] == 1
+
+
 def test_table_output_and_confirmation(db: str, tmp_path: Path) -> None:
     path = tmp_path / "migration.sql"
     path.write_text(SCRIPT)

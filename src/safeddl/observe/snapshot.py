@@ -54,6 +54,7 @@ __all__ = [
     "lock_snapshot",
     "observe_in_transaction",
     "observe_outside_transaction",
+    "refused_in_transaction_block",
     "transaction_lock_snapshot",
 ]
 
@@ -66,6 +67,7 @@ TABLE_RELKINDS = frozenset({"r", "p", "v", "m", "f"})
 _STORAGE_RELKINDS = frozenset({"r", "m"})
 _SYSTEM_SCHEMAS = ("pg_catalog", "information_schema", "pg_toast")
 _ACTIVE_SQL_TRANSACTION = "25001"
+_INVALID_TRANSACTION_TERMINATION = "2D000"
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,17 @@ class ObservedLock:
 
 @dataclass(frozen=True)
 class Observation:
-    """What the server did for one statement."""
+    """What the server did for one statement.
+
+    ``transactional`` is False when the server refused the statement inside a
+    transaction block. That is SQLSTATE 25001 for any statement, and, for ``CALL``
+    and ``DO`` only, SQLSTATE 2D000 ("invalid transaction termination"): the procedure
+    or the block reached a ``COMMIT`` or ``ROLLBACK``, which PostgreSQL runs only when
+    the ``CALL`` / ``DO`` is not inside a transaction block. A 2D000 that would be
+    raised outside a transaction block too (``COMMIT`` inside a plpgsql block with an
+    ``EXCEPTION`` clause) is counted the same way in a transaction; running the
+    statement outside one then reports the error.
+    """
 
     sql: str
     # strongest mode per pre-existing table / view / matview / foreign / partitioned
@@ -88,7 +100,10 @@ class Observation:
     # tables (and matviews) whose relfilenode changed and whose new file has data;
     # a partitioned table when one of its partitions was rewritten
     rewritten: frozenset[str]
-    # False when the server refused it inside a transaction block (SQLSTATE 25001)
+    # False when the server refused it inside a transaction block: SQLSTATE 25001
+    # ("cannot run inside a transaction block"), or 2D000 ("invalid transaction
+    # termination") raised by a CALL or a DO block, whose procedure or body reached a
+    # COMMIT or ROLLBACK it may not run there (see :func:`refused_in_transaction_block`)
     transactional: bool
     error: str | None = None
     # every pre-existing user relation locked, indexes and sequences included
@@ -257,6 +272,22 @@ def _is_copy(sql: str) -> bool:
     return _first_word(sql) == "COPY" and bool(re.search(r"\b(stdin|stdout)\b", sql, re.IGNORECASE))
 
 
+def refused_in_transaction_block(sql: str, sqlstate: str | None) -> bool:
+    """Whether the error ``sqlstate`` of ``sql``, run inside a transaction block, says the
+    statement cannot run there.
+
+    SQLSTATE 25001 (``VACUUM``, ``CREATE INDEX CONCURRENTLY``, ``DROP SUBSCRIPTION`` of
+    a subscription with a replication slot...) for any statement. SQLSTATE 2D000
+    ("invalid transaction termination") only for ``CALL`` and ``DO``: their transaction
+    control (a ``COMMIT`` or ``ROLLBACK`` of the procedure or the block) is refused
+    inside a transaction block, and runs outside one. Nothing else counts: 2D000 of any
+    other statement, or any other error, is a failure of the statement.
+    """
+    if sqlstate == _ACTIVE_SQL_TRANSACTION:
+        return True
+    return sqlstate == _INVALID_TRANSACTION_TERMINATION and _first_word(sql) in ("CALL", "DO")
+
+
 def _run(cur: psycopg.Cursor[TupleRow], sql: str, copy_data: bytes | None) -> None:
     """Run one statement; COPY ... FROM STDIN / TO STDOUT through the copy API."""
     if _is_copy(sql):
@@ -295,8 +326,10 @@ def observe_in_transaction(
     deferred constraint triggers (which would run at COMMIT) are fired first with
     ``SET CONSTRAINTS ALL IMMEDIATE``, so their locks count too.
     A statement that fails gives ``locks == {}`` and ``error`` set (the aborted
-    transaction can no longer be inspected); when the failure is SQLSTATE 25001
-    (cannot run inside a transaction block) ``transactional`` is False.
+    transaction can no longer be inspected); when the failure says the statement
+    cannot run inside a transaction block (SQLSTATE 25001, or 2D000 of a ``CALL`` or
+    ``DO`` whose ``COMMIT`` / ``ROLLBACK`` was refused: see
+    :func:`refused_in_transaction_block`) ``transactional`` is False.
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
         raise ValueError("observe_in_transaction needs a connection with no open transaction")
@@ -322,7 +355,7 @@ def observe_in_transaction(
                         sql=sql,
                         locks={},
                         rewritten=frozenset(),
-                        transactional=state != _ACTIVE_SQL_TRANSACTION,
+                        transactional=not refused_in_transaction_block(sql, state),
                         error=str(exc).strip(),
                         sqlstate=state,
                     )
@@ -453,7 +486,8 @@ class ScriptTransaction:
     altered by statement 2). Each statement runs under a savepoint, so one that fails
     is reported and the rest go on. Nothing is committed: the caller must not run
     transaction control (``COMMIT``, ``ROLLBACK``, ...) through :meth:`run`, and
-    statements refused inside a transaction block fail with SQLSTATE 25001. Deferred
+    statements refused inside a transaction block fail with SQLSTATE 25001 (a ``CALL``
+    or ``DO`` that reaches a ``COMMIT`` or ``ROLLBACK``: 2D000). Deferred
     constraint triggers, which would run at COMMIT, do not run. Every lock taken is
     held until the end of the block.
 

@@ -56,7 +56,12 @@ from psycopg.conninfo import conninfo_to_dict
 
 from safeddl.analysis import NEWEST, OLDEST, Action, Catalog, Statement
 from safeddl.locks import Holds, LockMode
-from safeddl.observe.snapshot import TABLE_RELKINDS, ScriptTransaction, StepObservation
+from safeddl.observe.snapshot import (
+    TABLE_RELKINDS,
+    ScriptTransaction,
+    StepObservation,
+    refused_in_transaction_block,
+)
 from safeddl.rules import lint_script
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -67,7 +72,6 @@ __all__ = ["LockDifference", "TraceReport", "TracedStep", "run_trace"]
 RAN = "ran"
 SKIPPED = "skipped"
 FAILED = "failed"
-_ACTIVE_SQL_TRANSACTION = "25001"
 _WIDTH = 60
 
 
@@ -240,9 +244,9 @@ def _trace_statement(transaction: ScriptTransaction, statement: Statement) -> Tr
     step = transaction.run(statement.sql)
     if step.error is not None:
         differences: tuple[str, ...] = ()
-        if step.sqlstate == _ACTIVE_SQL_TRANSACTION:
+        if refused_in_transaction_block(statement.sql, step.sqlstate):
             refused = ("predicted it may run inside a transaction block; the server "
-                       "refused it there (SQLSTATE 25001)")
+                       f"refused it there (SQLSTATE {step.sqlstate})")
             differences = (refused,)
         return dataclasses.replace(skipped, status=FAILED, reason=step.error,
                                    differences=differences)

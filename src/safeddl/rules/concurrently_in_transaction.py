@@ -2,9 +2,12 @@
 
 Some statements cannot run inside a transaction block: `CREATE INDEX CONCURRENTLY`,
 `DROP INDEX CONCURRENTLY`, `REINDEX ... CONCURRENTLY`, `DETACH PARTITION ...
-CONCURRENTLY`, `VACUUM`, `CREATE DATABASE`... Inside `BEGIN` ... `COMMIT` (or in a
-migration tool that wraps each migration in a transaction) PostgreSQL rejects them
-with "cannot run inside a transaction block", and the whole migration fails.
+CONCURRENTLY`, `VACUUM`, `CREATE DATABASE`, `DROP SUBSCRIPTION` of a subscription with
+a replication slot... Inside `BEGIN` ... `COMMIT` (or in a migration tool that wraps
+each migration in a transaction) PostgreSQL rejects them with "cannot run inside a
+transaction block", and the whole migration fails. A `CALL` or `DO` whose body may
+`COMMIT` or `ROLLBACK` fails there too when it reaches one ("invalid transaction
+termination").
 
 **Lock:** none is taken: the statement fails before it starts. Outside a transaction
 block it takes the lock shown in the message.

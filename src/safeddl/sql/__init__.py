@@ -500,8 +500,11 @@ def _catalog_object(c: Cursor) -> bool:
 
 
 def _do_block(c: Cursor) -> list[Step]:
-    """``DO [LANGUAGE plpgsql] $$ ... $$``: the steps of the static SQL it may run."""
-    from safeddl.sql.plpgsql import static_statements
+    """``DO [LANGUAGE plpgsql] $$ ... $$``: the steps of the static SQL it may run. A
+    block that may COMMIT or ROLLBACK cannot run inside a transaction block (PostgreSQL
+    raises "invalid transaction termination" there when it reaches one): a step marked
+    ``outside-transaction`` says so."""
+    from safeddl.sql.plpgsql import ends_transactions, static_statements
 
     body = next((tok.text for tok in c.tokens[c.pos:c.stop]
                  if tok.kind in ("STRING", "HEREDOC_STRING", "RAW_STRING")), None)
@@ -512,8 +515,12 @@ def _do_block(c: Cursor) -> list[Step]:
     if body is None:
         raise NotUnderstood("DO without a body")
     leading, steps = _body_steps(static_statements(body), "DO block")
+    commits = ends_transactions(body)
+    do = Step(Action.OTHER, text="DO", target_kind="outside-transaction" if commits else None)
     # The statement's kind is that of the one such statement, so that its rules apply
-    return [*leading, *steps] if leading else [Step(Action.OTHER, text="DO"), *steps]
+    if leading:
+        return [*leading, *steps, do] if commits else [*leading, *steps]
+    return [do, *steps]
 
 
 def call_steps(call: Step, language: str, body: str) -> list[Step] | None:
