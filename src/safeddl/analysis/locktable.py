@@ -154,10 +154,14 @@ def _foreign_key_checks(step: Step, catalog: Catalog) -> list[Take]:
                 or (fk.column is None and bool(sets))):
             checked.add(fk.references)
             takes.append(Take(fk.references, RS))
+    referencing: set[tuple[str, LockMode]] = set()
     for table, fk in catalog.referencing(step.table):
         rekeys = bool(sets & set(fk.ref_columns)) if fk.ref_columns else bool(sets)
         if deletes or rekeys:
-            takes.append(Take(table, RE if deletes and fk.on_delete_writes else RS))
+            take = (table, RE if deletes and fk.on_delete_writes else RS)
+            if take not in referencing:
+                referencing.add(take)
+                takes.append(Take(*take))
     if deletes:
         takes.extend(_cascaded_deletes(step.table, catalog))
     return takes
