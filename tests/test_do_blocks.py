@@ -114,6 +114,25 @@ def test_a_do_block_that_may_commit_cannot_run_in_a_transaction_block(
         assert statement.kind.value == "truncate"
 
 
+@pytest.mark.parametrize(("sql", "transactional"), [
+    ("DO $$ BEGIN EXECUTE 'UPDATE accounts SET flag = true'; COMMIT; END $$", False),
+    ("DO $$ BEGIN EXECUTE 'UPDATE accounts SET flag = true'; END $$", True),
+    ("CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'UPDATE accounts SET flag "
+     "= true'; COMMIT; END $$;\nCALL p()", False),
+    ("CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN EXECUTE 'UPDATE accounts SET flag "
+     "= true'; END $$;\nCALL p()", True),
+])
+def test_an_unreadable_body_that_may_commit_still_runs_outside_a_transaction(
+        sql: str, transactional: bool) -> None:
+    # dynamic SQL leaves its locks unknown, not whether it may COMMIT: an opted-out DO or
+    # CALL must not be wrapped in a transaction block the server then refuses
+    from safeddl.analysis import analyze_script
+
+    statement = analyze_script(sql)[-1]
+    assert "EXECUTE in a plpgsql body" in repr(statement)  # (its locks are not known)
+    assert statement.transactional is transactional
+
+
 def test_a_do_block_that_commits_inside_a_transaction_is_reported() -> None:
     from safeddl.rules import lint_script
 

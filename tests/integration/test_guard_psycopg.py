@@ -453,3 +453,18 @@ def test_a_call_run_over_and_over_reads_the_catalog_once(
         guarded.commit()
     assert value_of(procedures, 3) == before + 20
     assert len(reads) == 1, reads
+
+
+def test_an_allowed_do_block_with_dynamic_sql_that_commits_runs_in_autocommit(
+        db: str) -> None:
+    # its locks cannot be read, its COMMIT can: wrapped in a transaction block to bound
+    # its lock waits, the server would refuse it (2D000)
+    block = ("DO $$ BEGIN EXECUTE 'UPDATE big SET x = x WHERE id = 1'; COMMIT; "
+             "UPDATE big SET x = x WHERE id = 2; END $$")
+    with psycopg.connect(db, autocommit=True) as conn:
+        safeddl.psycopg.install(conn)
+        with pytest.raises(safeddl.UnsafeStatement):
+            conn.execute(block)  # unreadable: refused unless allowed
+        with safeddl.allow("unparsed-statement", reason="reviewed"):
+            conn.execute(block)
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE

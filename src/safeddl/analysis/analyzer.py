@@ -136,9 +136,10 @@ def _locks_of(text: str, line: int, syntax: Syntax, version: int,
               catalog: Catalog) -> Statement:
     steps = syntax.steps
     head = steps[0]
-    if not syntax.understood:
-        return Statement(text, line, Action.UNPARSED, steps, (), True, understood=False,
-                         reason=syntax.error)
+    if not syntax.understood:  # (a DO block that may COMMIT: outside a transaction)
+        outside = any(step.target_kind == "outside-transaction" for step in steps)
+        return Statement(text, line, Action.UNPARSED, steps, (), not outside,
+                         understood=False, reason=syntax.error)
     if head.action is Action.CALL:
         steps = tuple(_call_steps(head, catalog) or steps)
         head = steps[0]

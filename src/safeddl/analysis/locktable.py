@@ -799,18 +799,18 @@ def _call(step: Step, version: int, catalog: Catalog) -> Effect:
         return _call_unknown(step, f"the text creates {len(bodies)} procedures of that name "
                              "and which one runs depends on the arguments' types")
     try:
-        texts, _commits = procedure_statements(*bodies[0])
-    except NotUnderstood as exc:
-        return _call_unknown(step, str(exc))
+        texts, commits = procedure_statements(*bodies[0])
+    except NotUnderstood as exc:  # (a body that may COMMIT: outside a transaction)
+        return _call_unknown(step, str(exc), not exc.outside_transaction)
     unread = next((syntax.error for syntax in map(read, texts) if not syntax.understood),
                   None)
     return _call_unknown(step, f"a statement of its body cannot be read: {unread}" if unread
                          else "its body runs several statements judged one at a time, or a "
-                         "CALL or EXECUTE")
+                         "CALL or EXECUTE", not commits)
 
 
-def _call_unknown(step: Step, why: str) -> Effect:
-    return Effect((), Holds.BRIEF, unknown=(
+def _call_unknown(step: Step, why: str, transactional: bool = True) -> Effect:
+    return Effect((), Holds.BRIEF, transactional, unknown=(
         f"CALL {step.function} runs the statements of the procedure's body: {why}, so its "
         "locks are not known"))
 

@@ -110,7 +110,7 @@ def read(text: str, tokens: list[Token] | None = None) -> Syntax:
     try:
         return Syntax(tuple(_read_tokens(Cursor(tokens, text))))
     except NotUnderstood as exc:
-        return _unparsed(text, str(exc))
+        return _unparsed(text, str(exc), exc.outside_transaction)
     except IndexError:
         return _unparsed(text, "the statement is incomplete (it ends at "
                          f"{_where(text, tokens[-1].end)})")
@@ -119,8 +119,9 @@ def read(text: str, tokens: list[Token] | None = None) -> Syntax:
         return _unparsed(text, f"cannot parse: {_short(exc)}")
 
 
-def _unparsed(text: str, reason: str) -> Syntax:
-    return Syntax((Step(Action.UNPARSED, text=text),), reason)
+def _unparsed(text: str, reason: str, outside_transaction: bool = False) -> Syntax:
+    kind = "outside-transaction" if outside_transaction else None
+    return Syntax((Step(Action.UNPARSED, text=text, target_kind=kind),), reason)
 
 
 def _where(text: str, offset: int) -> str:
@@ -514,8 +515,11 @@ def _do_block(c: Cursor) -> list[Step]:
         raise NotUnderstood("DO in another language than plpgsql runs code safeddl cannot see")
     if body is None:
         raise NotUnderstood("DO without a body")
-    leading, steps = _body_steps(static_statements(body), "DO block")
     commits = ends_transactions(body)
+    try:
+        leading, steps = _body_steps(static_statements(body), "DO block")
+    except NotUnderstood as exc:  # (its COMMIT is known all the same)
+        raise NotUnderstood(str(exc), outside_transaction=commits) from exc
     do = Step(Action.OTHER, text="DO", target_kind="outside-transaction" if commits else None)
     # The statement's kind is that of the one such statement, so that its rules apply
     if leading:
@@ -598,9 +602,15 @@ def procedure_statements(language: str, body: str) -> tuple[list[str], bool]:
         return [raw.text for raw in raws], False
     if language == "plpgsql":
         try:
-            return static_statements(body), ends_transactions(body)
+            commits = ends_transactions(body)
         except SqlTokenError as exc:
             raise NotUnderstood(f"its body cannot be read: {exc}") from None
+        try:
+            return static_statements(body), commits
+        except SqlTokenError as exc:
+            raise NotUnderstood(f"its body cannot be read: {exc}", commits) from None
+        except NotUnderstood as exc:  # (dynamic SQL: its COMMIT is known all the same)
+            raise NotUnderstood(str(exc), commits) from exc
     raise NotUnderstood(f"its body is in LANGUAGE {language or '(none given)'}, which "
                         "safeddl does not read")
 

@@ -7,7 +7,13 @@ from safeddl.sql.tokens import Cursor, split_top_level
 
 
 class NotUnderstood(Exception):
-    """The statement's form is not one safeddl knows."""
+    """The statement's form is not one safeddl knows; ``outside_transaction``: what is
+    known of it all the same is that it cannot run inside a transaction block (a DO
+    block that may COMMIT)."""
+
+    def __init__(self, reason: str, outside_transaction: bool = False) -> None:
+        super().__init__(reason)
+        self.outside_transaction = outside_transaction
 
 
 def require_name(c: Cursor, what: str) -> str:
