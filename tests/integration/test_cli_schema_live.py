@@ -187,3 +187,17 @@ def test_alembic_revision_is_linted_against_the_earlier_revisions(
     # the table 0001 created is an existing table for 0004's index (an error there)
     assert any(f["rule"] == "create-index" for o in objects if o["revision"] == "0004"
                for f in o["findings"])
+
+
+def test_schema_file_indexes_next_to_the_dsn_go_with_their_column(staging: str,
+                                                                     tmp_path: Path) -> None:
+    # an index only the schema file knows is kept by its table like the database's own
+    schema = tmp_path / "schema.sql"
+    schema.write_text("CREATE TABLE extra (id int, x int);\n"
+                      "CREATE INDEX extra_x ON extra (x);\nCREATE INDEX extra_id ON extra (id);\n")
+    migration = tmp_path / "m.sql"
+    migration.write_text("ALTER TABLE extra DROP COLUMN x;\nDROP INDEX extra_x;\n"
+                         "DROP INDEX extra_id;\nDROP INDEX orders_id_idx;\n")
+    objects = analyze("--schema", str(schema), "--dsn", staging, str(migration))
+    on = [[lock["relation"] for lock in o["locks"]] for o in objects[1:]]
+    assert on == [["extra_x"], ["extra"], ["orders"]]

@@ -83,8 +83,11 @@ def schema_catalog(schema_text: str | None, dsn: str | None, version: int,
         live = catalog_from_dsn(dsn)
         if schema_text:
             live.relations = {**catalog.relations, **live.relations}
-            live.indexes = {**catalog.indexes, **live.indexes}
-            live.index_columns = {**catalog.index_columns, **live.index_columns}
+            for index, table in catalog.indexes.items():  # (the database's win)
+                if index not in live.indexes:
+                    live.add_index(index, table, catalog.index_columns.get(index))
+                elif index not in live.index_columns and index in catalog.index_columns:
+                    live.index_columns[index] = catalog.index_columns[index]
             live.procedures = {**catalog.procedures, **live.procedures}
             live.invalidate()
         catalog = live
