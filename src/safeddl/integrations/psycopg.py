@@ -58,8 +58,7 @@ class Slot:
     """What a hooked connection has (kept in :data:`SLOTS`): the Guard in force (None:
     dormant), the server's major version, the connection's state, and for the hot path
     ``hot``: (guard, is-plain and tracked-entry lookups of its caches, its tracker,
-    the state) for this
-    server version, looked up once (see :meth:`refresh`)."""
+    the state) for this server version, looked up once (see :meth:`refresh`)."""
 
     __slots__ = ("guard", "hot", "server_version", "state")
 

@@ -253,18 +253,6 @@ def _read_procedures(run: Run, catalog: Catalog, procedures: Iterable[str]) -> s
             touched.update(name for step in steps for name in (
                 step.table, step.references, step.parent, step.using_index) if name)
     return touched
-    for (definition,) in run(_PROCEDURES_SQL, {"names": names}):
-        steps = read(str(definition)).steps
-        catalog.learn(steps)
-        head = steps[0]
-        kind = head.target_kind or ""
-        if head.action is Action.CREATE_FUNCTION and kind.startswith("procedure:") \
-                and head.definition_sql is not None:
-            body = call_steps(Step(Action.CALL, function=head.function),
-                              kind.partition(":")[2], head.definition_sql) or []
-            touched.update(name for step in body for name in (
-                step.table, step.references, step.parent, step.using_index) if name)
-    return touched
 
 
 def _resolve(run: Run, wanted: list[str]) -> dict[str, int]:
