@@ -505,7 +505,7 @@ def _do_block(c: Cursor) -> list[Step]:
     block that may COMMIT or ROLLBACK cannot run inside a transaction block (PostgreSQL
     raises "invalid transaction termination" there when it reaches one): a step marked
     ``outside-transaction`` says so."""
-    from safeddl.sql.plpgsql import ends_transactions, static_statements
+    from safeddl.sql.plpgsql import read_block
 
     body = next((tok.text for tok in c.tokens[c.pos:c.stop]
                  if tok.kind in ("STRING", "HEREDOC_STRING", "RAW_STRING")), None)
@@ -515,11 +515,8 @@ def _do_block(c: Cursor) -> list[Step]:
         raise NotUnderstood("DO in another language than plpgsql runs code safeddl cannot see")
     if body is None:
         raise NotUnderstood("DO without a body")
-    commits = ends_transactions(body)
-    try:
-        leading, steps = _body_steps(static_statements(body), "DO block")
-    except NotUnderstood as exc:  # (its COMMIT is known all the same)
-        raise NotUnderstood(str(exc), outside_transaction=commits) from exc
+    texts, commits = read_block(body)
+    leading, steps = _body_steps(texts, "DO block", commits)
     do = Step(Action.OTHER, text="DO", target_kind="outside-transaction" if commits else None)
     # The statement's kind is that of the one such statement, so that its rules apply
     if leading:
@@ -535,31 +532,34 @@ def call_steps(call: Step, language: str, body: str) -> list[Step] | None:
     the body cannot be read that way (:func:`procedure_statements`)."""
     try:
         texts, commits = procedure_statements(language, body)
-        leading, steps = _body_steps(texts, "procedure's body")
+        leading, steps = _body_steps(texts, "procedure's body", commits)
     except NotUnderstood:
         return None
     head = dataclasses.replace(call, target_kind="body-commits" if commits else "body-read")
     return [*leading, head, *steps]
 
 
-def _body_steps(texts: list[str], what: str) -> tuple[list[Step], list[Step]]:
+def _body_steps(texts: list[str], what: str, commits: bool,
+                ) -> tuple[list[Step], list[Step]]:
     """The steps of the statements of a body: the one statement of a kind judged as a
-    whole (index builds, drops, TRUNCATE...), and the others'."""
+    whole (index builds, drops, TRUNCATE...), and the others'. ``commits``: the body may
+    COMMIT (what a :class:`NotUnderstood` raised here says all the same)."""
     leading: list[Step] = []
     steps: list[Step] = []
     for sql in texts:
         syntax = read(sql)
         if not syntax.understood:
-            raise NotUnderstood(f"a statement of the {what} cannot be read: {syntax.error}")
+            raise NotUnderstood(f"a statement of the {what} cannot be read: {syntax.error}",
+                                commits)
         own = [step for step in syntax.steps if step.action is not Action.OTHER
                and not (step.action is Action.SELECT and _system_catalog(step.table))]
         if own and own[0].action in (Action.CALL, Action.EXECUTE, Action.PREPARE):
-            raise NotUnderstood(f"the {what} runs {own[0].action.value.upper()}")
+            raise NotUnderstood(f"the {what} runs {own[0].action.value.upper()}", commits)
         if own and own[0].action in _WHOLE_STATEMENT_KINDS:
             if leading:
                 raise NotUnderstood(f"a {what} that runs several statements of kinds "
                                     "judged one statement at a time (index builds, drops, "
-                                    "TRUNCATE...): not read")
+                                    "TRUNCATE...): not read", commits)
             leading = own
         else:
             steps.extend(own)
@@ -592,7 +592,7 @@ def procedure_statements(language: str, body: str) -> tuple[list[str], bool]:
     LANGUAGE sql body, the static SQL of a plpgsql one), and whether it may COMMIT or
     ROLLBACK. Raises :class:`NotUnderstood` for dynamic SQL, for a body that does not
     read, and for other languages."""
-    from safeddl.sql.plpgsql import ends_transactions, static_statements
+    from safeddl.sql.plpgsql import read_block
 
     if language == "sql":
         raws = split_script(body)
@@ -601,16 +601,10 @@ def procedure_statements(language: str, body: str) -> tuple[list[str], bool]:
             raise NotUnderstood(f"its body cannot be read: {unread.error}")
         return [raw.text for raw in raws], False
     if language == "plpgsql":
-        try:
-            commits = ends_transactions(body)
+        try:  # (dynamic SQL: NotUnderstood, which says all the same whether it may COMMIT)
+            return read_block(body)
         except SqlTokenError as exc:
             raise NotUnderstood(f"its body cannot be read: {exc}") from None
-        try:
-            return static_statements(body), commits
-        except SqlTokenError as exc:
-            raise NotUnderstood(f"its body cannot be read: {exc}", commits) from None
-        except NotUnderstood as exc:  # (dynamic SQL: its COMMIT is known all the same)
-            raise NotUnderstood(str(exc), commits) from exc
     raise NotUnderstood(f"its body is in LANGUAGE {language or '(none given)'}, which "
                         "safeddl does not read")
 

@@ -27,7 +27,25 @@ _OPEN, _CLOSE = ("L_PAREN", "L_BRACKET"), ("R_PAREN", "R_BRACKET")
 
 def static_statements(body: str) -> list[str]:
     """The SQL the block may run (conditions' queries as ``SELECT ...``), in order."""
+    return _static_statements(body, tokenize(body))
+
+
+def read_block(body: str) -> tuple[list[str], bool]:
+    """:func:`static_statements`, and whether the block may COMMIT or ROLLBACK (then the
+    DO block or procedure cannot run inside a transaction block; a word anywhere outside
+    literals counts), from one tokenizing. A block whose statements cannot be read
+    raises :class:`NotUnderstood` that says all the same whether it may
+    (``outside_transaction``)."""
     tokens = tokenize(body)
+    commits = any(tok.kind != "IDENTIFIER" and _word(tok) in ("COMMIT", "ROLLBACK")
+                  for tok in tokens)
+    try:
+        return _static_statements(body, tokens), commits
+    except NotUnderstood as exc:
+        raise NotUnderstood(str(exc), outside_transaction=commits) from exc
+
+
+def _static_statements(body: str, tokens: list[Token]) -> list[str]:
     out: list[str] = []
     declaring = False
     for chunk in _chunks(tokens):
@@ -69,13 +87,6 @@ def _skip_labels(chunk: list[Token]) -> list[Token]:
     while len(chunk) >= 5 and chunk[0].kind == "LT" and chunk[1].kind == "LT":
         chunk = chunk[5:]
     return chunk
-
-
-def ends_transactions(body: str) -> bool:
-    """Whether the body may COMMIT or ROLLBACK (then the DO block or procedure cannot
-    run inside a transaction block). A word anywhere outside literals counts."""
-    return any(tok.kind != "IDENTIFIER" and _word(tok) in ("COMMIT", "ROLLBACK")
-               for tok in tokenize(body))
 
 
 def _statements_of(body: str, chunk: list[Token]) -> tuple[list[str], list[Token] | None]:
