@@ -229,6 +229,7 @@ def test_distinct_statements_keep_the_guard_caches_bounded(
     bound = MiB // 4
     for name in ("PLAIN_BYTES", "TRACKED_BYTES", "DECISION_BYTES"):
         monkeypatch.setattr(guard_module, name, bound)
+    monkeypatch.setattr(tracking, "TRIE_BYTES", bound)
     monkeypatch.setattr(READINGS, "max_bytes", bound)
     monkeypatch.setattr(SHAPES, "max_bytes", bound)
     padding = " AND " + " AND ".join(f"v <> {-j}" for j in range(40))  # ~500 characters
@@ -258,5 +259,74 @@ def test_distinct_statements_keep_the_guard_caches_bounded(
         caches = [guard.plain[version], guard.tracked[version], guard._decisions, READINGS,
                   SHAPES]
     assert all(cache.bytes <= bound for cache in caches), [c.bytes for c in caches]
+    assert guard.tracker._trie_bytes <= bound
     assert len(guard._decisions) < 400  # the byte bound, not the entry bound, decided
     assert grown < 6 * bound, grown  # 400 distinct texts more, the caches full already
+
+
+def test_transactions_of_one_shape_share_their_table_locks(db: str) -> None:
+    """A transaction of fast-path statements moves through the tracker's trie: the same
+    statements in the same order reach the same shared value, which a statement of the
+    full check never changes (the ledger copies it first)."""
+    unit = ("INSERT INTO a (id) VALUES (%s)", "UPDATE b SET v = v + 1 WHERE id = %s",
+            "DELETE FROM a WHERE id = %s")
+    with safeddl.psycopg.connect(db, policy=own_policy("shape")) as conn:
+        state = state_of(conn)
+        reached = []
+        for round_ in range(4):  # (a text's first execution takes the full path)
+            for number, sql in enumerate(unit):
+                conn.execute(sql, (5_000 + round_ + number,))
+            reached.append(state.ledger.tables)
+            if round_ == 3:  # then one statement the fast path does not take
+                conn.execute("LOCK TABLE c IN SHARE MODE")
+                assert state.ledger.tables is not reached[1]
+                assert [lock.relation for lock in state.ledger.locks] == ["a", "b", "c"]
+            conn.rollback()
+        node = reached[1]
+        assert reached[1:] == [node] * 3 and node.shared
+        assert [(lock.relation, lock.mode.name) for lock in node.locks] == [
+            ("a", "ROW_EXCLUSIVE"), ("b", "ROW_EXCLUSIVE")]  # not c: it was copied
+        assert not state.ledger.locks  # a fresh transaction holds nothing
+
+
+def test_a_known_shape_does_not_hide_an_out_of_order_transaction(db: str) -> None:
+    forward = ("UPDATE a SET v = v + 1 WHERE id = %s", "UPDATE b SET v = v + 1 WHERE id = %s")
+    with safeddl.psycopg.connect(db, policy=REFUSE) as conn:
+        for _ in range(3):
+            for sql in forward:
+                conn.execute(sql, (1,))
+            conn.commit()
+        conn.execute(forward[1], (1,))
+        with pytest.raises(safeddl.UnsafeStatement) as refused:
+            conn.execute(forward[0], (1,))  # a after b: against the order
+        assert refused.value.rule == "lock-order"
+        conn.rollback()
+
+
+def test_the_trie_starts_afresh_when_full(db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tracking, "TRIE_NODES", 4)
+    policy = Policy(lock_order=["trie_full_only"], actions={"lock-order": "refuse"})
+    with safeddl.psycopg.connect(db, policy=policy) as conn:
+        state = state_of(conn)
+        slot = slot_of(conn)
+        assert slot is not None and slot.guard is not None
+        tracker = slot.guard.tracker
+        sizes = []
+        for n in range(1, 12):  # each text a node of its own, more than the trie holds
+            for _ in range(2):  # (a text's first execution takes the full path)
+                conn.execute(f"UPDATE b SET v = v + {n} WHERE id = 1")
+                conn.rollback()
+            sizes.append(len(tracker._trie))
+        assert max(sizes) == 4 and min(sizes[4:]) < 4  # full, then started afresh
+        # a ledger still on a node of the retired trie goes on, checked as before
+        conn.execute("UPDATE b SET v = v + 1 WHERE id = 1")
+        conn.execute("UPDATE c SET v = v + 1 WHERE id = 1")
+        with pytest.raises(safeddl.UnsafeStatement):
+            conn.execute("UPDATE a SET v = v + 1 WHERE id = 1")
+        assert [lock.relation for lock in state.ledger.locks] == ["b", "c"]
+        conn.rollback()
+        for _ in range(2):  # and shapes run now are learnt again
+            conn.execute("UPDATE a SET v = v + 1 WHERE id = 1")
+            first = state.ledger.tables
+            conn.rollback()
+        assert first.shared and first in tracker._trie

@@ -118,6 +118,96 @@ RowSlot = tuple[str, tuple[str, ...]]  # (relation key, key columns)
 RowEntry = tuple[tuple[Any, ...], RowLock]
 
 
+class Tables:
+    """The table locks a transaction holds, in the order taken: the part of the ledger
+    that depends only on which statements ran, not on their parameters.
+
+    Either the ledger's own (``shared`` False: changed in place), or shared: one value,
+    never changed, for every transaction that ran the same statements of the fast path
+    in the same order. Shared values are the nodes of a trie the
+    :class:`~safeddl.runtime.tracking.LockTracker` keeps (``after``: the next node per
+    statement, and per its lock order), so that a transaction of a shape the
+    application ran before moves from node to node with one lookup a statement. A
+    ledger copies a shared value before it changes it."""
+
+    __slots__ = ("after", "conflicts", "locks", "modes", "order", "shared", "strongest", "top",
+                 "writes")
+
+    def __init__(self, order: LockOrder | None = None) -> None:
+        self.locks: list[HeldLock] | tuple[HeldLock, ...] = []
+        # per relation key: the modes held, and everything they conflict with
+        self.modes: dict[str, frozenset[LockMode]] = {}
+        self.conflicts: dict[str, frozenset[LockMode]] = {}
+        self.strongest: LockMode | None = None  # of all held locks
+        # relation keys held in ROW EXCLUSIVE or stronger, and the greatest of their
+        # ranks in ``order`` (the order the last check used)
+        self.writes: set[str] | frozenset[str] = set()
+        self.order = order
+        self.top: tuple[int, str] | None = None
+        self.shared = False
+        self.after: dict[object, Tables | None] = {}  # of a shared one: see LockTracker
+
+    def copy(self) -> Tables:
+        """A private copy (of the same order)."""
+        other = Tables(self.order)
+        other.locks = list(self.locks)
+        other.modes = dict(self.modes)
+        other.conflicts = dict(self.conflicts)
+        other.strongest = self.strongest
+        other.writes = set(self.writes)
+        other.top = self.top
+        return other
+
+    def share(self) -> Tables:
+        """This value, made shared (it must not change from now on)."""
+        self.locks = tuple(self.locks)
+        self.writes = frozenset(self.writes)
+        self.shared = True
+        return self
+
+    def holds(self, key: str, mode: LockMode) -> bool:
+        """Would asking for ``mode`` on this relation key never wait, given these locks?
+        (See :func:`safeddl.ordering.already_holds`.)"""
+        modes = self.modes.get(key)
+        if modes is None:
+            return False
+        return mode in modes or CONFLICTS[mode] <= self.conflicts[key]
+
+    def top_rank(self, order: LockOrder) -> tuple[int, str] | None:
+        """The greatest rank in ``order`` of the relations written."""
+        if self.order is order:
+            return self.top
+        top = max((order.rank(key) for key in self.writes), default=None)
+        if not self.shared:
+            self.order, self.top = order, top
+        return top
+
+    def take(self, lock: HeldLock, rank: tuple[int, str] | None = None) -> None:
+        """Add a lock (a private value only); ``rank``: its rank in ``order``, when known."""
+        assert not self.shared, "a shared Tables never changes"
+        self.locks.append(lock)  # type: ignore[union-attr]
+        key, mode = lock.key, lock.mode
+        modes = self.modes.get(key)
+        if modes is None:  # shared frozen sets, nothing allocated: the usual case
+            self.modes[key] = _ONE[mode]
+            self.conflicts[key] = CONFLICTS[mode]
+        elif mode not in modes:
+            self.modes[key] = modes | _ONE[mode]
+            self.conflicts[key] = self.conflicts[key] | CONFLICTS[mode]
+        if self.strongest is None or mode > self.strongest:
+            self.strongest = mode
+        if mode >= WRITE and key not in self.writes:
+            self.writes.add(key)  # type: ignore[union-attr]
+            if self.order is not None:
+                if rank is None:
+                    rank = self.order.rank(key)
+                if self.top is None or rank > self.top:
+                    self.top = rank
+
+
+EMPTY = Tables().share()  # what a ledger holds when its transaction holds no table lock
+
+
 @dataclass
 class _Savepoint:
     name: str
@@ -137,30 +227,32 @@ class Ledger:
     kept only when they change the schema or take ACCESS EXCLUSIVE (what later checks
     need), so a transaction of any length costs O(1) per statement."""
 
-    locks: list[HeldLock] = field(default_factory=list)
     statements: list[Statement] = field(default_factory=list)
     new: set[str] = field(default_factory=set)  # relation keys created in the transaction
     long_lock_seconds: float = 0.0  # 0: no report (the policy's, set when recording)
     pid: int | None = None
-    strongest: LockMode | None = None  # of all held locks
     used: bool = False  # anything recorded since the transaction began
     # statements-after-access-exclusive was reported in this transaction (once is enough)
     exclusive_reported: bool = False
     _savepoints: list[_Savepoint] = field(default_factory=list)
-    # per relation key: the modes held, and everything they conflict with
-    modes: dict[str, frozenset[LockMode]] = field(default_factory=dict)
-    _conflicts: dict[str, frozenset[LockMode]] = field(default_factory=dict)
+    # the table locks (see Tables: shared between transactions of the same shape)
+    tables: Tables = EMPTY
     # the greatest row key per slot (see RowEntry)
     rows: dict[RowSlot, RowEntry] = field(default_factory=dict)
-    # relation keys held in ROW EXCLUSIVE or stronger, and the greatest of their ranks
-    # in ``_order`` (the order the last check used)
-    _writes: set[str] = field(default_factory=set)
-    _order: LockOrder | None = None
-    _top: tuple[int, str] | None = None
 
     # -- reading -------------------------------------------------------------------
     def __bool__(self) -> bool:
-        return bool(self.locks or self.rows or self.statements or self._savepoints)
+        return bool(self.tables.locks or self.rows or self.statements or self._savepoints)
+
+    @property
+    def locks(self) -> Sequence[HeldLock]:
+        """The table locks held, in the order taken."""
+        return self.tables.locks
+
+    @property
+    def strongest(self) -> LockMode | None:
+        """The strongest mode of all held locks."""
+        return self.tables.strongest
 
     @property
     def greatest(self) -> dict[RowSlot, RowLock]:
@@ -171,31 +263,25 @@ class Ledger:
 
     def writes_key(self, key: str) -> bool:
         """Does the transaction hold ROW EXCLUSIVE or stronger on this relation key?"""
-        return key in self._writes
+        return key in self.tables.writes
 
     def top_rank(self, order: LockOrder) -> tuple[int, str] | None:
         """The greatest rank in ``order`` of the relations the transaction writes."""
-        if self._order is not order:
-            self._order = order
-            self._top = max((order.rank(key) for key in self._writes), default=None)
-        return self._top
+        return self.tables.top_rank(order)
 
     def held_mode(self, key: str) -> LockMode | None:
         """The strongest mode held on this relation key, if any."""
-        modes = [lock.mode for lock in self.locks if lock.key == key]
+        modes = [lock.mode for lock in self.tables.locks if lock.key == key]
         return max(modes) if modes else None
 
     def holds(self, key: str, mode: LockMode) -> bool:
         """Would asking for ``mode`` on this relation never wait, given what the
         transaction holds already? (See :func:`already_holds`.)"""
-        modes = self.modes.get(key)
-        if modes is None:
-            return False
-        return mode in modes or CONFLICTS[mode] <= self._conflicts[key]
+        return self.tables.holds(key, mode)
 
     def writes(self) -> Iterator[HeldLock]:
         """Held locks of ROW EXCLUSIVE or stronger, in the order taken."""
-        return (lock for lock in self.locks if lock.mode >= WRITE)
+        return (lock for lock in self.tables.locks if lock.mode >= WRITE)
 
     # -- recording -----------------------------------------------------------------
     def record(self, statement: Statement, now: float,
@@ -208,7 +294,7 @@ class Ledger:
         if shape.creates:
             self.new.update(shape.creates)
         for relation, key, mode in shape.takes:
-            if key in self.new or self.holds(key, mode):
+            if key in self.new or self.tables.holds(key, mode):
                 continue
             self.take(HeldLock(relation, key, mode, statement.sql, now))
         if shape.remembered:
@@ -228,44 +314,29 @@ class Ledger:
         """Record a table lock the transaction now holds (not checked: see record);
         ``rank``: its rank in the order of the last :meth:`top_rank`, when known."""
         self.used = True
-        self.locks.append(lock)
-        key, mode = lock.key, lock.mode
-        modes = self.modes.get(key)
-        if modes is None:  # shared frozen sets, nothing allocated: the usual case
-            self.modes[key] = _ONE[mode]
-            self._conflicts[key] = CONFLICTS[mode]
-        elif mode not in modes:
-            self.modes[key] = modes | _ONE[mode]
-            self._conflicts[key] = self._conflicts[key] | CONFLICTS[mode]
-        if self.strongest is None or mode > self.strongest:
-            self.strongest = mode
-        if mode >= WRITE and key not in self._writes:
-            self._writes.add(key)
-            if self._order is not None:
-                if rank is None:
-                    rank = self._order.rank(key)
-                if self._top is None or rank > self._top:
-                    self._top = rank
+        tables = self.tables
+        if tables.shared:
+            tables = self.tables = tables.copy()
+        tables.take(lock, rank)
 
     def clear(self) -> None:
         if not self.used and not self._savepoints:
             return  # nothing to forget: the common case at COMMIT of a read-only unit
-        self.modes.clear()
-        self._conflicts.clear()
-        self.strongest = None
-        self.locks.clear()
-        self.rows.clear()
-        self.statements.clear()
-        self.new.clear()
-        self._savepoints.clear()
-        self._writes.clear()
-        self._top = None  # nothing written: no top rank, in any order
+        self.tables = EMPTY
+        if self.rows:
+            self.rows.clear()
+        if self.statements:
+            self.statements.clear()
+        if self.new:
+            self.new.clear()
+        if self._savepoints:
+            self._savepoints.clear()
         self.exclusive_reported = False
         self.used = False
 
     # -- transaction control -------------------------------------------------------------
     def savepoint(self, name: str) -> None:
-        self._savepoints.append(_Savepoint(name, len(self.locks), dict(self.rows),
+        self._savepoints.append(_Savepoint(name, len(self.tables.locks), dict(self.rows),
                                            len(self.statements), frozenset(self.new),
                                            self.exclusive_reported))
 
@@ -277,16 +348,11 @@ class Ledger:
             return
         point = self._savepoints[index]
         del self._savepoints[index + 1:]
-        if len(self.locks) > point.locks:
-            kept = self.locks[:point.locks]
-            self.locks.clear()
-            self.modes.clear()
-            self._conflicts.clear()
-            self._writes.clear()
-            self._order = self._top = None
-            self.strongest = None
+        if len(self.tables.locks) > point.locks:
+            kept = self.tables.locks[:point.locks]
+            self.tables = Tables()
             for lock in kept:
-                self.take(lock)
+                self.tables.take(lock)
         self.rows = dict(point.rows)
         del self.statements[point.statements:]
         self.new = set(point.new)
@@ -307,10 +373,11 @@ class Ledger:
 
     def long_held(self, now: float, outcome: str = "commit") -> list[LongHeldLock]:
         threshold = self.long_lock_seconds
-        if threshold <= 0 or self.strongest is None or self.strongest < STRONG:
+        strongest = self.tables.strongest
+        if threshold <= 0 or strongest is None or strongest < STRONG:
             return []
         out = []
-        for lock in self.locks:
+        for lock in self.tables.locks:
             held = now - lock.taken_at
             if lock.mode >= STRONG and held > threshold:
                 out.append(LongHeldLock(lock.relation, lock.mode, lock.statement, held,
@@ -402,6 +469,7 @@ __all__ = [
     "RowSlot",
     "LongHeldListener",
     "LongHeldLock",
+    "Tables",
     "on_long_held_lock",
     "report_long_held",
 ]

@@ -31,10 +31,11 @@ beyond :data:`WARNINGS_PER_MINUTE` a minute are rate-limited (DEBUG) with a coun
 from __future__ import annotations
 
 import logging
+import sys
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from safeddl.analysis import Action, Catalog, Statement
 from safeddl.caches import MiB, TextCache
@@ -57,7 +58,7 @@ from safeddl.rules.row_lock_order import RULE_ID as ROW_LOCK_ORDER
 from safeddl.rules.row_lock_order import row_order_findings
 from safeddl.rules.statements_after_access_exclusive import RULE as AFTER_ACCESS_EXCLUSIVE
 from safeddl.runtime.errors import UnsafeStatement
-from safeddl.runtime.ledger import STRONG, Ledger, report_long_held, shape_of
+from safeddl.runtime.ledger import STRONG, Ledger, Tables, report_long_held, shape_of
 from safeddl.runtime.policy import Policy, RuleAction, as_timedelta
 
 if TYPE_CHECKING:
@@ -76,16 +77,29 @@ PATTERNS_BYTES = 1 * MiB  # ... and the bytes they may hold
 
 Pattern = tuple[str, ...]  # (rule, statement texts involved)
 
+# The trie of transaction shapes (LockTracker._follow): at most this many nodes and
+# about this many bytes per tracker (then it starts afresh), each node of at most
+# TRIE_DEPTH table locks (a transaction that takes more goes on with a ledger of its own,
+# checked the same way).
+TRIE_NODES = 4_096
+TRIE_BYTES = 4 * MiB
+TRIE_DEPTH = 32
+_NODE_BYTES, _LOCK_BYTES = 900, 250  # a node, and each lock it holds (dict entries...)
+_RETIRED: dict[object, Tables | None] = {}  # the ``after`` of a node of a retired trie
+
 
 class Tracked:
     """What the ledger needs of one statement text, worked out once per Guard: the
     statements, and for the fast path the locks it takes (relation key, mode, rank in
     the canonical order, the lock as held) and the one row key it picks rows by."""
 
-    __slots__ = ("fast", "row", "statements", "takes")
+    __slots__ = ("fast", "row", "statements", "step", "takes")
 
     def __init__(self, statements: tuple[Statement, ...], order: LockOrder) -> None:
         self.statements = statements
+        # what the trie of Tables knows this text by (the text's Tracked can be dropped
+        # from its cache and made again: the trie keeps this small key, not the analysis)
+        self.step = object()
         self.takes: tuple[tuple[str, LockMode, tuple[int, str], HeldLock], ...] = ()
         self.row: RowKey | None = None
         self.fast = False
@@ -156,6 +170,11 @@ class LockTracker:
         # pattern -> [repeats since last logged, when last logged]
         self._patterns: TextCache[Pattern, list[float]] = TextCache(
             "warning patterns", PATTERNS_LIMIT, PATTERNS_BYTES, per_char=1.0, overhead=300)
+        # the trie of the table locks of transactions that ran only fast-path statements
+        # (see safeddl.runtime.ledger.Tables): its root, and how many nodes it has
+        self._root = Tables(self.order).share()
+        self._trie: list[Tables] = [self._root]
+        self._trie_bytes = 0
         self._budget = float(WARNINGS_PER_MINUTE)
         self._budget_at = time.monotonic()
         self._limited = 0  # new patterns not logged at WARNING since the last one
@@ -175,28 +194,22 @@ class LockTracker:
             if (pgconn.transaction_status == 0 if pgconn is not None  # libpq: IDLE
                     else state.transaction_idle()):
                 ledger.clear()  # the last transaction ended without the ledger seeing it
-            elif ledger.strongest is _AE:
+            elif ledger.tables.strongest is _AE:
                 return False
+        tables = ledger.tables
+        following: Tables | None = None  # the shared Tables after this statement
         taking: list[tuple[HeldLock, tuple[int, str]]] | None = None
-        modes = ledger.modes
-        for key, mode, rank, lock in tracked.takes:
-            have = modes.get(key)
-            if have is not None:
-                if mode in have:
-                    continue  # the usual case: the table is held in this mode already
-                if ledger.holds(key, mode):
-                    continue
-            if key in ledger.new:
-                continue
-            if mode >= WRITE and self.check_order:
-                order = self.order  # (Ledger.top_rank, inlined when the order is its own)
-                top = ledger._top if ledger._order is order else ledger.top_rank(order)
-                if key in ledger._writes or (top is not None and rank < top):
-                    return False  # an upgrade, or before a table already written
-            if taking is None:
-                taking = [(lock, rank)]
-            else:
-                taking.append((lock, rank))
+        if tables.shared and not ledger.new:  # the usual case: one lookup
+            following = tables.after.get(tracked.step) if tables.order is self.order else None
+            if following is None:
+                following = self._follow(tables, tracked)
+                if following is None:
+                    return False
+        else:
+            found = self._taking(tables, ledger.new, tracked)
+            if found is False:
+                return False
+            taking = found
         row = tracked.row
         values = None
         if row is not None and self.check_rows:
@@ -216,13 +229,83 @@ class LockTracker:
                             values = None  # the same key again
                     except TypeError:  # keys of different types: no order to keep
                         values = None
-        if taking is not None:
+        if following is not None:
+            if following is not tables:
+                ledger.tables = following
+                ledger.used = True
+        elif taking is not None:
             for lock, rank in taking:
-                ledger.take(lock, rank)
+                ledger.take(lock, rank)  # (copied first when shared)
         if values is not None and row is not None:
             ledger.rows[row.slot] = (values, row.lock)
             ledger.used = True
         return True
+
+    def _taking(self, tables: Tables, new: set[str] | tuple[()], tracked: Tracked,
+                ) -> list[tuple[HeldLock, tuple[int, str]]] | None | Literal[False]:
+        """The locks of ``tracked`` not held yet (with their rank), None when every one
+        is, False when a finding is possible (the full check must run)."""
+        taking: list[tuple[HeldLock, tuple[int, str]]] | None = None
+        modes = tables.modes
+        for key, mode, rank, lock in tracked.takes:
+            have = modes.get(key)
+            if have is not None:
+                if mode in have:
+                    continue  # the table is held in this mode already
+                if tables.holds(key, mode):
+                    continue
+            if key in new:
+                continue
+            if mode >= WRITE and self.check_order:
+                top = tables.top_rank(self.order)
+                if key in tables.writes or (top is not None and rank < top):
+                    return False  # an upgrade, or before a table already written
+            if taking is None:
+                taking = [(lock, rank)]
+            else:
+                taking.append((lock, rank))
+        return taking
+
+    def _follow(self, tables: Tables, tracked: Tracked) -> Tables | None:
+        """The shared Tables a transaction holds after ``tracked`` ran when it held
+        ``tables`` (shared), remembered in the trie; None when a finding is possible."""
+        if tables.order is not self.order:
+            if tables.locks:  # taken under another guard's order: no trie of ours
+                return None
+            tables = self._root
+            following = tables.after.get(tracked.step)
+            if following is not None:
+                return following
+        taking = self._taking(tables, (), tracked)
+        if taking is False:
+            return None
+        if taking is None:
+            following = tables
+        else:
+            following = tables.copy()
+            for lock, rank in taking:
+                following.take(lock, rank)
+            if tables.after is _RETIRED or len(following.locks) > TRIE_DEPTH:
+                return following  # private: this transaction goes on in place
+            self._trie_bytes += _NODE_BYTES + _LOCK_BYTES * len(following.locks) + sum(
+                sys.getsizeof(lock.statement) for lock, _rank in taking)
+            if len(self._trie) >= TRIE_NODES or self._trie_bytes > TRIE_BYTES:
+                self._retire()
+                return following
+            self._trie.append(following.share())
+        if tables.after is not _RETIRED:
+            tables.after[tracked.step] = following
+        return following
+
+    def _retire(self) -> None:
+        """Start the trie afresh: its nodes stay valid for the ledgers that hold them,
+        but learn nothing more (what a long-running application's first shapes filled
+        it with does not keep out the shapes it runs now)."""
+        for node in self._trie:
+            node.after = _RETIRED
+        self._root = Tables(self.order).share()
+        self._trie = [self._root]
+        self._trie_bytes = 0
 
     def tracks(self, statements: Sequence[Statement]) -> bool:
         """Must the guard see this statement in a transaction even when nothing else
@@ -438,7 +521,7 @@ def watch_commands(conn: Any, state: ConnectionState) -> None:
         try:  # also when the ledger is empty: a SAVEPOINT may come first
             if type(command) is bytes and command in _ENDS:  # conn.commit() / rollback()
                 ledger = state.ledger
-                strongest = ledger.strongest
+                strongest = ledger.tables.strongest
                 if strongest is not None and strongest >= STRONG:  # may be reported
                     reports = ledger.end(time.monotonic(), _ENDS[command])
                     if reports:
