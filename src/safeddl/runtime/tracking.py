@@ -519,16 +519,19 @@ def watch_commands(conn: Any, state: ConnectionState) -> None:
     def exec_command(command: Any, *args: Any, **kwargs: Any) -> Any:
         owner = ref()
         try:  # also when the ledger is empty: a SAVEPOINT may come first
-            if type(command) is bytes and command in _ENDS:  # conn.commit() / rollback()
+            # (bytes cache their hash: one lookup tells psycopg's own BEGIN, COMMIT and
+            # ROLLBACK apart)
+            known = _KNOWN.get(command) if type(command) is bytes else None
+            if known:  # conn.commit() / rollback()
                 ledger = state.ledger
                 strongest = ledger.tables.strongest
                 if strongest is not None and strongest >= STRONG:  # may be reported
-                    reports = ledger.end(time.monotonic(), _ENDS[command])
+                    reports = ledger.end(time.monotonic(), known)
                     if reports:
                         report_long_held(reports)
-                else:
+                elif ledger.used or ledger._savepoints:
                     ledger.clear()  # (what end() does when nothing can be held long)
-            elif type(command) is not bytes or command[:5] != b"BEGIN":
+            elif known is None and (type(command) is not bytes or command[:5] != b"BEGIN"):
                 _follow(state.ledger, _command_text(command, owner))
         except Exception:
             logger.debug("safeddl: could not follow %r", command, exc_info=True)
@@ -540,7 +543,8 @@ def watch_commands(conn: Any, state: ConnectionState) -> None:
     conn._exec_command = exec_command
 
 
-_ENDS = {b"COMMIT": "commit", b"ROLLBACK": "rollback"}
+# what psycopg sends by itself: how each one ends the transaction ("": it begins one)
+_KNOWN = {b"COMMIT": "commit", b"ROLLBACK": "rollback", b"BEGIN": ""}
 
 
 def _follow(ledger: Ledger, text: str) -> None:
