@@ -1,7 +1,7 @@
 """Linting stays linear in the length of the script, also as one long transaction
 (``--assume-in-transaction`` over a whole history): rules that look back over the
-transaction fold each earlier statement in once. Counted in work done (calls), not
-in seconds, so the check cannot flake under load."""
+transaction or the script fold each earlier statement in once. Counted in work done
+(calls), not in seconds, so the check cannot flake under load."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from safeddl.analysis import Catalog
-from safeddl.rules import lint_script
+from safeddl.rules import lint_script, multiple_alter_table
 from safeddl.rules.base import Context
 
 
@@ -27,7 +27,7 @@ def history(tables: int) -> str:
     return ";\n".join(out) + ";\n"
 
 
-def work(script: str, monkeypatch: pytest.MonkeyPatch) -> int:
+def work(script: str, monkeypatch: pytest.MonkeyPatch, in_transaction: bool = True) -> int:
     calls = 0
     original = Context.existing_locks
     rebuilds = 0
@@ -44,9 +44,17 @@ def work(script: str, monkeypatch: pytest.MonkeyPatch) -> int:
             rebuilds += len(self.relations)  # a rebuild costs one step per relation
         return original_index(self)
 
+    original_touches = multiple_alter_table._touches
+
+    def counted_touches(*args: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        return original_touches(*args)
+
     monkeypatch.setattr(Context, "existing_locks", counted)
     monkeypatch.setattr(Catalog, "_index", counted_index)
-    lint_script(script, version=18, assume_in_transaction=True)
+    monkeypatch.setattr(multiple_alter_table, "_touches", counted_touches)
+    lint_script(script, version=18, assume_in_transaction=in_transaction)
     monkeypatch.undo()
     return calls + rebuilds
 
@@ -54,4 +62,19 @@ def work(script: str, monkeypatch: pytest.MonkeyPatch) -> int:
 def test_lint_of_one_long_transaction_is_linear(monkeypatch: pytest.MonkeyPatch) -> None:
     small = work(history(50), monkeypatch)
     large = work(history(200), monkeypatch)  # four times as long
+    assert large < 4.5 * small, (small, large)
+
+
+def many_tables(tables: int) -> str:
+    """Writes first (no strong lock), then one ALTER TABLE on each of many tables: each
+    ALTER looks back for an earlier ALTER of its table (multiple-alter-table) and for an
+    earlier strong lock (missing-lock-timeout)."""
+    writes = [f"INSERT INTO log_{i} (id) VALUES ({i})" for i in range(tables)]
+    alters = [f"ALTER TABLE t{i} ADD COLUMN note text" for i in range(tables)]
+    return ";\n".join(writes + alters) + ";\n"
+
+
+def test_lint_of_a_script_over_many_tables_is_linear(monkeypatch: pytest.MonkeyPatch) -> None:
+    small = work(many_tables(100), monkeypatch, in_transaction=False)
+    large = work(many_tables(400), monkeypatch, in_transaction=False)  # four times as long
     assert large < 4.5 * small, (small, large)

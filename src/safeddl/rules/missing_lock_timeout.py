@@ -39,6 +39,7 @@ from collections.abc import Iterator
 from safeddl.analysis import RelationLock, Statement
 from safeddl.locks import LockMode
 from safeddl.rules.base import Context, Finding, Severity, compose
+from safeddl.rules.incremental import Memo, script
 from safeddl.rules.support import statement_sql
 
 
@@ -53,7 +54,7 @@ class MissingLockTimeout:
         lock = _strong_lock(statement, context)
         if lock is None:
             return
-        if any(_strong_lock(earlier, context) for earlier in context.script):
+        if _strong_earlier(context):
             return  # once per script
         alternative = "\n".join(["SET lock_timeout = '5s';", statement_sql(statement)])
         yield Finding(
@@ -66,11 +67,24 @@ class MissingLockTimeout:
         )
 
 
+def _see(seen: list[bool], earlier: Statement, context: Context) -> None:
+    if not seen[0] and _strong_lock(earlier, context) is not None:
+        seen[0] = True
+
+
+def _strong_earlier(context: Context) -> bool:
+    """Did an earlier statement of the script take a strong lock on an existing table?"""
+    return _STRONG.state(context)[0]
+
+
 def _strong_lock(statement: Statement, context: Context) -> RelationLock | None:
     for lock in context.existing_locks(statement):
         if lock.mode >= LockMode.SHARE:
             return lock
     return None
 
+
+# [whether an earlier statement of the script took a strong lock], each read once
+_STRONG: Memo[list[bool]] = Memo(lambda: [False], _see, over=script)
 
 RULE = MissingLockTimeout()

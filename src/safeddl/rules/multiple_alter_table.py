@@ -36,7 +36,9 @@ from collections.abc import Iterator
 from safeddl.analysis import Action, RelationLock, Statement
 from safeddl.locks import Holds, LockMode
 from safeddl.rules.base import Context, Finding, Severity, compose
+from safeddl.rules.incremental import Memo, script
 from safeddl.rules.support import after_table
+from safeddl.sql.names import local_name
 
 _SEPARATE = frozenset({
     Action.RENAME_TABLE, Action.RENAME_COLUMN, Action.RENAME_CONSTRAINT, Action.SET_SCHEMA,
@@ -56,7 +58,7 @@ class MultipleAlterTable:
             return
         key = context.catalog.key(lock.relation)
         run: list[Statement] = []
-        for earlier in reversed(context.script):
+        for earlier in reversed(_NAMED.state(context).get(local_name(lock.relation), [])):
             if not _touches(earlier, key, context):
                 continue
             earlier_lock = _combinable(earlier, context)
@@ -103,6 +105,21 @@ def _combinable(statement: Statement, context: Context) -> RelationLock | None:
         if context.catalog.key(lock.relation) in tables and lock.mode >= LockMode.SHARE:
             return lock
     return None
+
+
+def _name(by_name: dict[str, list[Statement]], earlier: Statement, context: Context,
+          ) -> None:
+    names = {lock.relation for lock in earlier.locks}
+    names.update(step.table for step in earlier.steps if step.table)
+    for name in {local_name(name) for name in names}:
+        by_name.setdefault(name, []).append(earlier)
+
+
+# The earlier statements of the script by the last part of the names of the tables they
+# lock or change (``app.Orders`` -> ``Orders``): a statement that touches a table is
+# among those of its name (two names of one table share their last part), so the walk
+# back skips every other statement.
+_NAMED: Memo[dict[str, list[Statement]]] = Memo(dict, _name, over=script)
 
 
 def _touches(statement: Statement, key: str, context: Context) -> bool:
