@@ -20,7 +20,11 @@ then costs a few dictionary lookups and proves that no finding is possible (a ta
 already held, or one that comes after every table written so far; a row key above the
 greatest one locked in its table); only when it cannot, the statement goes through the
 full check (:meth:`LockTracker.before`), which is what refuses in refuse mode. Nothing is
-checked later than today: the fast path only skips work whose answer is known.
+checked later than today: the fast path only skips work whose answer is known. The
+table-lock part of that proof depends only on which texts ran before in the
+transaction, so the tracker remembers it in a trie of transaction shapes
+(:class:`~safeddl.runtime.ledger.Tables`): a statement of a shape seen before moves the
+ledger to the next shared value with one lookup; row keys are checked per execution.
 
 Warnings: a finding in warn mode is logged at WARNING once per pattern (the rule and
 the statement texts involved, not the key values), its message built only then;
@@ -171,7 +175,7 @@ class LockTracker:
         self._patterns: TextCache[Pattern, list[float]] = TextCache(
             "warning patterns", PATTERNS_LIMIT, PATTERNS_BYTES, per_char=1.0, overhead=300)
         # the trie of the table locks of transactions that ran only fast-path statements
-        # (see safeddl.runtime.ledger.Tables): its root, and how many nodes it has
+        # (see safeddl.runtime.ledger.Tables): its root, its nodes, about the bytes they hold
         self._root = Tables(self.order).share()
         self._trie: list[Tables] = [self._root]
         self._trie_bytes = 0
