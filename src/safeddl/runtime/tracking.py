@@ -533,7 +533,7 @@ def watch_commands(conn: Any, state: ConnectionState) -> None:
                     reports = ledger.end(time.monotonic(), known)
                     if reports:
                         report_long_held(reports)
-                elif ledger.used or ledger._savepoints:
+                else:
                     ledger.clear()  # (what end() does when nothing can be held long)
             elif known is None and (type(command) is not bytes or command[:5] != b"BEGIN"):
                 _follow(state.ledger, _command_text(command, owner))
