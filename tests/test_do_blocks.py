@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from safeddl.analysis import analyze_statement
-from safeddl.sql.plpgsql import static_statements
+from safeddl.sql.plpgsql import read_block
 
 
 def locks(sql: str) -> dict[str, str]:
@@ -40,7 +40,7 @@ def test_static_statements_in_order() -> None:
         RAISE NOTICE 'x';
     END outer
     """
-    assert static_statements(body) == [
+    assert read_block(body)[0] == [
         "SELECT count(*) FROM a WHERE x = 1",
         "INSERT INTO b (x) VALUES (n) RETURNING id",
         "SELECT n > (SELECT max(x) FROM c)",
@@ -235,4 +235,4 @@ def test_a_block_nested_in_a_loop_may_declare() -> None:
         END;
     END
     """
-    assert static_statements(body) == ["UPDATE a SET x = n", "DELETE FROM b WHERE x = m"]
+    assert read_block(body)[0] == ["UPDATE a SET x = n", "DELETE FROM b WHERE x = m"]

@@ -25,17 +25,12 @@ _SQL_START = frozenset({"SELECT", "WITH", "INSERT", "UPDATE", "DELETE", "MERGE",
 _OPEN, _CLOSE = ("L_PAREN", "L_BRACKET"), ("R_PAREN", "R_BRACKET")
 
 
-def static_statements(body: str) -> list[str]:
-    """The SQL the block may run (conditions' queries as ``SELECT ...``), in order."""
-    return _static_statements(body, tokenize(body))
-
-
 def read_block(body: str) -> tuple[list[str], bool]:
-    """:func:`static_statements`, and whether the block may COMMIT or ROLLBACK (then the
-    DO block or procedure cannot run inside a transaction block; a word anywhere outside
-    literals counts), from one tokenizing. A block whose statements cannot be read
-    raises :class:`NotUnderstood` that says all the same whether it may
-    (``outside_transaction``)."""
+    """The SQL the block may run (conditions' queries as ``SELECT ...``), in order, and
+    whether the block may COMMIT or ROLLBACK (then the DO block or procedure cannot run
+    inside a transaction block; a word anywhere outside literals counts), from one
+    tokenizing. A block whose statements cannot be read raises :class:`NotUnderstood`
+    that says all the same whether it may (``outside_transaction``)."""
     tokens = tokenize(body)
     commits = any(tok.kind != "IDENTIFIER" and _word(tok) in ("COMMIT", "ROLLBACK")
                   for tok in tokens)
